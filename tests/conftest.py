@@ -1,0 +1,39 @@
+"""Shared fixtures: timm reference models with every parameter randomised.
+
+timm's own init leaves all biases at zero, which would hide window-padding mistakes
+(padded tokens' keys/values equal the qkv bias), so every reference model here gets
+random values everywhere from :func:`twins_deploy.randomize_` with its own seed.
+"""
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from twins_deploy import Twins, get_config, randomize_
+
+ALL_VARIANTS = ["pcpvt_s", "pcpvt_b", "pcpvt_l", "svt_s", "svt_b", "svt_l"]
+REF_SEED = 1234
+
+
+@functools.lru_cache(maxsize=2)
+def timm_reference(name: str) -> torch.nn.Module:
+    timm = pytest.importorskip("timm", reason="timm is the test-time reference (pip install .[test])")
+    model = timm.create_model(get_config(name).timm_name, pretrained=False).eval()
+    return randomize_(model, REF_SEED)
+
+
+def ours_from(ref: torch.nn.Module, name: str, **kw) -> Twins:
+    model = Twins(get_config(name), **kw).eval()
+    sd = ref.state_dict()
+    if kw.get("features"):
+        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    torch.manual_seed(0)
+    yield

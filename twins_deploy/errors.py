@@ -1,0 +1,51 @@
+"""One exception hierarchy for every failure a user can cause or fix.
+
+The CLI catches :class:`TwinsDeployError` and prints its message as one line with a
+non-zero exit code; anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+
+class TwinsDeployError(Exception):
+    """Base class of expected failures; ``exit_code`` is what the CLI returns."""
+
+    exit_code: int = 2
+
+
+class UnknownModelError(TwinsDeployError, KeyError):
+    """A model name that is neither a short name nor a timm alias."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointError(TwinsDeployError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+class WeightsUnavailableError(TwinsDeployError):
+    """Pretrained weights were asked for but cannot be fetched (offline, no huggingface_hub)."""
+
+
+class InputShapeError(TwinsDeployError, ValueError):
+    """An input or image size the model or artifact cannot take."""
+
+
+class ArtifactError(TwinsDeployError):
+    """A missing, corrupt, foreign or already-existing artifact (ONNX, engine, manifest)."""
+
+
+class BackendUnavailableError(TwinsDeployError):
+    """A backend's software or hardware (TensorRT, CUDA, a GPU) is not present."""
+
+    exit_code = 3
+
+
+class ExportError(TwinsDeployError):
+    """The exporter or a graph rewrite failed."""
+
+
+class ValidationFailedError(TwinsDeployError):
+    """An artifact computes something other than the PyTorch reference; the report is kept."""
+
+    exit_code = 1

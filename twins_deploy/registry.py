@@ -1,0 +1,128 @@
+"""The six Twins variants as data: architecture, preprocessing and names.
+
+Nothing here imports torch, so listing models and resolving names is cheap (the CLI's
+``--help`` and error paths use it).
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from twins_deploy.errors import UnknownModelError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MIN_IMAGE_SIDE = 32  # below this the stage-1 sub-sampling conv (k=s=8) gets an empty input
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How images are turned into the model's input; timm's ``pretrained_cfg`` values."""
+
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.9
+    crop_mode: str = "center"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TwinsConfig:
+    """Architecture of one variant; numbers from timm's ``@register_model`` functions."""
+
+    name: str
+    timm_name: str
+    paper_name: str
+    embed_dims: tuple[int, int, int, int]
+    depths: tuple[int, int, int, int]
+    num_heads: tuple[int, int, int, int]
+    mlp_ratios: tuple[int, int, int, int]
+    sr_ratios: tuple[int, int, int, int] = (8, 4, 2, 1)
+    # LSA window per stage; None means every block is GSA (PCPVT).
+    wss: tuple[int, int, int, int] | None = None
+    num_params: int = 0  # classification model, 1000 classes; checked by the tests
+    preprocess: Preprocess = field(default_factory=Preprocess)
+
+    @property
+    def hf_hub_id(self) -> str:
+        return f"timm/{self.timm_name}.in1k"
+
+    def block_kinds(self, stage: int) -> list[str]:
+        """``'lsa'`` or ``'gsa'`` per block: SVT alternates LSA (even) and GSA (odd)."""
+        return [
+            "gsa" if self.wss is None or i % 2 == 1 else "lsa" for i in range(self.depths[stage])
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["hf_hub_id"] = self.hf_hub_id
+        return d
+
+
+_CONFIGS: dict[str, TwinsConfig] = {
+    c.name: c
+    for c in (
+        TwinsConfig("pcpvt_s", "twins_pcpvt_small", "Twins-PCPVT-S", (64, 128, 320, 512),
+                    (3, 4, 6, 3), (1, 2, 5, 8), (8, 8, 4, 4), num_params=24_106_216),
+        TwinsConfig("pcpvt_b", "twins_pcpvt_base", "Twins-PCPVT-B", (64, 128, 320, 512),
+                    (3, 4, 18, 3), (1, 2, 5, 8), (8, 8, 4, 4), num_params=43_828_456),
+        TwinsConfig("pcpvt_l", "twins_pcpvt_large", "Twins-PCPVT-L", (64, 128, 320, 512),
+                    (3, 8, 27, 3), (1, 2, 5, 8), (8, 8, 4, 4), num_params=60_989_672),
+        TwinsConfig("svt_s", "twins_svt_small", "Twins-SVT-S", (64, 128, 256, 512),
+                    (2, 2, 10, 4), (2, 4, 8, 16), (4, 4, 4, 4), wss=(7, 7, 7, 7),
+                    num_params=24_060_776),
+        TwinsConfig("svt_b", "twins_svt_base", "Twins-SVT-B", (96, 192, 384, 768),
+                    (2, 2, 18, 2), (3, 6, 12, 24), (4, 4, 4, 4), wss=(7, 7, 7, 7),
+                    num_params=56_070_952),
+        TwinsConfig("svt_l", "twins_svt_large", "Twins-SVT-L", (128, 256, 512, 1024),
+                    (2, 2, 18, 2), (4, 8, 16, 32), (4, 4, 4, 4), wss=(7, 7, 7, 7),
+                    num_params=99_271_400),
+    )
+}
+
+# timm's names (with or without the ``.in1k`` tag) and the official repo's names.
+_ALIASES: dict[str, str] = {}
+for _c in _CONFIGS.values():
+    _ALIASES[_c.timm_name] = _c.name
+    _ALIASES[f"{_c.timm_name}.in1k"] = _c.name
+for _official, _short in {
+    "pcpvt_small_v0": "pcpvt_s", "pcpvt_base_v0": "pcpvt_b", "pcpvt_large_v0": "pcpvt_l",
+    "alt_gvt_small": "svt_s", "alt_gvt_base": "svt_b", "alt_gvt_large": "svt_l",
+}.items():
+    _ALIASES[_official] = _short
+
+
+def list_models() -> list[str]:
+    """The short names of the six variants, PCPVT first."""
+    return list(_CONFIGS)
+
+
+def resolve_name(name: str) -> str:
+    """Map a short name, timm name or official name to the short name.
+
+    Raises :class:`UnknownModelError` naming the closest known names.
+    """
+    key = name.strip().lower()
+    if key.startswith("timm/"):
+        key = key[len("timm/"):]
+    if key in _CONFIGS:
+        return key
+    if key in _ALIASES:
+        return _ALIASES[key]
+    known = list(_CONFIGS) + list(_ALIASES)
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise UnknownModelError(
+        f"unknown model {name!r}{hint} (known: {', '.join(_CONFIGS)}; timm names such as "
+        f"twins_svt_small are accepted too)"
+    )
+
+
+def get_config(name: str) -> TwinsConfig:
+    """The :class:`TwinsConfig` for any accepted name."""
+    return _CONFIGS[resolve_name(name)]

@@ -1,0 +1,258 @@
+"""Weights: seeded random init, safe checkpoint loading, and timm's published weights.
+
+Loading is safe by default: ``.safetensors`` holds only tensors, and ``.pth/.pt/.bin``
+files go through ``torch.load(weights_only=True)``, which refuses to run pickled code.
+Every load reports *what* did not fit (missing, unexpected or mis-shaped keys) instead
+of PyTorch's wall of text, and guesses which variant a foreign checkpoint belongs to.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from twins_deploy.errors import CheckpointError, WeightsUnavailableError
+from twins_deploy.registry import TwinsConfig, get_config, list_models
+
+# Wrappers seen in the wild, in the order they are preferred: training scripts save the
+# plain weights under 'state_dict'/'model' and an EMA copy beside them.
+WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
+SAFE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+_MAX_LISTED = 8
+
+
+@dataclass
+class WeightsInfo:
+    """Where a model's weights came from; written into every manifest and report."""
+
+    source: str  # "random" | "file" | "pretrained"
+    path: str | None = None
+    sha256: str | None = None
+    seed: int | None = None
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def random_info(seed: int) -> WeightsInfo:
+    return WeightsInfo(
+        "random", seed=seed,
+        note="seeded random weights: fine for parity and speed, meaningless for accuracy",
+    )
+
+
+@torch.no_grad()
+def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every parameter a random value, biases and LayerNorm affines included.
+
+    timm's init leaves every bias at exactly zero, which hides window-padding mistakes
+    (padded keys/values equal the qkv bias) and lets graph simplifiers delete add-zero
+    nodes that real checkpoints keep. Weights are N(0, 1/fan_in) so activations stay in
+    a realistic range through all blocks; the draw is reproducible from ``seed`` and
+    independent of the parameters' device.
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw(p: Tensor, mean: float, std: float) -> None:
+        p.copy_(torch.randn(p.shape, generator=gen) * std + mean)
+
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            draw(m.weight, 0.0, m.weight[0].numel() ** -0.5)
+            if m.bias is not None:
+                draw(m.bias, 0.0, 0.05)
+        elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+            draw(m.weight, 1.0, 0.1)
+            draw(m.bias, 0.0, 0.05)
+    return model
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Read a checkpoint file into a flat ``name -> tensor`` dict, without running code."""
+    p = Path(path)
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # very old safetensors
+        SafetensorError = OSError  # type: ignore[misc,assignment]  # noqa: N806
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {str(p)!r} does not exist or is not a file")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(p), device="cpu")
+        else:
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{str(p)!r} was refused by the safe loader (weights_only=True): {first}. "
+            "A checkpoint must hold only tensors and plain containers; re-save it with "
+            "torch.save(model.state_dict(), ...) or as .safetensors"
+        ) from None
+    except (OSError, RuntimeError, ValueError, EOFError, zipfile.BadZipFile, KeyError,
+            SafetensorError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{str(p)!r} is not a readable checkpoint: {msg}") from None
+    return unwrap_state_dict(obj, origin=str(p))
+
+
+def unwrap_state_dict(obj: Any, origin: str = "checkpoint") -> dict[str, Tensor]:
+    """Strip training wrappers (``model``, ``state_dict``, EMA) and a ``module.`` prefix."""
+    for _ in range(3):  # e.g. {'state_dict': {'model': {...}}} from some trainers
+        if not isinstance(obj, Mapping):
+            break
+        if obj and all(isinstance(v, Tensor) for v in obj.values()):
+            break
+        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{origin} holds no state dict (found {type(obj).__name__})")
+    tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    if not tensors:
+        keys = ", ".join(list(map(str, obj))[:_MAX_LISTED])
+        raise CheckpointError(f"{origin} holds no tensors (top-level keys: {keys})")
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def _listed(names: list[str]) -> str:
+    more = f" (+{len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else ""
+    return ", ".join(names[:_MAX_LISTED]) + more
+
+
+def _meta_shapes(cfg: TwinsConfig) -> dict[str, tuple[int, ...]]:
+    from twins_deploy.twins import Twins
+
+    with torch.device("meta"):
+        m = Twins(cfg, num_classes=0)
+    return {k: tuple(v.shape) for k, v in m.state_dict().items()}
+
+
+def guess_variant(state_dict: Mapping[str, Tensor]) -> str | None:
+    """The variant whose body (head aside) has exactly these keys and shapes, if any."""
+    body = {k: tuple(v.shape) for k, v in state_dict.items()
+            if not k.startswith(("head.", "norm_list."))}
+    for name in list_models():
+        if _meta_shapes(get_config(name)) == body:
+            return name
+    return None
+
+
+def _adapt_backbone_checkpoint(model: nn.Module, sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Official mmdet/mmseg checkpoints: keep ``backbone.*``, add per-stage norms."""
+    if any(k.startswith("backbone.") for k in sd):
+        sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    if any(k.startswith("norm_list.") for k in sd):
+        if not getattr(model, "features", False):
+            raise CheckpointError(
+                "this is an official detection/segmentation backbone checkpoint (it has "
+                "per-stage norms, norm_list.*); load it in backbone mode: "
+                "create_model(..., features=True) or --features"
+            )
+        model.add_stage_norms()  # type: ignore[operator]
+    return sd
+
+
+def load_state_dict_checked(model: nn.Module, sd: Mapping[str, Tensor], *,
+                            reset_head: bool = False, origin: str = "checkpoint") -> None:
+    """Load strictly, after explaining every way the checkpoint does not fit."""
+    sd = _adapt_backbone_checkpoint(model, dict(sd))
+    own = model.state_dict()
+    head_keys = [k for k in sd if k.startswith("head.")]
+    if not isinstance(getattr(model, "head", None), nn.Linear):
+        for k in head_keys:  # backbone mode: the classifier is unused
+            del sd[k]
+    elif "head.weight" in sd and tuple(sd["head.weight"].shape) != tuple(own["head.weight"].shape):
+        ck, mine = sd["head.weight"].shape[0], own["head.weight"].shape[0]
+        if not reset_head:
+            raise CheckpointError(
+                f"{origin} has a {ck}-class head but the model has {mine} classes; pass "
+                "reset_head=True (CLI: --reset-head) to keep the body and re-initialise the head"
+            )
+        for k in head_keys:
+            del sd[k]
+        sd.update({k: v for k, v in own.items() if k.startswith("head.")})
+
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    misshaped = sorted(
+        f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(sd) & set(own) if tuple(sd[k].shape) != tuple(own[k].shape)
+    )
+    if missing or unexpected or misshaped:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_listed(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_listed(unexpected)}")
+        if misshaped:
+            parts.append(f"mis-shaped keys: {_listed(misshaped)}")
+        cfg = getattr(model, "cfg", None)
+        guess = guess_variant(sd)
+        hint = ""
+        if guess and cfg is not None and guess != cfg.name:
+            hint = f"; the checkpoint looks like {guess}, not {cfg.name}"
+        raise CheckpointError(f"{origin} does not fit the model: " + "; ".join(parts) + hint)
+    model.load_state_dict(sd, strict=True)
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str], *,
+                 reset_head: bool = False) -> WeightsInfo:
+    """Load a checkpoint file into ``model`` (strictly) and record its provenance."""
+    sd = read_checkpoint(path)
+    load_state_dict_checked(model, sd, reset_head=reset_head, origin=repr(str(path)))
+    info = WeightsInfo("file", path=str(Path(path).resolve()), sha256=file_sha256(path))
+    model.weights_info = info  # type: ignore[assignment]
+    return info
+
+
+def load_pretrained(model: nn.Module, hub_id: str | None = None, *,
+                    reset_head: bool = False) -> WeightsInfo:
+    """Fetch timm's published weights (``timm/<name>.in1k``) through huggingface_hub.
+
+    Only called when the user asks (``pretrained=True`` or a ``timm/...`` id); fails
+    with a clear message when the hub or the package is unavailable.
+    """
+    cfg: TwinsConfig = model.cfg  # type: ignore[assignment]
+    repo = hub_id or cfg.hf_hub_id
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise WeightsUnavailableError(
+            "pretrained weights need huggingface_hub: pip install huggingface_hub, or pass a "
+            "local checkpoint with weights=PATH (--weights)"
+        ) from None
+    try:
+        path = hf_hub_download(repo, "model.safetensors")
+    except Exception as e:  # offline, no such repo, HTTP errors: all mean "not available"
+        raise WeightsUnavailableError(
+            f"could not fetch {repo}/model.safetensors from the Hugging Face hub "
+            f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
+            "check the network (HF_HUB_OFFLINE must be unset) or pass a local checkpoint "
+            "with weights=PATH (--weights)"
+        ) from None
+    sd = read_checkpoint(path)
+    load_state_dict_checked(model, sd, reset_head=reset_head, origin=repo)
+    info = WeightsInfo("pretrained", path=f"hf://{repo}", sha256=file_sha256(path))
+    model.weights_info = info  # type: ignore[assignment]
+    return info
