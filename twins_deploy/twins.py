@@ -87,8 +87,8 @@ class LocallyGroupedAttn(nn.Module):
         # (B, nh, ws, nw, ws, C) -> (B*nW, ws*ws, C): windows become the batch.
         x = x.reshape(-1, nh, ws, nw, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, c)
         qkv = self.qkv(x).reshape(-1, ws * ws, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        x = attend(q, k, v, self.scale, self.attn_impl)  # (B*nW, heads, ws*ws, hd)
+        qkv = qkv.permute(2, 0, 3, 1, 4)
+        x = attend(qkv[0], qkv[1], qkv[2], self.scale, self.attn_impl)  # (B*nW, heads, ws², hd)
         x = x.transpose(1, 2).reshape(-1, nh, nw, ws, ws, c)
         x = x.permute(0, 1, 3, 2, 4, 5).reshape(-1, hp, wp, c)
         x = x[:, :h, :w, :].reshape(-1, h * w, c)
@@ -123,12 +123,14 @@ class GlobalSubSampleAttn(nn.Module):
         h, w = size
         c = self.dim
         q = self.q(x).reshape(-1, h * w, self.num_heads, self.head_dim).transpose(1, 2)
+        n_kv = h * w
         if self.sr is not None and self.norm is not None:
-            x = self.sr(x.transpose(1, 2).reshape(-1, c, h, w)).flatten(2).transpose(1, 2)
-            x = self.norm(x)
-        kv = self.kv(x).reshape(x.shape[0], -1, 2, self.num_heads, self.head_dim)
-        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
-        x = attend(q, k, v, self.scale, self.attn_impl)  # (B, heads, N, hd)
+            r = self.sr.stride[0]
+            n_kv = (h // r) * (w // r)
+            x = self.sr(x.transpose(1, 2).reshape(-1, c, h, w)).reshape(-1, c, n_kv)
+            x = self.norm(x.transpose(1, 2))
+        kv = self.kv(x).reshape(-1, n_kv, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        x = attend(q, kv[0], kv[1], self.scale, self.attn_impl)  # (B, heads, N, hd)
         return self.proj(x.transpose(1, 2).reshape(-1, h * w, c))
 
 
@@ -164,7 +166,7 @@ class PosConv(nn.Module):
     def forward(self, x: Tensor, size: Size) -> Tensor:
         h, w = size
         feat = x.transpose(1, 2).reshape(-1, self.dim, h, w)
-        return (self.proj(feat) + feat).flatten(2).transpose(1, 2)
+        return (self.proj(feat) + feat).reshape(-1, self.dim, h * w).transpose(1, 2)
 
 
 class PatchEmbed(nn.Module):
@@ -175,10 +177,13 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch, stride=patch)
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Size]:
+    def forward(self, x: Tensor, size: Size | None = None) -> tuple[Tensor, Size]:
+        """Tokens ``(B, h*w, C)`` and ``(h, w)``; ``size`` passes a known output size."""
         x = self.proj(x)
-        size = (x.shape[2], x.shape[3])
-        return self.norm(x.flatten(2).transpose(1, 2)), size
+        if size is None:
+            size = (x.shape[2], x.shape[3])
+        x = x.reshape(-1, self.proj.out_channels, size[0] * size[1]).transpose(1, 2)
+        return self.norm(x), size
 
 
 class Twins(nn.Module):
@@ -217,6 +222,9 @@ class Twins(nn.Module):
             nn.Linear(self.num_features, self.num_classes) if self.num_classes > 0 else nn.Identity()
         )
         self.norm_list: nn.ModuleList | None = None
+        # Set by a static-H/W export: stage sizes then enter the trace as constants, so
+        # window pads, crops and reshapes fold away instead of becoming shape arithmetic.
+        self.static_hw: tuple[int, int] | None = None
         self.set_attention_impl("sdpa")
 
     # -- configuration -------------------------------------------------------------------
@@ -259,17 +267,32 @@ class Twins(nn.Module):
                 f"expected an NCHW batch with {self.patch_embeds[0].proj.in_channels} channels, "
                 f"got shape {tuple(x.shape)}"
             )
+        if self.static_hw is not None and tuple(x.shape[2:]) != self.static_hw:
+            raise InputShapeError(
+                f"model is fixed to {self.static_hw[0]}x{self.static_hw[1]} inputs, got "
+                f"{x.shape[2]}x{x.shape[3]}"
+            )
         if x.shape[2] < MIN_IMAGE_SIDE or x.shape[3] < MIN_IMAGE_SIDE:
             raise InputShapeError(
                 f"image size {x.shape[2]}x{x.shape[3]} is too small: Twins needs H, W >= "
                 f"{MIN_IMAGE_SIDE} (the stage-1 sub-sampling conv has stride 8 after stride 4)"
             )
 
+    def stage_sizes(self, hw: tuple[int, int]) -> list[Size]:
+        """Token-map size of each stage for an input of ``hw`` (convs floor)."""
+        sizes, (h, w) = [], hw
+        for embed in self.patch_embeds:
+            p = embed.proj.stride[0]
+            h, w = h // p, w // p
+            sizes.append((h, w))
+        return sizes
+
     def _stages(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Run the four stages; return last-stage tokens and the four NCHW maps."""
         maps: list[Tensor] = []
+        static = self.stage_sizes(self.static_hw) if self.static_hw is not None else None
         for k, (embed, blocks, peg) in enumerate(zip(self.patch_embeds, self.blocks, self.pos_block)):
-            x, size = embed(x)
+            x, size = embed(x, static[k] if static is not None else None)
             for j, blk in enumerate(blocks):
                 x = blk(x, size)
                 if j == 0:

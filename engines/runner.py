@@ -1,0 +1,75 @@
+"""The one abstraction: a Runner turns an NCHW float32 batch into named outputs.
+
+Validation and benchmarking are written once against this surface (in the spirit of
+Polygraphy's runners): ``activate`` loads lazily, ``infer`` is the correctness path
+(host in, host out), and ``prepare``/``step``/``sync`` are the timing path (input kept
+on the device, outputs left there, so a benchmark measures compute, not copies).
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import numpy as np
+
+
+class Runner(abc.ABC):
+    """Base class: subclasses implement ``_activate``, ``infer`` and the timing hooks."""
+
+    name: str = "runner"
+    device: str = "cpu"  # "cpu" or "cuda": where timing must synchronise
+
+    def __init__(self) -> None:
+        self.active = False
+        self.output_names: list[str] = []
+
+    def activate(self) -> Runner:
+        if not self.active:
+            self._activate()
+            self.active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self.active:
+            self._deactivate()
+            self.active = False
+
+    def __enter__(self) -> Runner:
+        return self.activate()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.deactivate()
+
+    @abc.abstractmethod
+    def _activate(self) -> None: ...
+
+    def _deactivate(self) -> None:  # most runners just drop references
+        return None
+
+    @abc.abstractmethod
+    def infer(self, x: np.ndarray) -> list[np.ndarray]:
+        """Outputs for ``x`` (NCHW float32), in ``output_names`` order, as float32 arrays."""
+
+    # -- timing path -----------------------------------------------------------------------
+    def prepare(self, x: np.ndarray, include_copies: bool = False) -> None:
+        """Stage ``x`` for repeated :meth:`step` calls (on the device for GPU runners)."""
+        self._prepared = x
+        self._include_copies = include_copies
+
+    def step(self) -> None:
+        """One inference on the prepared input; may return before the device finishes."""
+        self.infer(self._prepared)
+
+    def sync(self) -> None:
+        """Wait until every issued :meth:`step` has finished."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "device": self.device}
+
+
+def as_numpy(x: Any) -> np.ndarray:
+    """Accept numpy arrays or torch tensors (any device) as float32 numpy."""
+    if isinstance(x, np.ndarray):
+        return np.ascontiguousarray(x, dtype=np.float32)
+    return x.detach().float().cpu().numpy()

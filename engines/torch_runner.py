@@ -1,0 +1,67 @@
+"""PyTorch eager (FP32, FP16) and torch.compile as Runners: the reference and baselines."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from twins_deploy.engines.runner import Runner, as_numpy
+from twins_deploy.errors import BackendUnavailableError
+
+
+class TorchRunner(Runner):
+    """Run a Twins model in PyTorch.
+
+    The FP32 CPU runner with the explicit attention path is the validation reference;
+    ``dtype=torch.float16`` and ``compile=True`` are benchmark baselines on CUDA.
+    """
+
+    def __init__(self, model: torch.nn.Module, device: str = "cpu",
+                 dtype: torch.dtype = torch.float32, compile: bool = False,
+                 attn_impl: str | None = None, name: str | None = None) -> None:
+        super().__init__()
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise BackendUnavailableError("PyTorch sees no CUDA GPU (torch.cuda.is_available() is False)")
+        self.model, self.device, self.dtype, self.compile = model, device, dtype, compile
+        self.attn_impl = attn_impl
+        self.name = name or f"torch-{str(dtype).replace('torch.float', 'fp')}-{device}" + ("-compile" if compile else "")
+        self.output_names = ["stage1", "stage2", "stage3", "stage4"] if getattr(model, "features", False) else ["logits"]
+
+    def _activate(self) -> None:
+        self.model = self.model.to(self.device, self.dtype).eval()
+        if self.attn_impl:
+            self.model.set_attention_impl(self.attn_impl)
+        self._fn = torch.compile(self.model) if self.compile else self.model
+
+    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with torch.inference_mode():
+            out = self._fn(x)
+        return out if isinstance(out, tuple) else (out,)
+
+    def infer(self, x: Any) -> list[np.ndarray]:
+        t = x if isinstance(x, torch.Tensor) else torch.from_numpy(as_numpy(x))
+        return [as_numpy(o) for o in self._run(t.to(self.device, self.dtype))]
+
+    def prepare(self, x: np.ndarray, include_copies: bool = False) -> None:
+        self._include_copies = include_copies
+        self._host = torch.from_numpy(as_numpy(x))
+        if self.device.startswith("cuda"):
+            self._host = self._host.pin_memory()
+        self._staged = self._host.to(self.device, self.dtype)
+
+    def step(self) -> None:
+        x = self._host.to(self.device, self.dtype, non_blocking=True) if self._include_copies else self._staged
+        out = self._run(x)
+        if self._include_copies:
+            for o in out:
+                o.to("cpu", non_blocking=True)
+
+    def sync(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "dtype": str(self.dtype), "compile": self.compile,
+                "attn_impl": getattr(self.model, "attn_impl", None),
+                "tf32_matmul": torch.backends.cuda.matmul.allow_tf32 if self.device.startswith("cuda") else None}

@@ -1,0 +1,156 @@
+"""Numerical validation of a deployed artifact against the PyTorch FP32 model.
+
+What "validated" means (DESIGN.md): the same weights, the same inputs, per output the
+max/mean abs error, cosine similarity and top-1 agreement, with
+
+* FP32: max abs error <= ``atol`` on logits (feature maps, which carry the residual
+  stream's magnitude, get ``atol * max(1, max|ref|)``);
+* FP16: cosine >= ``min_cosine`` per sample and output, top-1 agreement >= ``min_top1``
+  over all samples (judged against FP32 PyTorch, never against itself);
+* any NaN/Inf fails.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from twins_deploy.engines.runner import Runner
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    atol: float | None = 1e-4        # FP32 gate
+    min_cosine: float | None = None  # FP16 gate
+    min_top1: float | None = None    # FP16 gate, logits only
+
+    @classmethod
+    def for_precision(cls, precision: str) -> Thresholds:
+        if precision == "fp16":
+            return cls(atol=None, min_cosine=0.999, min_top1=0.99)
+        return cls(atol=1e-4)
+
+    def override(self, atol: float | None = None, min_cosine: float | None = None,
+                 min_top1: float | None = None) -> Thresholds:
+        return Thresholds(
+            atol=self.atol if atol is None else atol,
+            min_cosine=self.min_cosine if min_cosine is None else min_cosine,
+            min_top1=self.min_top1 if min_top1 is None else min_top1,
+        )
+
+
+@dataclass
+class OutputStats:
+    case: str
+    output: str
+    shape: list[int]
+    max_abs: float
+    mean_abs: float
+    ref_max_abs: float
+    min_cosine: float
+    top1_agree: int | None = None   # samples whose argmax matches (logits only)
+    samples: int = 0
+    nonfinite: int = 0
+
+
+@dataclass
+class ValidationReport:
+    reference: str
+    candidate: str
+    precision: str
+    thresholds: Thresholds
+    stats: list[OutputStats] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures and bool(self.stats)
+
+    def top1_agreement(self) -> float | None:
+        rows = [s for s in self.stats if s.top1_agree is not None]
+        total = sum(s.samples for s in rows)
+        return sum(s.top1_agree or 0 for s in rows) / total if total else None
+
+    def summary(self) -> str:
+        worst = max(self.stats, key=lambda s: s.max_abs, default=None)
+        if worst is None:
+            return "no outputs compared"
+        t1 = self.top1_agreement()
+        parts = [f"max abs {worst.max_abs:.3g}", f"min cosine {min(s.min_cosine for s in self.stats):.6f}"]
+        if t1 is not None:
+            parts.append(f"top-1 agreement {100 * t1:.1f}%")
+        return ("PASS" if self.passed else "FAIL") + f" ({self.candidate} vs {self.reference}): " + ", ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed, "reference": self.reference, "candidate": self.candidate,
+            "precision": self.precision, "thresholds": asdict(self.thresholds),
+            "top1_agreement": self.top1_agreement(), "failures": self.failures,
+            "summary": self.summary(), "stats": [asdict(s) for s in self.stats],
+        }
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a2, b2 = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    denom = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = (a2 * b2).sum(axis=1) / denom
+    return np.where(denom == 0, np.where((a2 == b2).all(axis=1), 1.0, 0.0), cos)
+
+
+def compare_outputs(case: str, name: str, ref: np.ndarray, got: np.ndarray) -> OutputStats:
+    """Error statistics of one output of one batch."""
+    if ref.shape != got.shape:
+        return OutputStats(case, name, list(got.shape), float("inf"), float("inf"),
+                           float(np.abs(ref).max()), 0.0, 0, len(ref), 0)
+    nonfinite = int((~np.isfinite(got)).sum())
+    diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
+    top1 = int((ref.argmax(axis=1) == got.argmax(axis=1)).sum()) if got.ndim == 2 else None
+    return OutputStats(
+        case=case, output=name, shape=list(got.shape),
+        max_abs=float(np.nanmax(diff)) if nonfinite == 0 else float("inf"),
+        mean_abs=float(np.nanmean(diff)) if nonfinite == 0 else float("inf"),
+        ref_max_abs=float(np.abs(ref).max()), min_cosine=float(np.nanmin(_cosines(ref, got))),
+        top1_agree=top1, samples=len(got), nonfinite=nonfinite,
+    )
+
+
+def judge(report: ValidationReport) -> None:
+    """Fill ``report.failures`` from its stats and thresholds."""
+    th = report.thresholds
+    for s in report.stats:
+        where = f"{s.output} [{s.case}]"
+        if s.nonfinite:
+            report.failures.append(f"{where}: {s.nonfinite} NaN/Inf values")
+            continue
+        if s.max_abs == float("inf"):
+            report.failures.append(f"{where}: shape {s.shape} differs from the reference")
+            continue
+        if th.atol is not None:
+            bound = th.atol if s.top1_agree is not None else th.atol * max(1.0, s.ref_max_abs)
+            if s.max_abs > bound:
+                report.failures.append(f"{where}: max abs error {s.max_abs:.3g} > {bound:.3g}")
+        if th.min_cosine is not None and s.min_cosine < th.min_cosine:
+            report.failures.append(f"{where}: cosine {s.min_cosine:.6f} < {th.min_cosine}")
+    t1 = report.top1_agreement()
+    if th.min_top1 is not None and t1 is not None and t1 < th.min_top1:
+        report.failures.append(f"top-1 agreement {100 * t1:.2f}% < {100 * th.min_top1:.2f}%")
+
+
+def validate(reference: Runner, candidate: Runner, cases: list[tuple[str, np.ndarray]],
+             precision: str, thresholds: Thresholds | None = None) -> ValidationReport:
+    """Run both runners on every case and judge the candidate."""
+    report = ValidationReport(reference.name, candidate.name, precision,
+                              thresholds or Thresholds.for_precision(precision))
+    with reference, candidate:
+        for case, x in cases:
+            refs, gots = reference.infer(x), candidate.infer(x)
+            names = candidate.output_names or reference.output_names
+            if len(refs) != len(gots):
+                report.failures.append(f"[{case}]: {len(gots)} outputs, reference has {len(refs)}")
+                continue
+            for name, r, g in zip(names, refs, gots):
+                report.stats.append(compare_outputs(case, name, r, g))
+    judge(report)
+    return report

@@ -1,0 +1,151 @@
+"""What an export produces, as data: shapes, dynamic axes, names, precision.
+
+One :class:`ExportSpec` travels from the CLI through export, engine build and
+validation, and is written into the manifest, so a later ``twins-validate`` or engine
+build rebuilds exactly the same input contract.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from twins_deploy.errors import InputShapeError
+from twins_deploy.registry import MIN_IMAGE_SIDE
+
+INPUT_NAME = "input"
+LOGITS_NAME = "logits"
+FEATURE_NAMES = ("stage1", "stage2", "stage3", "stage4")
+PRECISIONS = ("fp32", "fp16")
+# Opset 17: LayerNormalization is one node (TensorRT's INormalizationLayer, FP32-safe in
+# FP16 engines) and it is the newest opset TensorRT 8.6's parser accepts.
+DEFAULT_OPSET = 17
+MIN_OPSET = 17
+MAX_OPSET = 20  # what the TorchScript exporter emits reliably and TRT 10.0 parses
+
+
+def parse_hw(text: str | int) -> tuple[int, int]:
+    """``224`` or ``256x320`` -> (H, W), refusing sizes the model cannot take."""
+    s = str(text).lower().replace(" ", "")
+    try:
+        parts = [int(v) for v in s.split("x")] if "x" in s else [int(s), int(s)]
+    except ValueError:
+        raise InputShapeError(f"image size {text!r} is not N or HxW (e.g. 224 or 256x320)") from None
+    if len(parts) != 2:
+        raise InputShapeError(f"image size {text!r} is not N or HxW (e.g. 224 or 256x320)")
+    h, w = parts
+    if h < MIN_IMAGE_SIDE or w < MIN_IMAGE_SIDE:
+        raise InputShapeError(
+            f"image size {h}x{w} is impossible for Twins: H and W must be >= {MIN_IMAGE_SIDE}"
+        )
+    return h, w
+
+
+@dataclass(frozen=True)
+class BatchRange:
+    """Batch sizes an artifact accepts: fixed when min == opt == max."""
+
+    min: int = 1
+    opt: int = 8
+    max: int = 32
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.min <= self.opt <= self.max):
+            raise InputShapeError(
+                f"batch range must satisfy 1 <= min <= opt <= max, got "
+                f"min={self.min} opt={self.opt} max={self.max}"
+            )
+
+    @property
+    def dynamic(self) -> bool:
+        return self.min != self.max
+
+    @classmethod
+    def fixed(cls, n: int) -> BatchRange:
+        return cls(n, n, n)
+
+    def validation_batches(self) -> list[int]:
+        """Batches to validate at: both ends of the range and the optimum."""
+        return sorted({self.min, self.opt, self.max})
+
+    def contains(self, n: int) -> bool:
+        return self.min <= n <= self.max
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """The input/output contract and precision of one export."""
+
+    model: str
+    img_size: tuple[int, int] = (224, 224)
+    batch: BatchRange = field(default_factory=BatchRange)
+    dynamic_hw: bool = False
+    features: bool = False
+    precision: str = "fp32"
+    io_fp16: bool = False
+    opset: int = DEFAULT_OPSET
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise ValueError(
+                f"opset {self.opset} is outside {MIN_OPSET}..{MAX_OPSET} (17 is the widest "
+                "TensorRT support: 8.6 stops at 17)"
+            )
+        if self.io_fp16 and self.precision != "fp16":
+            raise ValueError("--io-fp16 only applies to --precision fp16")
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(FEATURE_NAMES) if self.features else [LOGITS_NAME]
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        axes: dict[str, dict[int, str]] = {}
+        inp: dict[int, str] = {}
+        if self.batch.dynamic:
+            inp[0] = "batch"
+        if self.dynamic_hw:
+            inp[2], inp[3] = "height", "width"
+        if inp:
+            axes[INPUT_NAME] = inp
+        for name in self.output_names:
+            out = {0: "batch"} if self.batch.dynamic else {}
+            if self.dynamic_hw and self.features:
+                out.update({2: f"{name}_h", 3: f"{name}_w"})
+            if out:
+                axes[name] = out
+        return axes
+
+    def stem(self) -> str:
+        """File stem: ``svt_s_fp16``, plus suffixes for anything non-default."""
+        parts = [self.model, self.precision]
+        if self.features:
+            parts.append("features")
+        if self.img_size != (224, 224):
+            parts.append(f"{self.img_size[0]}x{self.img_size[1]}")
+        if self.dynamic_hw:
+            parts.append("dynhw")
+        if not self.batch.dynamic:
+            parts.append(f"b{self.batch.min}")
+        if self.io_fp16:
+            parts.append("iofp16")
+        return "_".join(parts)
+
+    def input_shape(self) -> list[int | str]:
+        return [
+            "batch" if self.batch.dynamic else self.batch.min, 3,
+            "height" if self.dynamic_hw else self.img_size[0],
+            "width" if self.dynamic_hw else self.img_size[1],
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["img_size"] = list(self.img_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ExportSpec:
+        d = dict(d)
+        d["img_size"] = tuple(d["img_size"])
+        d["batch"] = BatchRange(**d["batch"])
+        return cls(**d)

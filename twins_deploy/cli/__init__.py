@@ -1,0 +1,1 @@
+"""Console scripts: twins-export, twins-inspect, twins-validate, twins-bench."""

@@ -1,0 +1,64 @@
+"""What every console script shares: argument types and one-line error handling."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from twins_deploy.errors import TwinsDeployError
+from twins_deploy.exporters.spec import BatchRange, parse_hw
+
+
+def hw_arg(text: str) -> tuple[int, int]:
+    try:
+        return parse_hw(text)
+    except TwinsDeployError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} must be >= 1")
+    return v
+
+
+def int_list(text: str) -> list[int]:
+    return [positive_int(t) for t in text.split(",") if t.strip()]
+
+
+def add_batch_args(p: argparse.ArgumentParser, defaults: BatchRange = BatchRange()) -> None:
+    g = p.add_argument_group("batch (default: dynamic batch)")
+    g.add_argument("--batch", type=positive_int, metavar="N",
+                   help="fixed batch size N (a static graph); overrides the dynamic range")
+    g.add_argument("--min-batch", type=positive_int, default=defaults.min,
+                   help="smallest batch of the dynamic range (default: %(default)s)")
+    g.add_argument("--opt-batch", type=positive_int, default=defaults.opt,
+                   help="batch TensorRT tunes for (default: %(default)s)")
+    g.add_argument("--max-batch", type=positive_int, default=defaults.max,
+                   help="largest batch of the dynamic range (default: %(default)s)")
+
+
+def batch_from_args(args: argparse.Namespace) -> BatchRange:
+    if args.batch:
+        return BatchRange.fixed(args.batch)
+    return BatchRange(args.min_batch, args.opt_batch, args.max_batch)
+
+
+def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run ``main``; expected failures become one ``error:`` line and their exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    verbose = "--verbose" in args or "-v" in args
+    try:
+        return main(argv)
+    except TwinsDeployError as e:
+        if verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; no partial artifact was left behind", file=sys.stderr)
+        return 130

@@ -1,0 +1,114 @@
+"""``twins-export``: a Twins model -> validated ONNX (and TensorRT engine) + manifest."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from twins_deploy.cli.common import add_batch_args, batch_from_args, hw_arg, run_cli
+from twins_deploy.exporters.spec import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, ExportSpec
+from twins_deploy.pipeline import ExportRequest, WeightsRequest
+from twins_deploy.registry import list_models, resolve_name
+
+EPILOG = """\
+examples:
+  twins-export --model svt_s                      # FP32 ONNX, dynamic batch 1..32, validated
+  twins-export --model svt_s --precision fp16     # mixed FP16 ONNX (LayerNorm in FP32)
+  twins-export --model svt_s --fmt trt --precision fp16   # + TensorRT engine (GPU + TensorRT)
+  twins-export --model pcpvt_b --weights twins_pcpvt_base.safetensors --images photos/
+  twins-export --model svt_s --features --dynamic-hw --img-size 512   # detection backbone
+
+Outputs land in --out-dir as <model>_<precision>[...].onnx with <file>.json beside it (the
+manifest: weights and their sha256, input spec, preprocessing, tool versions, validation).
+Without --weights/--pretrained the model gets seeded random weights, labelled as such:
+fine for parity and speed, meaningless for accuracy. Exit codes: 0 ok, 1 validation
+failed (report kept), 2 bad input, 3 missing backend (TensorRT, GPU).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="twins-export", description=__doc__, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True,
+                   help=f"variant: {', '.join(list_models())}, or a timm name such as twins_svt_small")
+    p.add_argument("--fmt", choices=("onnx", "trt"), default="onnx",
+                   help="onnx: ONNX model; trt: ONNX model then a TensorRT engine (default: %(default)s)")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="fp16 writes a mixed FP16 ONNX (LayerNorm FP32, FP32 I/O) (default: %(default)s)")
+    p.add_argument("--io-fp16", action="store_true", help="with fp16: make the graph's input/outputs FP16 too")
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--weights", metavar="PATH",
+                   help="checkpoint (.safetensors/.pth/.pt/.bin; timm, official or wrapped)")
+    w.add_argument("--pretrained", action="store_true",
+                   help="download timm's ImageNet weights (timm/<name>.in1k) via huggingface_hub")
+    p.add_argument("--num-classes", type=int, default=1000, help="classifier size (default: %(default)s)")
+    p.add_argument("--reset-head", action="store_true",
+                   help="accept a checkpoint whose head has another number of classes; re-initialise the head")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights used without --weights (default: %(default)s)")
+    p.add_argument("--img-size", type=hw_arg, default=(224, 224), metavar="N|HxW",
+                   help="export image size (default: 224)")
+    add_batch_args(p)
+    p.add_argument("--dynamic-hw", action="store_true",
+                   help="make H and W dynamic too (window pads computed in the graph)")
+    p.add_argument("--features", action="store_true",
+                   help="backbone mode: outputs stage1..stage4 NCHW maps (strides 4/8/16/32) instead of logits")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default: %(default)s, the newest TensorRT 8.6 parses)")
+    p.add_argument("--out-dir", type=Path, default=Path("twins_out"), help="output directory (default: %(default)s)")
+    p.add_argument("--images", metavar="DIR", help="also validate on the photographs in DIR (jpg/png/...)")
+    p.add_argument("--no-validate", action="store_true", help="skip validation against PyTorch")
+    p.add_argument("--atol", type=float, help="FP32 max-abs threshold on logits (default: 1e-4)")
+    p.add_argument("--min-cosine", type=float, help="FP16 cosine threshold (default: 0.999)")
+    p.add_argument("--min-top1", type=float, help="FP16 top-1 agreement threshold, 0..1 (default: 0.99)")
+    p.add_argument("--force", action="store_true", help="overwrite existing artifacts")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.add_argument("-v", "--verbose", action="store_true", help="full tracebacks on errors")
+    from twins_deploy.engines.trt_options import add_trt_args
+
+    add_trt_args(p)
+    return p
+
+
+def request_from_args(args: argparse.Namespace) -> ExportRequest:
+    spec = ExportSpec(
+        model=resolve_name(args.model), img_size=args.img_size, batch=batch_from_args(args),
+        dynamic_hw=args.dynamic_hw, features=args.features, precision=args.precision,
+        io_fp16=args.io_fp16, opset=args.opset,
+    )
+    return ExportRequest(
+        spec=spec,
+        weights=WeightsRequest(args.weights, args.pretrained, args.reset_head, args.num_classes, args.seed),
+        out_dir=args.out_dir, force=args.force, validate=not args.no_validate, images=args.images,
+        thresholds={"atol": args.atol, "min_cosine": args.min_cosine, "min_top1": args.min_top1},
+        quiet=args.quiet,
+    )
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        req = request_from_args(args)
+    except ValueError as e:  # spec constraints (opset, io-fp16, batch range)
+        parser.error(str(e))
+    if args.fmt == "trt":
+        from twins_deploy.engines.trt_pipeline import export_engine, trt_options_from_args
+
+        path, manifest = export_engine(req, trt_options_from_args(args))
+    else:
+        from twins_deploy.pipeline import export
+
+        path, manifest = export(req)
+    val = manifest.get("validation")
+    status = "not validated" if val is None else val["summary"]
+    print(f"{path}\n{path}.json\n{status}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

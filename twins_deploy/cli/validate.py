@@ -1,0 +1,59 @@
+"""``twins-validate ARTIFACT``: re-validate an ONNX model or engine against PyTorch.
+
+Reads the model, input spec, preprocessing and weights provenance from the manifest
+beside the artifact, so a CI job can gate on parity with one command.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from twins_deploy.cli.common import int_list, run_cli
+
+EPILOG = """\
+exit codes: 0 parity holds, 1 a check failed (report still written), 2 bad input,
+3 missing backend. Example CI step:
+  twins-validate twins_out/svt_s_fp16.onnx --weights ckpt.safetensors --images tests/photos \\
+      --report parity.json
+"""
+
+
+def _main(argv: list[str] | None) -> int:
+    p = argparse.ArgumentParser(prog="twins-validate", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("artifact", help="an .onnx file or TensorRT engine written by twins-export")
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--weights", metavar="PATH",
+                   help="the checkpoint the artifact was made with (default: the manifest's path, if present)")
+    w.add_argument("--pretrained", action="store_true", help="the artifact was made with --pretrained")
+    p.add_argument("--images", metavar="DIR", help="also validate on the photographs in DIR")
+    p.add_argument("--batch", type=int_list, metavar="N[,N...]",
+                   help="batch sizes to check (default: min, opt and max of the artifact's range)")
+    p.add_argument("--atol", type=float, help="FP32 max-abs threshold on logits (default: 1e-4)")
+    p.add_argument("--min-cosine", type=float, help="FP16 cosine threshold (default: 0.999)")
+    p.add_argument("--min-top1", type=float, help="FP16 top-1 agreement threshold, 0..1 (default: 0.99)")
+    p.add_argument("--report", metavar="FILE", help="write the full JSON report here")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.add_argument("-v", "--verbose", action="store_true", help="full tracebacks on errors")
+    args = p.parse_args(argv)
+
+    from twins_deploy.artifacts import write_json_atomic
+    from twins_deploy.pipeline import revalidate
+
+    report = revalidate(args.artifact, args.weights, args.pretrained, args.batch, args.images,
+                        {"atol": args.atol, "min_cosine": args.min_cosine, "min_top1": args.min_top1},
+                        quiet=args.quiet)
+    if args.report:
+        write_json_atomic(args.report, report.to_dict())
+    print(report.summary())
+    for f in report.failures:
+        print(f"  {f}")
+    return 0 if report.passed else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
