@@ -112,7 +112,6 @@ def export_onnx_artifact(req: ExportRequest, model: Twins, steps: Steps) -> tupl
     The manifest is written even when validation fails, recording the failure, and
     :class:`ValidationFailedError` is raised afterwards.
     """
-    import onnx
 
     from twins_deploy.engines.ort_runner import OrtRunner
     from twins_deploy.exporters.inspect import inspect_onnx

@@ -99,12 +99,17 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
             obj: Any = load_file(str(p), device="cpu")
         else:
             obj = torch.load(str(p), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except pickle.UnpicklingError:
+        with open(p, "rb") as f:
+            head = f.read(4)
+        if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+            raise CheckpointError(
+                f"{str(p)!r} is not a readable checkpoint: neither a torch zip archive nor a pickle"
+            ) from None
         raise CheckpointError(
-            f"{str(p)!r} was refused by the safe loader (weights_only=True): {first}. "
-            "A checkpoint must hold only tensors and plain containers; re-save it with "
-            "torch.save(model.state_dict(), ...) or as .safetensors"
+            f"{str(p)!r} was refused by the safe loader (torch.load weights_only=True): it holds "
+            "objects other than tensors and plain containers, which could run code when loaded. "
+            "Re-save the weights with torch.save(model.state_dict(), ...) or as .safetensors"
         ) from None
     except (OSError, RuntimeError, ValueError, EOFError, zipfile.BadZipFile, KeyError,
             SafetensorError) as e:

@@ -93,7 +93,8 @@ def _main(argv: list[str] | None) -> int:
     except ValueError as e:  # spec constraints (opset, io-fp16, batch range)
         parser.error(str(e))
     if args.fmt == "trt":
-        from twins_deploy.engines.trt_pipeline import export_engine, trt_options_from_args
+        from twins_deploy.engines.trt_options import trt_options_from_args
+        from twins_deploy.engines.trt_pipeline import export_engine
 
         path, manifest = export_engine(req, trt_options_from_args(args))
     else:

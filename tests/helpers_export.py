@@ -1,0 +1,30 @@
+"""Shared helpers for the export tests: exporting through the real pipeline."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from twins_deploy.exporters.spec import BatchRange, ExportSpec
+from twins_deploy.pipeline import ExportRequest, WeightsRequest, export
+
+
+def export_to(out_dir: Path, model: str, *, precision: str = "fp32", batch: BatchRange = BatchRange(1, 2, 3),
+              weights: str | None = None, images: str | None = None, **spec_kw):
+    req = ExportRequest(
+        spec=ExportSpec(model=model, precision=precision, batch=batch, **spec_kw),
+        weights=WeightsRequest(path=weights), out_dir=out_dir, images=images, quiet=True,
+    )
+    return export(req)
+
+
+def photo_dir(tmp: Path) -> Path:
+    """Photographs matplotlib ships (a real portrait and two real-world PNGs)."""
+    import shutil
+
+    import matplotlib.cbook as cbook
+
+    d = tmp / "photos"
+    d.mkdir(exist_ok=True)
+    for name in ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png", "logo2.png"):
+        shutil.copy(cbook.get_sample_data(name, asfileobj=False), d / name)
+    (d / "README.txt").write_text("not an image, must be skipped\n")
+    return d

@@ -1,0 +1,142 @@
+"""twins-export / twins-validate end to end, and every bad input leaving nothing behind."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import numpy_helper
+from safetensors.torch import save_file
+
+from twins_deploy import create_model
+from twins_deploy.cli.export import main as export_main
+from twins_deploy.cli.validate import main as validate_main
+
+SMALL = ["--min-batch", "1", "--opt-batch", "2", "--max-batch", "2", "-q"]
+
+
+def _files(d: Path) -> list[str]:
+    return sorted(p.name for p in d.rglob("*")) if d.exists() else []
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli")
+    ckpt = out / "ckpt.safetensors"
+    save_file(create_model("pcpvt_s", seed=11).state_dict(), str(ckpt))
+    assert export_main(["--model", "twins_pcpvt_small", "--weights", str(ckpt), "--out-dir", str(out / "o"), *SMALL]) == 0
+    return out / "o" / "pcpvt_s_fp32.onnx", ckpt
+
+
+def test_export_writes_model_and_manifest(exported, capsys):
+    path, ckpt = exported
+    manifest = json.loads(Path(f"{path}.json").read_text())
+    assert manifest["model"]["name"] == "pcpvt_s" and manifest["kind"] == "onnx"
+    assert manifest["weights"]["source"] == "file" and len(manifest["weights"]["sha256"]) == 64
+    assert manifest["preprocess"]["interpolation"] == "bicubic" and manifest["preprocess"]["crop_pct"] == 0.9
+    assert manifest["opset"] == 17 and manifest["tools"]["torch"] and manifest["tools"]["onnx"]
+    assert manifest["validation"]["passed"] and manifest["graph"]["roll_free"]
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".partial")]
+
+
+def test_existing_file_needs_force(exported, capsys):
+    path, ckpt = exported
+    before = path.stat().st_mtime_ns
+    args = ["--model", "pcpvt_s", "--weights", str(ckpt), "--out-dir", str(path.parent), *SMALL]
+    assert export_main(args) == 2
+    assert "already exist" in capsys.readouterr().err and path.stat().st_mtime_ns == before
+    assert export_main(args + ["--force", "--no-validate"]) == 0
+    assert path.stat().st_mtime_ns != before
+
+
+def test_validate_passes_then_fails_on_tampered_artifact(exported, tmp_path, capsys):
+    path, ckpt = exported
+    report = tmp_path / "r.json"
+    assert validate_main([str(path), "--weights", str(ckpt), "--batch", "1,2", "--report", str(report), "-q"]) == 0
+    assert json.loads(report.read_text())["passed"] is True
+    # the manifest remembers the checkpoint's path, so --weights is optional
+    assert validate_main([str(path), "-q"]) == 0
+
+    tampered = tmp_path / "pcpvt_s_fp32.onnx"
+    m = onnx.load(path)
+    init = next(i for i in m.graph.initializer if numpy_helper.to_array(i).size == 1000)  # head bias
+    arr = numpy_helper.to_array(init).copy()
+    arr[3] += 0.5  # one weight changed
+    init.CopyFrom(numpy_helper.from_array(arr, init.name))
+    onnx.save(m, tampered)
+    Path(f"{tampered}.json").write_text(Path(f"{path}.json").read_text())
+    capsys.readouterr()
+    assert validate_main([str(tampered), "--weights", str(ckpt), "--report", str(report), "-q"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "max abs error" in out
+    assert json.loads(report.read_text())["passed"] is False
+
+
+def test_validate_refuses_other_weights_and_out_of_range_batch(exported, tmp_path, capsys):
+    path, _ = exported
+    other = tmp_path / "other.safetensors"
+    save_file(create_model("pcpvt_s", seed=12).state_dict(), str(other))
+    assert validate_main([str(path), "--weights", str(other), "-q"]) == 2
+    assert "sha256 differs" in capsys.readouterr().err
+    assert validate_main([str(path), "--batch", "9", "-q"]) == 2
+    assert "outside the artifact's range 1..2" in capsys.readouterr().err
+    assert validate_main([str(tmp_path / "missing.onnx")]) == 2
+
+
+def test_failed_validation_exits_1_and_keeps_report(tmp_path, capsys):
+    out = tmp_path / "o"
+    rc = export_main(["--model", "pcpvt_s", "--out-dir", str(out), "--atol", "1e-12", *SMALL])
+    assert rc == 1
+    assert "failed validation" in capsys.readouterr().err
+    manifest = json.loads((out / "pcpvt_s_fp32.onnx.json").read_text())
+    assert manifest["validation"]["passed"] is False and manifest["validation"]["failures"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "svt_ss"], "did you mean"),
+    (["--model", "svt_s", "--weights", "/nonexistent/ckpt.pth"], "does not exist"),
+    (["--model", "svt_s", "--images", "/nonexistent/photos"], "not a directory"),
+])
+def test_bad_input_one_line_and_nothing_written(tmp_path, capsys, args, message):
+    out = tmp_path / "o"
+    assert export_main(args + ["--out-dir", str(out), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert _files(out) == []
+
+
+def test_bad_checkpoint_leaves_nothing(tmp_path, capsys):
+    bad = tmp_path / "bad.pth"
+    bad.write_text("not a checkpoint")
+    out = tmp_path / "o"
+    assert export_main(["--model", "svt_s", "--weights", str(bad), "--out-dir", str(out), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "bad.pth" in err and "neither a torch zip archive nor a pickle" in err
+    assert _files(out) == []
+
+
+def test_unwritable_out_dir(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert export_main(["--model", "svt_s", "--out-dir", str(blocker / "sub"), "-q"]) == 2
+    assert "cannot write to output directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["--img-size", "16"], ["--img-size", "224x"], ["--min-batch", "4", "--max-batch", "2"],
+                                  ["--opset", "11"], ["--io-fp16"]])
+def test_impossible_arguments_are_usage_errors(tmp_path, capsys, args):
+    with pytest.raises(SystemExit) as e:
+        export_main(["--model", "svt_s", "--out-dir", str(tmp_path / "o"), *args])
+    assert e.value.code == 2
+    assert "error:" in capsys.readouterr().err
+    assert _files(tmp_path / "o") == []
+
+
+def test_help_explains_defaults(capsys):
+    with pytest.raises(SystemExit):
+        export_main(["--help"])
+    text = capsys.readouterr().out
+    for needle in ("--precision", "default: fp32", "--dynamic-hw", "--features", "--images", "examples:",
+                   "--timing-cache", "--tf32"):
+        assert needle in text

@@ -1,0 +1,120 @@
+"""ONNX export: all six variants, FP16, dynamic batch and H/W, backbone outputs."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from twins_deploy import create_model
+from twins_deploy.exporters.inspect import inspect_onnx
+from twins_deploy.exporters.spec import BatchRange
+from twins_deploy.exporters.onnx_export import ort_session
+
+from conftest import ALL_VARIANTS
+from helpers_export import export_to, photo_dir
+
+
+@pytest.mark.parametrize("name", ALL_VARIANTS)
+def test_every_variant_exports_fp32_and_validates(tmp_path, name):
+    path, manifest = export_to(tmp_path, name)
+    val = manifest["validation"]
+    assert val["passed"], val["failures"]
+    logits = [s for s in val["stats"] if s["output"] == "logits"]
+    assert {s["shape"][0] for s in logits} == {1, 2, 3}  # validated across the dynamic range
+    assert max(s["max_abs"] for s in logits) <= 1e-4
+    report = inspect_onnx(path)
+    assert report.roll_free and all(v.compatible for v in report.trt)
+    assert report.op_census.get("LayerNormalization", 0) > 0  # opset 17: one node per LN
+    assert "Shape" not in report.op_census and "Pad" not in report.op_census  # static H/W folds
+    assert report.num_params == manifest["model"]["config"]["num_params"]
+    assert manifest["sha256"] and manifest["input"]["dynamic_axes"] == {0: "batch"}
+
+
+@pytest.mark.parametrize("name", ["svt_s", "pcpvt_s"])
+def test_fp16_graph_keeps_layernorm_and_io_fp32(tmp_path, name):
+    path, manifest = export_to(tmp_path, name, precision="fp16")
+    val = manifest["validation"]
+    assert val["passed"], val["failures"]
+    assert min(s["min_cosine"] for s in val["stats"]) >= 0.999
+    assert val["top1_agreement"] >= 0.99
+    assert max(s["max_abs"] for s in val["stats"]) > 1e-5  # really computed in FP16
+    m = onnx.load(path)
+    f32, f16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    assert m.graph.input[0].type.tensor_type.elem_type == f32
+    assert m.graph.output[0].type.tensor_type.elem_type == f32
+    inits = {i.name: i for i in m.graph.initializer}
+    ln = [n for n in m.graph.node if n.op_type == "LayerNormalization"]
+    assert ln and all(inits[n.input[1]].data_type == f32 for n in ln)
+    matmul_w = [inits[i] for n in m.graph.node if n.op_type == "MatMul" for i in n.input if i in inits]
+    assert matmul_w and all(t.data_type == f16 for t in matmul_w)
+    assert manifest["export"]["fp16"]["io"] == "fp32"
+
+
+def test_fp16_io_fp16_option(tmp_path):
+    path, manifest = export_to(tmp_path, "pcpvt_s", precision="fp16", io_fp16=True)
+    m = onnx.load(path)
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert manifest["validation"]["passed"] and manifest["input"]["dtype"] == "float16"
+
+
+def _torch_out(model, x):
+    with torch.no_grad():
+        out = model(torch.from_numpy(x))
+    return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
+
+
+def test_dynamic_batch_runs_at_1_3_8(tmp_path):
+    path, _ = export_to(tmp_path, "svt_s", batch=BatchRange(1, 4, 8))
+    model = create_model("svt_s")
+    sess = ort_session(path)
+    for b in (1, 3, 8):
+        x = np.random.default_rng(b).standard_normal((b, 3, 224, 224), dtype=np.float32)
+        got = sess.run(None, {"input": x})[0]
+        assert got.shape == (b, 1000)
+        assert np.abs(got - _torch_out(model, x)[0]).max() <= 1e-4
+
+
+def test_dynamic_hw_is_correct_at_other_sizes_including_padding(tmp_path):
+    """Exported at 224 (no padding anywhere), run where every stage pads.
+
+    Tracing timm at 224 freezes its no-pad branch and breaks at 256x320; ours must not.
+    """
+    path, manifest = export_to(tmp_path, "svt_s", dynamic_hw=True)
+    assert manifest["validation"]["passed"]
+    assert any("256x288" in s["case"] for s in manifest["validation"]["stats"])
+    model = create_model("svt_s")
+    sess = ort_session(path)
+    for hw in ((224, 224), (256, 320), (230, 301)):  # 256x320 pads both axes at every stage
+        x = np.random.default_rng(hw[0]).standard_normal((2, 3, *hw), dtype=np.float32)
+        got = sess.run(None, {"input": x})[0]
+        assert np.abs(got - _torch_out(model, x)[0]).max() <= 1e-4, hw
+    assert inspect_onnx(path).op_census.get("Pad", 0) == 9  # one per LSA block, pads computed
+
+
+def test_features_outputs_match_pytorch(tmp_path):
+    path, manifest = export_to(tmp_path, "svt_s", features=True, dynamic_hw=True)
+    assert manifest["outputs"] == ["stage1", "stage2", "stage3", "stage4"]
+    assert manifest["validation"]["passed"]
+    model = create_model("svt_s", features=True)
+    x = np.random.default_rng(0).standard_normal((2, 3, 256, 320), dtype=np.float32)
+    got = ort_session(path).run(None, {"input": x})
+    want = _torch_out(model, x)
+    for g, w, stride in zip(got, want, (4, 8, 16, 32)):
+        assert g.shape == w.shape == (2, g.shape[1], 256 // stride, 320 // stride)
+        assert np.abs(g - w).max() <= 1e-4 * max(1.0, np.abs(w).max())
+
+
+def test_real_photographs_validate(tmp_path):
+    photos = photo_dir(tmp_path)
+    _, manifest = export_to(tmp_path / "out", "pcpvt_s", images=str(photos))
+    cases = {s["case"] for s in manifest["validation"]["stats"]}
+    assert "images 0..2 of 3" in cases
+    assert manifest["validation"]["passed"]
+
+
+def test_fixed_batch_and_non_default_size_naming(tmp_path):
+    path, manifest = export_to(tmp_path, "pcpvt_s", batch=BatchRange.fixed(2), img_size=(256, 320))
+    assert path.name == "pcpvt_s_fp32_256x320_b2.onnx"
+    assert manifest["input"]["shape"] == [2, 3, 256, 320]
+    assert manifest["validation"]["passed"]
