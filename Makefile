@@ -6,9 +6,16 @@ STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
 .PHONY: setup test export clean
 
+# TensorRT API descriptions for the conformance tests, kept out of site-packages: the
+# stubs' bare tensorrt/ folder would otherwise import as an empty namespace package.
+TRT_REF := $(VENV)/trt-reference
+PIP     := $(BIN)/python -m pip --disable-pip-version-check
+
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	$(PIP) install --quiet -e ".[test]"
+	$(PIP) install --quiet --no-deps --target $(TRT_REF)/stubs tensorrt-stubs==10.13.0.35.1
+	$(PIP) download --quiet --no-deps -d $(TRT_REF)/wheels tensorrt-cu12-bindings==11.4.0.106
 	@rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)
@@ -17,8 +24,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 export: $(STAMP)
-	$(BIN)/python -c "import torch, twins_deploy as td; m = td.create_model('svt_s'); \
-	x = torch.randn(1, 3, 224, 224); print('svt_s logits', tuple(m(x).shape), m.weights_info.note)"
+	$(BIN)/twins-export --model svt_s --fmt onnx --force
 
 clean:
 	rm -rf $(VENV) build *.egg-info

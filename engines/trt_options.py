@@ -25,6 +25,8 @@ class TrtBuildOptions:
     hw_compat: str = "none"
     version_compat: bool = False
     weak_fp16: bool = False     # TensorRT 8.6-10.x only, never the only route
+    min_hw: tuple[int, int] | None = None  # --dynamic-hw profile; default half the export size
+    max_hw: tuple[int, int] | None = None  # default twice the export size
 
     def __post_init__(self) -> None:
         if not 0 <= self.opt_level <= 5:
@@ -52,6 +54,10 @@ def add_trt_args(p: argparse.ArgumentParser) -> None:
                    help="hardware compatibility level (TensorRT >= 8.6): ampere+ runs on any Ampere or newer GPU")
     g.add_argument("--version-compat", action="store_true",
                    help="version-compatible engine (runs on later TensorRT via the lean runtime)")
+    g.add_argument("--min-hw", type=_hw, metavar="N|HxW",
+                   help="with --dynamic-hw: smallest H/W of the engine profile (default: half the export size)")
+    g.add_argument("--max-hw", type=_hw, metavar="N|HxW",
+                   help="with --dynamic-hw: largest H/W of the engine profile (default: twice the export size)")
     g.add_argument("--weak-fp16", action="store_true",
                    help="TensorRT 8.6-10.x: build the FP32 ONNX with BuilderFlag.FP16 instead of the "
                         "strongly typed FP16 graph (not available on TensorRT 11)")
@@ -60,4 +66,10 @@ def add_trt_args(p: argparse.ArgumentParser) -> None:
 def trt_options_from_args(args: argparse.Namespace) -> TrtBuildOptions:
     cache = None if str(args.timing_cache).lower() == "none" else args.timing_cache
     return TrtBuildOptions(args.workspace, args.opt_level, args.tf32, cache, args.hw_compat,
-                           args.version_compat, args.weak_fp16)
+                           args.version_compat, args.weak_fp16, args.min_hw, args.max_hw)
+
+
+def _hw(text: str) -> tuple[int, int]:
+    from twins_deploy.cli.common import hw_arg
+
+    return hw_arg(text)

@@ -1,0 +1,50 @@
+"""The trtexec command line equivalent to a build, for rebuilding on another box.
+
+Flags differ by major version (reference/tensorrt.md section 5): ``--stronglyTyped``
+exists from 10.0 and is a no-op on 11; ``--fp16`` is gone in 11 (strong typing only).
+"""
+from __future__ import annotations
+
+import shlex
+
+from twins_deploy.engines.trt_options import TrtBuildOptions
+from twins_deploy.engines.trt_profile import Profile
+
+_HW_FLAG = {"ampere+": "ampere+", "same-cc": "sameComputeCapability"}
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def trtexec_command(onnx_file: str, engine_file: str, profile: Profile, opts: TrtBuildOptions,
+                    major: int, route: str) -> str:
+    """One shell-quoted trtexec invocation reproducing the build for TensorRT ``major``.
+
+    ``route`` is ``"strong"`` (precision from the ONNX graph) or ``"weak"`` (FP32 graph plus
+    the FP16 builder flag, TensorRT 8.6-10.x only).
+    """
+    if route == "weak" and major >= 11:
+        raise ValueError("TensorRT 11 has no weak typing: --fp16 does not exist there")
+    args = [
+        "trtexec", f"--onnx={onnx_file}", f"--saveEngine={engine_file}",
+        f"--minShapes={profile.input}:{_dims(profile.min)}",
+        f"--optShapes={profile.input}:{_dims(profile.opt)}",
+        f"--maxShapes={profile.input}:{_dims(profile.max)}",
+        f"--memPoolSize=workspace:{int(opts.workspace_gib * 1024)}",  # MiB, the unit every version takes
+        f"--builderOptimizationLevel={opts.opt_level}",
+    ]
+    if not opts.tf32:
+        args.append("--noTF32")
+    if route == "strong" and major == 10:
+        args.append("--stronglyTyped")
+    if route == "weak":
+        args.append("--fp16")
+    if opts.timing_cache:
+        args.append(f"--timingCacheFile={opts.timing_cache}")
+    if opts.hw_compat != "none":
+        args.append(f"--hardwareCompatibilityLevel={_HW_FLAG[opts.hw_compat]}")
+    if opts.version_compat:
+        args.append("--versionCompatible")
+    args.append("--skipInference")
+    return shlex.join(args)

@@ -1,0 +1,214 @@
+"""Everything about the TensorRT path that runs without TensorRT or a GPU, and the
+GPU integration tests, which skip here with their reason."""
+from __future__ import annotations
+
+import json
+import shlex
+
+import numpy as np
+import pytest
+
+from twins_deploy import ArtifactError, BackendUnavailableError, InputShapeError
+from twins_deploy.cli.export import main as export_main
+from twins_deploy.cli.validate import main as validate_main
+from twins_deploy.engines.trt_builder import onnx_precision_for, precision_route
+from twins_deploy.engines.trt_env import import_tensorrt
+from twins_deploy.engines.trt_options import TrtBuildOptions
+from twins_deploy.engines.trt_profile import Profile, profile_for
+from twins_deploy.engines.trt_runner import check_engine_compat
+from twins_deploy.engines.trtexec import trtexec_command
+from twins_deploy.exporters.spec import BatchRange, ExportSpec
+
+
+def _trt_and_gpu() -> str | None:
+    """Reason to skip GPU integration tests, or None when they can run."""
+    try:
+        trt = import_tensorrt()
+        from twins_deploy.engines.trt_env import gpu_info
+
+        gpu_info()
+    except BackendUnavailableError as e:
+        return str(e)
+    return None if hasattr(trt, "Builder") else "TensorRT builder not available"
+
+
+SKIP_GPU = _trt_and_gpu()
+
+
+# -- without TensorRT -----------------------------------------------------------------------
+@pytest.mark.skipif(SKIP_GPU is None, reason="TensorRT and a GPU are present: the missing path cannot be shown")
+def test_fmt_trt_without_tensorrt_keeps_validated_onnx_and_exits_3(tmp_path, capsys):
+    out = tmp_path / "o"
+    rc = export_main(["--model", "pcpvt_s", "--fmt", "trt", "--precision", "fp16", "--out-dir", str(out),
+                      "--min-batch", "1", "--opt-batch", "2", "--max-batch", "2", "-q"])
+    assert rc == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert "written and validated, but no engine was built" in err[0]
+    assert "pip install 'twins-deploy[trt]'" in err[0] or "no usable CUDA GPU" in err[0]
+    manifest = json.loads((out / "pcpvt_s_fp16.onnx.json").read_text())
+    assert manifest["validation"]["passed"] and manifest["precision"] == "fp16"
+    assert not list(out.glob("*.plan")) and not list(out.glob("*.partial"))
+
+
+def test_tensorrt_import_is_refused_clearly_when_absent():
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("tensorrt is installed")
+    except ImportError:
+        pass
+    with pytest.raises(BackendUnavailableError, match=r"TensorRT is not installed; install it with: pip install"):
+        import_tensorrt()
+
+
+def test_validate_engine_without_tensorrt_exits_3(tmp_path, capsys):
+    if SKIP_GPU is None:
+        pytest.skip("TensorRT and a GPU are present")
+    plan = tmp_path / "svt_s_fp16.plan"
+    plan.write_bytes(b"not an engine")
+    spec = ExportSpec(model="svt_s", precision="fp16")
+    manifest = {"schema": 1, "kind": "trt", "model": {"name": "svt_s", "num_classes": 1000},
+                "artifact": plan.name, "input": {}, "spec": spec.to_dict(),
+                "weights": {"source": "random", "seed": 0}, "precision": "fp16",
+                "trt": {"version": "10.13.0", "profile": profile_for(spec).to_dict(), "build_options": {}},
+                "gpu": {"name": "NVIDIA H100", "compute_capability": "9.0"}}
+    (tmp_path / "svt_s_fp16.plan.json").write_text(json.dumps(manifest))
+    assert validate_main([str(plan), "--batch", "1", "-q"]) == 3
+    assert "error: " in capsys.readouterr().err
+
+
+# -- routes, profiles, trtexec --------------------------------------------------------------
+@pytest.mark.parametrize("precision,major,weak,route", [
+    ("fp32", 8, False, "fp32"), ("fp32", 11, False, "fp32"),
+    ("fp16", 8, False, "weak"),      # 8.6 has no strong typing
+    ("fp16", 10, False, "strong"), ("fp16", 10, True, "weak"), ("fp16", 11, False, "strong"),
+])
+def test_precision_routes(precision, major, weak, route):
+    assert precision_route(precision, major, weak) == route
+    assert onnx_precision_for(route) == ("fp16" if route == "strong" else "fp32")
+
+
+def test_weak_fp16_is_refused_on_tensorrt_11():
+    with pytest.raises(BackendUnavailableError, match="TensorRT 11 removed BuilderFlag.FP16"):
+        precision_route("fp16", 11, weak_fp16=True)
+
+
+def test_profile_shapes_and_range_errors():
+    p = profile_for(ExportSpec(model="svt_s", batch=BatchRange(1, 8, 32)))
+    assert (p.min, p.opt, p.max) == ((1, 3, 224, 224), (8, 3, 224, 224), (32, 3, 224, 224))
+    p.check((32, 3, 224, 224))
+    with pytest.raises(InputShapeError, match=r"batch 1\.\.32"):
+        p.check((33, 3, 224, 224))
+    with pytest.raises(InputShapeError, match=r"H 224\.\.224"):
+        p.check((2, 3, 256, 224))
+    dyn = profile_for(ExportSpec(model="svt_s", dynamic_hw=True))
+    assert dyn.min[2:] == (112, 112) and dyn.max[2:] == (448, 448)
+    with pytest.raises(InputShapeError, match="does not contain the export size"):
+        profile_for(ExportSpec(model="svt_s", dynamic_hw=True), min_hw=(256, 256))
+    assert Profile.from_dict(p.to_dict()) == p
+
+
+def _cmd(major, route, **kw):
+    p = profile_for(ExportSpec(model="svt_s", batch=BatchRange(1, 8, 32)))
+    return shlex.split(trtexec_command("svt_s_fp16.onnx", "svt_s_fp16.plan", p, TrtBuildOptions(**kw), major, route))
+
+
+def test_trtexec_command_per_version():
+    ten = _cmd(10, "strong", timing_cache="/c/t.cache")
+    assert ten[:3] == ["trtexec", "--onnx=svt_s_fp16.onnx", "--saveEngine=svt_s_fp16.plan"]
+    assert "--minShapes=input:1x3x224x224" in ten and "--maxShapes=input:32x3x224x224" in ten
+    assert "--stronglyTyped" in ten and "--noTF32" in ten and "--fp16" not in ten
+    assert "--memPoolSize=workspace:4096" in ten and "--timingCacheFile=/c/t.cache" in ten
+    eleven = _cmd(11, "strong", tf32=True, hw_compat="ampere+", version_compat=True)
+    assert "--stronglyTyped" not in eleven and "--fp16" not in eleven and "--noTF32" not in eleven
+    assert "--hardwareCompatibilityLevel=ampere+" in eleven and "--versionCompatible" in eleven
+    eight = _cmd(8, "weak", opt_level=5)
+    assert "--fp16" in eight and "--stronglyTyped" not in eight and "--builderOptimizationLevel=5" in eight
+    with pytest.raises(ValueError, match="no weak typing"):
+        _cmd(11, "weak")
+
+
+def test_build_options_validation():
+    with pytest.raises(ValueError, match="opt-level"):
+        TrtBuildOptions(opt_level=7)
+    with pytest.raises(ValueError, match="workspace"):
+        TrtBuildOptions(workspace_gib=0)
+
+
+# -- refusing foreign engines ------------------------------------------------------------------
+def _engine_manifest(version="10.13.0.35", cc="9.0", name="NVIDIA H100 80GB HBM3", **opts):
+    return {"trt": {"version": version, "build_options": {"hw_compat": "none", "version_compat": False, **opts}},
+            "gpu": {"name": name, "compute_capability": cc}}
+
+
+H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+
+
+def test_engine_from_same_version_and_gpu_is_accepted():
+    assert check_engine_compat(_engine_manifest(), "10.13.0.35", H100) == []
+
+
+def test_engine_from_other_tensorrt_version_is_refused():
+    with pytest.raises(ArtifactError, match="built with TensorRT 10.13.0.35 but TensorRT 10.14.1.48 is installed"):
+        check_engine_compat(_engine_manifest(), "10.14.1.48", H100)
+
+
+def test_engine_from_other_gpu_architecture_is_refused():
+    with pytest.raises(ArtifactError, match="compute capability 9.0 .* is 8.0; rebuild"):
+        check_engine_compat(_engine_manifest(), "10.13.0.35", {"name": "NVIDIA A100", "compute_capability": "8.0"})
+
+
+def test_compatible_builds_are_accepted_where_they_apply():
+    vc = _engine_manifest(version_compat=True)
+    assert check_engine_compat(vc, "10.16.1.11", H100) == []
+    with pytest.raises(ArtifactError, match="runs on 10.x"):
+        check_engine_compat(vc, "11.4.0.106", H100)
+    with pytest.raises(ArtifactError, match="runs on 10.x"):
+        check_engine_compat(vc, "10.12.0.36", H100)
+    hw = _engine_manifest(hw_compat="ampere+")
+    assert check_engine_compat(hw, "10.13.0.35", {"name": "NVIDIA A10", "compute_capability": "8.6"}) == []
+    with pytest.raises(ArtifactError, match="Ampere and newer"):
+        check_engine_compat(hw, "10.13.0.35", {"name": "Tesla T4", "compute_capability": "7.5"})
+    warn = check_engine_compat(_engine_manifest(), "10.13.0.35", {"name": "NVIDIA H200", "compute_capability": "9.0"})
+    assert warn and "H200" in warn[0]
+
+
+def test_manifest_without_build_facts_is_refused():
+    with pytest.raises(ArtifactError, match="lacks the TensorRT version"):
+        check_engine_compat({"trt": {}, "gpu": {}}, "10.13.0", H100)
+
+
+# -- the CUDA layer without a GPU ------------------------------------------------------------
+def test_cuda_layer_reports_missing_gpu_clearly():
+    pytest.importorskip("cuda.bindings.runtime", reason="cuda-bindings not installed")
+    from twins_deploy.engines.cuda_rt import CudaError, DeviceBuffer
+    from twins_deploy.engines.trt_env import gpu_info
+
+    if SKIP_GPU is None:
+        pytest.skip("a GPU is present")
+    with pytest.raises(BackendUnavailableError, match="no usable CUDA GPU: cudaGetDeviceCount failed with cuda"):
+        gpu_info()
+    with pytest.raises(CudaError, match=r"cudaMalloc\(1024\) failed with cuda"):
+        DeviceBuffer(1024)
+
+
+# -- on a machine with TensorRT and a GPU ------------------------------------------------------
+@pytest.mark.skipif(SKIP_GPU is not None, reason=f"TensorRT engine tests need TensorRT and a GPU: {SKIP_GPU}")
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_svt_s_engine_builds_runs_and_matches_pytorch(tmp_path, precision):
+    out = tmp_path / "o"
+    rc = export_main(["--model", "svt_s", "--fmt", "trt", "--precision", precision, "--out-dir", str(out),
+                      "--min-batch", "1", "--opt-batch", "4", "--max-batch", "8", "--timing-cache", "none", "-q"])
+    assert rc == 0
+    plan = out / f"svt_s_{precision}.plan"
+    manifest = json.loads((out / f"svt_s_{precision}.plan.json").read_text())
+    assert plan.read_bytes()[:4] != b"{\"sc"  # a plain plan, no JSON header
+    assert manifest["validation"]["passed"] and manifest["trt"]["tf32"] is False
+    from twins_deploy.engines.trt_runner import TrtRunner
+
+    with TrtRunner(plan, manifest) as r:
+        y = r.infer(np.zeros((3, 3, 224, 224), np.float32))
+        assert y[0].shape == (3, 1000)
+        with pytest.raises(InputShapeError, match=r"batch 1\.\.8"):
+            r.infer(np.zeros((9, 3, 224, 224), np.float32))
+    assert validate_main([str(plan), "-q"]) == 0
