@@ -1,0 +1,143 @@
+"""twins-bench on CPU with tiny iteration counts: report structure, arithmetic, skips, errors.
+No timing assertions: only that what is reported is consistent with what was measured."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from twins_deploy.bench.backends import Subject, make_runner, twins_subject
+from twins_deploy.bench.harness import BenchConfig, add_speedups, paper_comparison, run
+from twins_deploy.bench.report import CSV_COLUMNS
+from twins_deploy.bench.timing import Timing, percentile, time_runner
+from twins_deploy.cli.bench import main as bench_main
+from twins_deploy.engines.runner import Runner
+from twins_deploy.progress import Steps
+
+FAST = ["--min-iters", "2", "--min-time", "0", "--warmup", "1", "--warmup-time", "0", "-q"]
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    rc = bench_main(["--model", "pcpvt_s", "--backends", "torch,ort-cpu,torch-fp16,trt-fp16", "--batch", "1,2",
+                     "--img-size", "64", "--threads", "2", "--out", str(out), "--name", "t", *FAST])
+    assert rc == 0
+    return out, json.loads((out / "t.json").read_text())
+
+
+def test_report_files_and_structure(result):
+    out, res = result
+    assert {p.name for p in out.iterdir() if p.is_file()} == {"t.json", "t.csv", "t.md", "t.png"}
+    assert (out / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert res["environment"]["machine"]["cpu"] and res["environment"]["tools"]["torch"]
+    rows = res["rows"]
+    assert len(rows) == 4 * 2  # every backend x batch appears, measured or skipped
+    header = next(csv.reader((out / "t.csv").read_text().splitlines()))
+    assert header == CSV_COLUMNS
+    for col in ("infer_samples_per_sec", "infer_step_time", "infer_batch_size", "infer_img_size", "param_count"):
+        assert col in header
+    md = (out / "t.md").read_text()
+    assert "| pcpvt_s | torch | 1 |" in md and "skipped" in md
+
+
+def test_measured_rows_are_consistent(result):
+    _, res = result
+    ok = [r for r in res["rows"] if r["status"] == "ok"]
+    assert {r["backend"] for r in ok} == {"torch", "ort-cpu"}
+    for r in ok:
+        assert r["iterations"] >= 2 and r["infer_samples_per_sec"] > 0
+        # throughput is batch x iterations over the loop's wall time
+        assert r["infer_samples_per_sec"] == pytest.approx(r["infer_batch_size"] * r["iterations"] / r["total_s"], rel=0.01)
+        assert r["infer_step_time"] <= r["latency_ms_p90"] <= r["latency_ms_p99"] or r["iterations"] < 3
+        assert r["param_count"] == 24_106_216 and r["infer_gmacs"] > 0
+        assert r["achieved_gflops"] == pytest.approx(2 * r["infer_gmacs"] * r["infer_samples_per_sec"], rel=0.01)
+        assert r["infer_img_size"] == "64x64"
+    torch_b1 = next(r for r in ok if r["backend"] == "torch" and r["infer_batch_size"] == 1)
+    ort_b1 = next(r for r in ok if r["backend"] == "ort-cpu" and r["infer_batch_size"] == 1)
+    assert torch_b1["speedup_vs_torch"] == 1.0
+    assert ort_b1["speedup_vs_torch"] == pytest.approx(ort_b1["infer_samples_per_sec"] / torch_b1["infer_samples_per_sec"], rel=1e-2)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: GPU backends run instead of skipping")
+def test_gpu_backends_are_skipped_with_reasons(result):
+    _, res = result
+    skipped = {r["backend"]: r["reason"] for r in res["rows"] if r["status"] == "skipped"}
+    assert skipped["torch-fp16"] == "no CUDA GPU visible to PyTorch"
+    assert "no CUDA GPU" in skipped["trt-fp16"] or "TensorRT is not installed" in skipped["trt-fp16"]
+
+
+def test_unknown_backend_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench_main(["--backends", "torch,tensorflow", "--out", str(tmp_path)])
+    assert e.value.code == 2
+    assert "unknown backend(s) tensorflow" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown backend"):
+        make_runner("tflite", twins_subject("svt_s", (64, 64), 1, tmp_path))
+
+
+def test_percentiles_and_speedups_arithmetic():
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == pytest.approx(50.5)
+    assert percentile(values, 90) == pytest.approx(90.1)
+    assert percentile(values, 99) == pytest.approx(99.01)
+    t = Timing(batch=8, iterations=10, total_s=2.0, latency_ms=[200.0] * 10, method="x")
+    assert t.images_per_s == 40.0 and t.summary()["latency_ms_p99"] == 200.0
+    rows = [{"model": "m", "backend": "torch", "infer_batch_size": 8, "infer_samples_per_sec": 40.0, "status": "ok"},
+            {"model": "m", "backend": "trt-fp16", "infer_batch_size": 8, "infer_samples_per_sec": 68.0, "status": "ok"},
+            {"model": "m", "backend": "trt-fp32", "infer_batch_size": 16, "infer_samples_per_sec": 50.0, "status": "ok"},
+            {"model": "m", "backend": "ort-cuda", "infer_batch_size": 8, "status": "skipped", "reason": "r"}]
+    add_speedups(rows)
+    assert [r["speedup_vs_torch"] for r in rows] == [1.0, 1.7, None, None]
+    paper = paper_comparison(rows, model="m", batch=8)
+    assert [(p["backend"], p["measured_speedup"], p["paper_speedup"]) for p in paper] == \
+        [("trt-fp16", 1.7, 1.7), ("ort-cuda", None, 1.7)]
+
+
+class _OomAbove(Runner):
+    """A Runner whose device 'runs out of memory' above a batch size: tests the harness's
+    OOM handling (no TensorRT is involved)."""
+
+    name, device = "oom-test", "cpu"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.output_names = ["logits"]
+
+    def _activate(self) -> None:
+        return None
+
+    def infer(self, x):
+        if len(x) > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [np.zeros((len(x), 1000), np.float32)]
+
+
+def test_out_of_memory_is_reported_per_row_and_the_run_goes_on(tmp_path, monkeypatch):
+    import twins_deploy.bench.harness as harness
+
+    subject = Subject("svt_s", lambda: torch.nn.Identity(), (64, 64), 4, tmp_path)
+    monkeypatch.setattr(harness, "make_runner", lambda *a, **k: _OomAbove(limit=2))
+    cfg = BenchConfig(["torch"], [1, 4, 2], warmup=1, warmup_s=0, min_iters=2, min_time_s=0)
+    rows = run([subject], cfg, Steps(1, quiet=True))
+    assert [(r["infer_batch_size"], r["status"]) for r in rows] == [(1, "ok"), (4, "oom"), (2, "ok")]
+    assert "out of memory" in rows[1]["reason"]
+
+
+def test_time_runner_honours_minimums():
+    class Counting(_OomAbove):
+        calls = 0
+
+        def infer(self, x):
+            Counting.calls += 1
+            return super().infer(x)
+
+    r = Counting(limit=8).activate()
+    t = time_runner(r, np.zeros((2, 3, 8, 8), np.float32), warmup=3, warmup_s=0, min_iters=7, min_time_s=0)
+    assert t.iterations == 7 and len(t.latency_ms) == 7 and Counting.calls == 3 + 7
+    t2 = time_runner(r, np.zeros((2, 3, 8, 8), np.float32), warmup=0, warmup_s=0, min_iters=1, min_time_s=0.05)
+    assert t2.total_s >= 0.05 and t2.iterations >= 1

@@ -1,0 +1,94 @@
+"""``twins-bench``: throughput of Twins through PyTorch, ONNX Runtime and TensorRT.
+
+Each backend that cannot run here (no GPU, no TensorRT, no onnxruntime-gpu) is skipped
+with its reason; the run goes on, and an out-of-memory batch is reported for its row.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from twins_deploy.cli.common import hw_arg, int_list, run_cli
+
+EPILOG = """\
+examples:
+  twins-bench --preset paper                 # Twins-SVT-S, 224, batch 192: PyTorch vs deployed
+  twins-bench --model svt_s,pcpvt_s --backends torch,ort-cpu --batch 1,8
+  twins-bench --model svt_s --backends torch,trt-fp16 --batch 1,32,192 --compare swin_t --cuda-graphs
+
+Methodology (as trtexec): fixed shapes, input staged on the device once, warm-up by count
+and time, then >= --min-iters iterations and >= --min-time seconds; CUDA events on the GPU,
+copies excluded unless --include-copies. Results: <out>/<name>.{json,csv,md,png}.
+"""
+
+PRESETS = {
+    "paper": dict(model="svt_s", backends="torch,torch-fp16,torch-compile,ort-cpu,ort-cuda,trt-fp32,trt-fp16",
+                  batch="192", img_size=(224, 224)),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from twins_deploy.bench.backends import BACKENDS
+
+    p = argparse.ArgumentParser(prog="twins-bench", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named comparison; 'paper' is the paper's setting")
+    p.add_argument("--model", default="svt_s", help="comma-separated variants (default: %(default)s)")
+    p.add_argument("--backends", default="torch,ort-cpu",
+                   help=f"comma-separated, from: {', '.join(BACKENDS)} (default: %(default)s)")
+    p.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default: %(default)s)")
+    p.add_argument("--img-size", type=hw_arg, default=(224, 224), metavar="N|HxW", help="image size (default: 224)")
+    p.add_argument("--min-time", type=float, default=3.0, help="seconds per timed loop, at least (default: %(default)s)")
+    p.add_argument("--min-iters", type=int, default=10, help="iterations per timed loop, at least (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up iterations, at least (default: %(default)s)")
+    p.add_argument("--warmup-time", type=float, default=0.2, help="warm-up seconds, at least (default: %(default)s)")
+    p.add_argument("--include-copies", action="store_true", help="time host<->device copies too")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay TensorRT inferences from a CUDA graph")
+    p.add_argument("--threads", type=int, help="CPU threads for PyTorch and ONNX Runtime (default: all)")
+    p.add_argument("--compare", choices=("swin_t",), help="also run timm's Swin-T through the same backends")
+    p.add_argument("--out", type=Path, default=Path("bench_out"), help="output directory (default: %(default)s)")
+    p.add_argument("--name", help="file stem of the results (default: derived from the run)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.add_argument("-v", "--verbose", action="store_true", help="full tracebacks on errors")
+    return p
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.preset:
+        for k, v in PRESETS[args.preset].items():
+            setattr(args, k, v)
+    from twins_deploy.bench.backends import BACKENDS
+    from twins_deploy.bench.run import run_benchmark
+    from twins_deploy.registry import resolve_name
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        parser.error(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+    try:
+        batches = int_list(args.batch)
+    except argparse.ArgumentTypeError as e:
+        parser.error(f"--batch: {e}")
+    if args.min_iters < 1 or args.min_time < 0:
+        parser.error("--min-iters must be >= 1 and --min-time >= 0")
+    models = [resolve_name(m) for m in args.model.split(",") if m.strip()]
+    name = args.name or args.preset or re.sub(r"[^A-Za-z0-9_.-]", "_", "_".join(models) + "_" + "-".join(backends))
+    paths, result = run_benchmark(models, backends, batches, args, name)
+    for p in paths:
+        print(p)
+    for row in result.get("paper") or []:
+        if row["measured_speedup"]:
+            print(f"paper setting: {row['backend']} {row['measured_speedup']:.2f}x vs PyTorch eager FP32 (paper: 1.7x)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
