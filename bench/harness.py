@@ -102,11 +102,11 @@ def _measure(subject: Subject, backend: str, runner: Any, batch: int, cfg: Bench
     try:
         t = time_runner(runner, x, warmup=cfg.warmup, warmup_s=cfg.warmup_s, min_iters=cfg.min_iters,
                         min_time_s=cfg.min_time_s, include_copies=cfg.include_copies)
-    except Exception as e:  # OOM at one batch size is a result, not the end of the run
-        if not _is_oom(e):
-            raise
-        steps.note(f"batch {batch}: out of memory")
-        return _row(subject, backend, batch, status="oom", reason=describe_skip(e).splitlines()[0])
+    except Exception as e:  # a failure at one batch size is a result, not the end of the run
+        status = "oom" if _is_oom(e) else "error"
+        reason = describe_skip(e).strip().splitlines()[0][:300]
+        steps.note(f"batch {batch}: {status}: {reason}")
+        return _row(subject, backend, batch, status=status, reason=reason)
     peak = round(torch.cuda.max_memory_allocated() / 2**20, 1) if on_gpu and backend.startswith("torch") else None
     steps.note(f"batch {batch}: {t.images_per_s:.1f} img/s, median {statistics.median(t.latency_ms):.2f} ms")
     return timing_row(subject, backend, t, runner.describe(), peak)

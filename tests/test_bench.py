@@ -98,8 +98,8 @@ def test_percentiles_and_speedups_arithmetic():
 
 
 class _OomAbove(Runner):
-    """A Runner whose device 'runs out of memory' above a batch size: tests the harness's
-    OOM handling (no TensorRT is involved)."""
+    """A Runner whose device 'runs out of memory' above a batch size, and fails outright on
+    a batch of 3: tests the harness's failure handling (no TensorRT is involved)."""
 
     name, device = "oom-test", "cpu"
 
@@ -112,6 +112,8 @@ class _OomAbove(Runner):
         return None
 
     def infer(self, x):
+        if len(x) == 3:
+            raise RuntimeError("compile failed: unsupported op")
         if len(x) > self.limit:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return [np.zeros((len(x), 1000), np.float32)]
@@ -122,10 +124,10 @@ def test_out_of_memory_is_reported_per_row_and_the_run_goes_on(tmp_path, monkeyp
 
     subject = Subject("svt_s", lambda: torch.nn.Identity(), (64, 64), 4, tmp_path)
     monkeypatch.setattr(harness, "make_runner", lambda *a, **k: _OomAbove(limit=2))
-    cfg = BenchConfig(["torch"], [1, 4, 2], warmup=1, warmup_s=0, min_iters=2, min_time_s=0)
+    cfg = BenchConfig(["torch"], [1, 4, 3, 2], warmup=1, warmup_s=0, min_iters=2, min_time_s=0)
     rows = run([subject], cfg, Steps(1, quiet=True))
-    assert [(r["infer_batch_size"], r["status"]) for r in rows] == [(1, "ok"), (4, "oom"), (2, "ok")]
-    assert "out of memory" in rows[1]["reason"]
+    assert [(r["infer_batch_size"], r["status"]) for r in rows] == [(1, "ok"), (4, "oom"), (3, "error"), (2, "ok")]
+    assert "out of memory" in rows[1]["reason"] and "unsupported op" in rows[2]["reason"]
 
 
 def test_time_runner_honours_minimums():

@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from trt_reference import (ENGINES, RUNTIME_CLASSES, full_bindings_so, scan_stubs, stub_text,
+from trt_reference import (ENGINES, RUNTIME_CLASSES, full_bindings_so, resolves, scan_stubs, stub_text,
                            used_cudart_names, used_trt_names)
 
 BUILDER_FILES = ("trt_builder.py",)
@@ -74,13 +74,7 @@ def test_every_builder_name_exists_in_tensorrt_10_stubs(stubs):
 def test_runtime_names_exist_in_the_real_11_4_lean_module(lean):
     members, chains = used_trt_names(*RUNTIME_FILES)
     missing = [f"{c}.{m}" for c, m in sorted(members) if c in RUNTIME_CLASSES and not hasattr(getattr(lean, c), m)]
-    for chain in sorted(chains):
-        obj = lean
-        for part in chain:
-            if not hasattr(obj, part):
-                missing.append(".".join(chain))
-                break
-            obj = getattr(obj, part)
+    missing += [".".join(chain) for chain in sorted(chains) if not resolves(lean, chain)]
     assert missing == []
 
 
@@ -128,12 +122,4 @@ def test_cuda_runtime_names_exist_in_cuda_bindings():
     rt = pytest.importorskip("cuda.bindings.runtime", reason="cuda-bindings not installed")
     used = used_cudart_names("cuda_rt.py", "trt_env.py")
     assert ("cudaMalloc",) in used and ("cudaMemcpyKind", "cudaMemcpyHostToDevice") in used
-    missing = []
-    for chain in sorted(used):
-        obj = rt
-        for part in chain:
-            if not hasattr(obj, part):
-                missing.append(".".join(chain))
-                break
-            obj = getattr(obj, part)
-    assert missing == []
+    assert [".".join(chain) for chain in sorted(used) if not resolves(rt, chain)] == []

@@ -117,3 +117,12 @@ def used_cudart_names(*files: str) -> set[tuple[str, ...]]:
             if isinstance(base, ast.Call) and isinstance(base.func, ast.Name) and base.func.id == "cudart":
                 out.add((node.attr,))
     return out
+
+
+def resolves(obj: object, chain: tuple[str, ...]) -> bool:
+    """Whether ``obj.a.b...`` exists for ``chain == (a, b, ...)``."""
+    for part in chain:
+        if not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
+    return True

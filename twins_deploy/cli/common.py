@@ -48,6 +48,17 @@ def batch_from_args(args: argparse.Namespace) -> BatchRange:
     return BatchRange(args.min_batch, args.opt_batch, args.max_batch)
 
 
+def add_threshold_args(p: argparse.ArgumentParser) -> None:
+    """The validation thresholds (defaults per precision live in engines.validate)."""
+    p.add_argument("--atol", type=float, help="FP32 max-abs threshold on logits (default: 1e-4)")
+    p.add_argument("--min-cosine", type=float, help="FP16 cosine threshold (default: 0.999)")
+    p.add_argument("--min-top1", type=float, help="FP16 top-1 agreement threshold, 0..1 (default: 0.99)")
+
+
+def thresholds_from_args(args: argparse.Namespace) -> dict[str, float | None]:
+    return {"atol": args.atol, "min_cosine": args.min_cosine, "min_top1": args.min_top1}
+
+
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Run ``main``; expected failures become one ``error:`` line and their exit code."""
     args = sys.argv[1:] if argv is None else argv

@@ -5,7 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from twins_deploy.cli.common import add_batch_args, batch_from_args, hw_arg, run_cli
+from twins_deploy.cli.common import (add_batch_args, add_threshold_args, batch_from_args, hw_arg, run_cli,
+                                      thresholds_from_args)
 from twins_deploy.exporters.spec import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, ExportSpec
 from twins_deploy.pipeline import ExportRequest, WeightsRequest
 from twins_deploy.registry import list_models, resolve_name
@@ -58,9 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, default=Path("twins_out"), help="output directory (default: %(default)s)")
     p.add_argument("--images", metavar="DIR", help="also validate on the photographs in DIR (jpg/png/...)")
     p.add_argument("--no-validate", action="store_true", help="skip validation against PyTorch")
-    p.add_argument("--atol", type=float, help="FP32 max-abs threshold on logits (default: 1e-4)")
-    p.add_argument("--min-cosine", type=float, help="FP16 cosine threshold (default: 0.999)")
-    p.add_argument("--min-top1", type=float, help="FP16 top-1 agreement threshold, 0..1 (default: 0.99)")
+    add_threshold_args(p)
     p.add_argument("--force", action="store_true", help="overwrite existing artifacts")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.add_argument("-v", "--verbose", action="store_true", help="full tracebacks on errors")
@@ -80,7 +79,7 @@ def request_from_args(args: argparse.Namespace) -> ExportRequest:
         spec=spec,
         weights=WeightsRequest(args.weights, args.pretrained, args.reset_head, args.num_classes, args.seed),
         out_dir=args.out_dir, force=args.force, validate=not args.no_validate, images=args.images,
-        thresholds={"atol": args.atol, "min_cosine": args.min_cosine, "min_top1": args.min_top1},
+        thresholds=thresholds_from_args(args),
         quiet=args.quiet,
     )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from twins_deploy.cli.common import int_list, run_cli
+from twins_deploy.cli.common import add_threshold_args, int_list, run_cli, thresholds_from_args
 
 EPILOG = """\
 exit codes: 0 parity holds, 1 a check failed (report still written), 2 bad input,
@@ -29,9 +29,7 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--images", metavar="DIR", help="also validate on the photographs in DIR")
     p.add_argument("--batch", type=int_list, metavar="N[,N...]",
                    help="batch sizes to check (default: min, opt and max of the artifact's range)")
-    p.add_argument("--atol", type=float, help="FP32 max-abs threshold on logits (default: 1e-4)")
-    p.add_argument("--min-cosine", type=float, help="FP16 cosine threshold (default: 0.999)")
-    p.add_argument("--min-top1", type=float, help="FP16 top-1 agreement threshold, 0..1 (default: 0.99)")
+    add_threshold_args(p)
     p.add_argument("--report", metavar="FILE", help="write the full JSON report here")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.add_argument("-v", "--verbose", action="store_true", help="full tracebacks on errors")
@@ -41,7 +39,7 @@ def _main(argv: list[str] | None) -> int:
     from twins_deploy.pipeline import revalidate
 
     report = revalidate(args.artifact, args.weights, args.pretrained, args.batch, args.images,
-                        {"atol": args.atol, "min_cosine": args.min_cosine, "min_top1": args.min_top1},
+                        thresholds_from_args(args),
                         quiet=args.quiet)
     if args.report:
         write_json_atomic(args.report, report.to_dict())
