@@ -1,6 +1,7 @@
 """PyTorch eager (FP32, FP16) and torch.compile as Runners: the reference and baselines."""
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,12 @@ class TorchRunner(Runner):
         self.output_names = ["stage1", "stage2", "stage3", "stage4"] if getattr(model, "features", False) else ["logits"]
 
     def _activate(self) -> None:
-        self.model = self.model.to(self.device, self.dtype).eval()
+        # Never move or cast the caller's model in place: other runners (an ONNX export,
+        # the FP32 reference) use it after this one.
+        p = next(self.model.parameters())
+        if p.device.type != torch.device(self.device).type or p.dtype != self.dtype:
+            self.model = copy.deepcopy(self.model).to(self.device, self.dtype)
+        self.model.eval()
         if self.attn_impl:
             self.model.set_attention_impl(self.attn_impl)
         self._fn = torch.compile(self.model) if self.compile else self.model

@@ -52,7 +52,8 @@ def export_engine(req: ExportRequest, opts: TrtBuildOptions) -> tuple[Path, dict
     check_before_work(req, [onnx_path, onnx_manifest, plan_path, manifest_path(plan_path)])
     profile = profile_for(req.spec, opts.min_hw, opts.max_hw)  # refuse impossible ranges before any work
 
-    steps = Steps(3 + 2 * int(req.validate) + int(missing is None), quiet=req.quiet)
+    # build model, export ONNX [, validate ONNX] [, build engine [, validate engine]]
+    steps = Steps(2 + int(req.validate) + (1 + int(req.validate)) * int(missing is None), quiet=req.quiet)
     with steps.step(f"build {req.spec.model} ({'backbone' if req.spec.features else 'classifier'})"):
         model = build_model(req.spec.model, req.weights, req.spec.features)
     onnx_file, _ = export_onnx_artifact(onnx_req, model, steps)

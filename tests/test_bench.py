@@ -143,3 +143,14 @@ def test_time_runner_honours_minimums():
     assert t.iterations == 7 and len(t.latency_ms) == 7 and Counting.calls == 3 + 7
     t2 = time_runner(r, np.zeros((2, 3, 8, 8), np.float32), warmup=0, warmup_s=0, min_iters=1, min_time_s=0.05)
     assert t2.total_s >= 0.05 and t2.iterations >= 1
+
+
+def test_torch_runner_leaves_the_callers_model_alone():
+    from twins_deploy import create_model
+    from twins_deploy.engines.torch_runner import TorchRunner
+
+    model = create_model("pcpvt_s")
+    with TorchRunner(model, dtype=torch.float64) as r:
+        out = r.infer(np.zeros((1, 3, 64, 64), np.float32))
+    assert out[0].dtype == np.float32 and out[0].shape == (1, 1000)
+    assert next(model.parameters()).dtype == torch.float32
