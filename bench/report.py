@@ -77,6 +77,10 @@ def chart_png(rows: list[dict[str, Any]], title: str) -> bytes | None:
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
     ax.set_xscale("log", base=2)
+    batches = sorted({b for pts in series.values() for b, _ in pts})
+    if batches:
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.minorticks_off()
     ax.set_xlabel("batch size")
     ax.set_ylabel("images / s")
     ax.set_title(title)

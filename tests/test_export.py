@@ -114,7 +114,11 @@ def test_real_photographs_validate(tmp_path):
 
 
 def test_fixed_batch_and_non_default_size_naming(tmp_path):
-    path, manifest = export_to(tmp_path, "pcpvt_s", batch=BatchRange.fixed(2), img_size=(256, 320))
+    photos = photo_dir(tmp_path)  # 3 photos into a batch-2 graph: the last chunk is filled up
+    path, manifest = export_to(tmp_path / "o", "pcpvt_s", batch=BatchRange.fixed(2), img_size=(256, 320),
+                               images=str(photos))
     assert path.name == "pcpvt_s_fp32_256x320_b2.onnx"
     assert manifest["input"]["shape"] == [2, 3, 256, 320]
     assert manifest["validation"]["passed"]
+    cases = [s["case"] for s in manifest["validation"]["stats"]]
+    assert "images 0..1 of 3" in cases and "images 2..2 of 3 (+1 repeated to fill batch 2)" in cases

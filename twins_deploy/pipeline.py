@@ -7,6 +7,7 @@ argument costs nothing and leaves nothing behind.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,12 @@ def validation_cases(spec: ExportSpec, pre: Preprocess, batches: list[int] | Non
         arr, names = load_image_folder(images, spec.img_size, pre)
         chunk = spec.batch.max
         for k in range(0, len(arr), chunk):
-            cases.append((f"images {k}..{k + len(arr[k:k + chunk]) - 1} of {len(names)}", arr[k:k + chunk]))
+            part = arr[k:k + chunk]
+            label = f"images {k}..{k + len(part) - 1} of {len(names)}"
+            if not spec.batch.contains(len(part)):  # a fixed-batch graph: fill up with the first images
+                part = np.concatenate([part, np.resize(arr, (chunk - len(part), *arr.shape[1:]))])
+                label += f" (+{chunk - len(arr[k:k + chunk])} repeated to fill batch {chunk})"
+            cases.append((label, part))
     return cases
 
 
@@ -221,7 +227,7 @@ def revalidate(artifact: str | os.PathLike[str], weights: str | None = None, pre
     if manifest.get("sha256") and file_sha256(path) != manifest["sha256"]:
         if not quiet:
             print(f"warning: {path.name} differs from the file its manifest describes (sha256); "
-                  "validating what is on disk", flush=True)
+                  "validating what is on disk", file=sys.stderr, flush=True)
     for b in batches or []:
         if not spec.batch.contains(b):
             raise InputShapeError(f"batch {b} is outside the artifact's range {spec.batch.min}..{spec.batch.max}")
