@@ -16,7 +16,7 @@ from twins_deploy.engines.trt_options import TrtBuildOptions
 from twins_deploy.engines.trt_profile import profile_for
 from twins_deploy.engines.trtexec import trtexec_command
 from twins_deploy.errors import BackendUnavailableError, ValidationFailedError
-from twins_deploy.pipeline import (ExportRequest, base_manifest, build_model, check_before_work,
+from twins_deploy.pipeline import (ExportRequest, base_manifest, build_step, check_before_work,
                                    export_onnx_artifact, onnx_paths, run_validation, validation_cases)
 from twins_deploy.progress import Steps
 from twins_deploy.registry import get_config
@@ -54,8 +54,7 @@ def export_engine(req: ExportRequest, opts: TrtBuildOptions) -> tuple[Path, dict
 
     # build model, export ONNX [, validate ONNX] [, build engine [, validate engine]]
     steps = Steps(2 + int(req.validate) + (1 + int(req.validate)) * int(missing is None), quiet=req.quiet)
-    with steps.step(f"build {req.spec.model} ({'backbone' if req.spec.features else 'classifier'})"):
-        model = build_model(req.spec.model, req.weights, req.spec.features)
+    model = build_step(req, steps)
     onnx_file, _ = export_onnx_artifact(onnx_req, model, steps)
     if missing is not None:
         raise BackendUnavailableError(f"{onnx_file} was written and validated, but no engine was built: {missing}")

@@ -172,12 +172,16 @@ def export(req: ExportRequest) -> tuple[Path, dict[str, Any]]:
     steps = Steps(2 + int(req.validate), quiet=req.quiet)
     onnx_path, mpath = onnx_paths(req)
     check_before_work(req, [onnx_path, mpath])
+    return export_onnx_artifact(req, build_step(req, steps), steps)
+
+
+def build_step(req: ExportRequest, steps: Steps) -> Twins:
+    """The first step of every export: the model with its weights, and where they came from."""
     with steps.step(f"build {req.spec.model} ({'backbone' if req.spec.features else 'classifier'})"):
         model = build_model(req.spec.model, req.weights, req.spec.features)
-        steps.note(f"weights: {model.weights_info.source}"
-                   + (f" {model.weights_info.path}" if model.weights_info.path else
-                      f" (seed {model.weights_info.seed}; {model.weights_info.note})"))
-    return export_onnx_artifact(req, model, steps)
+        w = model.weights_info
+        steps.note(f"weights: {w.source}" + (f" {w.path}" if w.path else f" (seed {w.seed}; {w.note})"))
+    return model
 
 
 def weights_for_manifest(manifest: dict[str, Any], weights: str | None, pretrained: bool) -> WeightsRequest:
