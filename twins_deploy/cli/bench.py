@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="twins-bench", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), help="a named comparison; 'paper' is the paper's setting")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="a named comparison (sets --model, --backends, --batch, --img-size); "
+                        "'paper': svt_s, 224, batch 192, all backends")
     p.add_argument("--model", default="svt_s", help="comma-separated variants (default: %(default)s)")
     p.add_argument("--backends", default="torch,ort-cpu",
                    help=f"comma-separated, from: {', '.join(BACKENDS)} (default: %(default)s)")
