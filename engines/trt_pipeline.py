@@ -45,8 +45,9 @@ def export_engine(req: ExportRequest, opts: TrtBuildOptions) -> tuple[Path, dict
     trt, gpu, missing = _probe()
     major = trt_major(trt.__version__) if trt is not None else 10
     route = precision_route(req.spec.precision, major, opts.weak_fp16)
-    onnx_req = replace(req, spec=replace(req.spec, precision=onnx_precision_for(route),
-                                         io_fp16=req.spec.io_fp16 and route == "strong"))
+    if route != "strong":  # only the FP16 graph can carry FP16 inputs/outputs
+        req = replace(req, spec=replace(req.spec, io_fp16=False))
+    onnx_req = replace(req, spec=replace(req.spec, precision=onnx_precision_for(route)))
     plan_path = engine_path(req)
     onnx_path, onnx_manifest = onnx_paths(onnx_req)
     check_before_work(req, [onnx_path, onnx_manifest, plan_path, manifest_path(plan_path)])
