@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -82,12 +83,24 @@ def swin_subject(hw: tuple[int, int], max_batch: int, cache: Path, seed: int = 0
                    max_batch, cache)
 
 
+def plain_onnx(model: torch.nn.Module, hw: tuple[int, int]) -> Any:
+    """timm's own export recipe (TorchScript exporter, opset 17, dynamic batch) for models
+    that are not ours: Swin-T in the benchmark, timm's Twins in the graph comparison."""
+    import onnx
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(2, 3, *hw),), buf, dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    return onnx.load_from_string(buf.getvalue())
+
+
 def subject_onnx(subject: Subject, precision: str) -> Path:
     """The subject's ONNX file (dynamic batch, static H/W), exported once."""
     if precision in subject._onnx:
         return subject._onnx[precision]
-    import onnx
-
     from twins_deploy.artifacts import write_bytes_atomic
     from twins_deploy.exporters.spec import BatchRange, ExportSpec
 
@@ -103,13 +116,7 @@ def subject_onnx(subject: Subject, precision: str) -> Path:
     else:
         from twins_deploy.exporters.fp16 import to_mixed_fp16
 
-        buf = io.BytesIO()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (torch.randn(2, 3, *subject.img_size),), buf, dynamo=False,
-                              opset_version=17, input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-        graph = onnx.load_from_string(buf.getvalue())
+        graph = plain_onnx(model, subject.img_size)
         if precision == "fp16":
             graph = to_mixed_fp16(graph)
     write_bytes_atomic(path, graph.SerializeToString())

@@ -11,7 +11,6 @@ and ONNX Runtime CPU throughput at batch 1 and 8 (2 threads) against PyTorch eag
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import statistics
@@ -25,6 +24,7 @@ import torch
 
 from twins_deploy import create_model, get_config, randomize_
 from twins_deploy.artifacts import now_iso, tool_versions
+from twins_deploy.bench.backends import plain_onnx
 from twins_deploy.bench.machine import cpu_name
 from twins_deploy.bench.timing import time_runner
 from twins_deploy.engines.ort_runner import OrtRunner
@@ -36,18 +36,12 @@ THREADS = 2
 
 
 def _timm_export(name: str, seed: int) -> tuple[Any, float, torch.nn.Module]:
-    import onnx
     import timm
 
     model = randomize_(timm.create_model(get_config(name).timm_name, exportable=True).eval(), seed)
-    buf = io.BytesIO()
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(2, 3, 224, 224),), buf, dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    return onnx.load_from_string(buf.getvalue()), time.perf_counter() - t0, model
+    graph = plain_onnx(model, (224, 224))
+    return graph, time.perf_counter() - t0, model
 
 
 def _measure(runner: Any, batch: int, min_time_s: float) -> tuple[float, float]:

@@ -15,11 +15,10 @@ from twins_deploy.engines.trt_env import gpu_info, has_builder, import_tensorrt,
 from twins_deploy.engines.trt_options import TrtBuildOptions
 from twins_deploy.engines.trt_profile import profile_for
 from twins_deploy.engines.trtexec import trtexec_command
-from twins_deploy.errors import BackendUnavailableError, ValidationFailedError
+from twins_deploy.errors import BackendUnavailableError
 from twins_deploy.pipeline import (ExportRequest, base_manifest, build_step, check_before_work,
-                                   export_onnx_artifact, onnx_paths, run_validation, validation_cases)
+                                   export_onnx_artifact, onnx_paths, record_validation)
 from twins_deploy.progress import Steps
-from twins_deploy.registry import get_config
 from twins_deploy.weights import file_sha256
 
 ENGINE_SUFFIX = ".plan"
@@ -75,17 +74,9 @@ def export_engine(req: ExportRequest, opts: TrtBuildOptions) -> tuple[Path, dict
         "validation": None,
     })
     mpath = manifest_path(plan_path)
-    write_json_atomic(mpath, manifest)
-    if req.validate:
-        from twins_deploy.engines.trt_runner import TrtRunner
+    write_json_atomic(mpath, manifest)  # on disk before the runner loads the plan
+    from twins_deploy.engines.trt_runner import TrtRunner
 
-        with steps.step("validate TensorRT vs PyTorch FP32"):
-            cases = validation_cases(req.spec, get_config(req.spec.model).preprocess, images=req.images)
-            report = run_validation(model, TrtRunner(plan_path, manifest), req.spec, cases, req.thresholds)
-            manifest["validation"] = report.to_dict()
-            steps.note(report.summary())
-        write_json_atomic(mpath, manifest)
-        if not report.passed:
-            raise ValidationFailedError(f"{plan_path.name} failed validation: {'; '.join(report.failures[:3])} "
-                                        f"(report in {mpath})")
+    record_validation(req, model, TrtRunner(plan_path, manifest), manifest, mpath, steps,
+                      "validate TensorRT vs PyTorch FP32")
     return plan_path, manifest

@@ -75,8 +75,9 @@ def validation_cases(spec: ExportSpec, pre: Preprocess, batches: list[int] | Non
             part = arr[k:k + chunk]
             label = f"images {k}..{k + len(part) - 1} of {len(names)}"
             if not spec.batch.contains(len(part)):  # a fixed-batch graph: fill up with the first images
-                part = np.concatenate([part, np.resize(arr, (chunk - len(part), *arr.shape[1:]))])
-                label += f" (+{chunk - len(arr[k:k + chunk])} repeated to fill batch {chunk})"
+                missing = chunk - len(part)
+                part = np.concatenate([part, np.resize(arr, (missing, *arr.shape[1:]))])
+                label += f" (+{missing} repeated to fill batch {chunk})"
             cases.append((label, part))
     return cases
 
@@ -143,19 +144,26 @@ def export_onnx_artifact(req: ExportRequest, model: Twins, steps: Steps) -> tupl
         "export": info.to_dict(), "validation": None,
     })
     del graph, data
-    if req.validate:
-        with steps.step(f"validate ONNX Runtime vs PyTorch FP32 ({spec.precision} thresholds)"):
-            cases = validation_cases(spec, get_config(spec.model).preprocess, images=req.images)
-            rep = run_validation(model, OrtRunner(onnx_path), spec, cases, req.thresholds)
-            manifest["validation"] = rep.to_dict()
-            steps.note(rep.summary())
-    write_json_atomic(mpath, manifest)
-    if manifest["validation"] is not None and not manifest["validation"]["passed"]:
-        raise ValidationFailedError(
-            f"{onnx_path.name} failed validation: {'; '.join(manifest['validation']['failures'][:3])} "
-            f"(report in {mpath})"
-        )
+    record_validation(req, model, OrtRunner(onnx_path), manifest, mpath, steps,
+                      f"validate ONNX Runtime vs PyTorch FP32 ({spec.precision} thresholds)")
     return onnx_path, manifest
+
+
+def record_validation(req: ExportRequest, model: Twins, candidate: Runner, manifest: dict[str, Any],
+                      mpath: Path, steps: Steps, label: str) -> None:
+    """Validate ``candidate`` (unless ``--no-validate``), write the manifest with the report,
+    and raise :class:`ValidationFailedError` on a miss, after the report is on disk."""
+    if req.validate:
+        with steps.step(label):
+            cases = validation_cases(req.spec, get_config(req.spec.model).preprocess, images=req.images)
+            report = run_validation(model, candidate, req.spec, cases, req.thresholds)
+            manifest["validation"] = report.to_dict()
+            steps.note(report.summary())
+    write_json_atomic(mpath, manifest)
+    val = manifest["validation"]
+    if val is not None and not val["passed"]:
+        raise ValidationFailedError(
+            f"{manifest['artifact']} failed validation: {'; '.join(val['failures'][:3])} (report in {mpath})")
 
 
 def check_before_work(req: ExportRequest, planned: list[Path]) -> None:
