@@ -1,24 +1,28 @@
-"""Benchmark backends: how each is built from a model, or why it is skipped.
+"""Benchmark backends: how each becomes a Runner for a subject, or why it is skipped.
 
 A backend turns a *subject* (a Twins variant, or timm's Swin-T for comparison) into a
-Runner. Artifacts (ONNX files, engines) are built once per subject into the output
-directory's cache and reused by every batch size.
+Runner: PyTorch backends run the model itself; the others run an artifact that the
+pipeline makes once into the output directory's cache (``.artifacts/``), or reuses from
+there when every input that shapes it matches, and opens through the same checks as any
+user's load.
 """
 from __future__ import annotations
 
 import contextlib
-import io
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
-from twins_deploy.engines.runner import Runner
-from twins_deploy.engines.torch_runner import TorchRunner
+from twins_deploy.engines.runners.base import Runner
+from twins_deploy.engines.runners.pytorch import TorchRunner
 from twins_deploy.errors import BackendUnavailableError, TwinsDeployError
+from twins_deploy.pipeline import open_runner
+
+if TYPE_CHECKING:
+    from twins_deploy.pipeline import Artifact
 
 BACKENDS = ("torch", "torch-fp16", "torch-compile", "ort-cpu", "ort-cuda", "trt-fp32", "trt-fp16")
 BASELINE = "torch"
@@ -37,7 +41,6 @@ class Subject:
     param_count: int = 0
     gmacs: float | None = None
     _model: torch.nn.Module | None = field(default=None, repr=False)
-    _onnx: dict[str, Path] = field(default_factory=dict, repr=False)
 
     def model(self) -> torch.nn.Module:
         if self._model is None:
@@ -77,85 +80,36 @@ def swin_subject(hw: tuple[int, int], max_batch: int, cache: Path, seed: int = 0
         import timm
     except ImportError:
         raise BackendUnavailableError("--compare swin_t needs timm: pip install timm") from None
-    from twins_deploy.weights import randomize_
+    from twins_deploy.weights import random_info, randomize_
 
-    return Subject("swin_t", lambda: randomize_(timm.create_model(SWIN_T, exportable=True), seed), hw,
-                   max_batch, cache)
+    def build() -> torch.nn.Module:
+        model = randomize_(timm.create_model(SWIN_T, exportable=True), seed)
+        model.weights_info = random_info(seed)
+        return model
 
-
-def plain_onnx(model: torch.nn.Module, hw: tuple[int, int]) -> Any:
-    """timm's own export recipe (TorchScript exporter, opset 17, dynamic batch) for models
-    that are not ours: Swin-T in the benchmark, timm's Twins in the graph comparison."""
-    import onnx
-
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(2, 3, *hw),), buf, dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    return onnx.load_from_string(buf.getvalue())
+    return Subject("swin_t", build, hw, max_batch, cache)
 
 
-def subject_onnx(subject: Subject, precision: str) -> Path:
-    """The subject's ONNX file (dynamic batch, static H/W), exported once."""
-    if precision in subject._onnx:
-        return subject._onnx[precision]
-    from twins_deploy.artifacts import write_bytes_atomic
+def subject_artifact(subject: Subject, backend: str, quiet: bool = True) -> Artifact:
+    """The artifact ``backend`` runs, made by the pipeline or reused from the cache when
+    every input that shapes it matches (see :func:`twins_deploy.pipeline.reuse_verdict`)."""
     from twins_deploy.exporters.spec import BatchRange, ExportSpec
+    from twins_deploy.pipeline import ArtifactRequest, make_artifacts
 
-    subject.cache.mkdir(parents=True, exist_ok=True)
-    path = subject.cache / f"{subject.name}_{precision}.onnx"
-    model = subject.model()
-    if hasattr(model, "cfg"):
-        from twins_deploy.exporters.onnx_export import export_onnx
-
-        spec = ExportSpec(model=subject.name, img_size=subject.img_size, precision=precision,
-                          batch=BatchRange(1, subject.max_batch, subject.max_batch))
-        graph, _ = export_onnx(model, spec)
-    else:
-        from twins_deploy.exporters.fp16 import to_mixed_fp16
-
-        graph = plain_onnx(model, subject.img_size)
-        if precision == "fp16":
-            graph = to_mixed_fp16(graph)
-    write_bytes_atomic(path, graph.SerializeToString())
-    subject._onnx[precision] = path
-    return path
+    b = subject.max_batch
+    spec = ExportSpec(model=subject.name, img_size=subject.img_size, batch=BatchRange(1, b, b))
+    req = ArtifactRequest(spec=spec, precision="fp16" if backend == "trt-fp16" else "fp32",
+                          fmt="trt" if backend.startswith("trt") else "onnx", out_dir=subject.cache,
+                          on_existing="reuse", validate=False, onnx_without_engine=False, quiet=quiet)
+    return make_artifacts(req, model=subject.model()).final
 
 
 def _cuda_reason() -> str | None:
     return None if torch.cuda.is_available() else "no CUDA GPU visible to PyTorch"
 
 
-def _trt_runner(subject: Subject, precision: str, cuda_graphs: bool) -> Runner:
-    from twins_deploy.artifacts import write_bytes_atomic
-    from twins_deploy.engines.trt_builder import build_engine, onnx_precision_for, precision_route
-    from twins_deploy.engines.trt_env import gpu_info, has_builder, import_tensorrt, trt_major
-    from twins_deploy.engines.trt_options import TrtBuildOptions
-    from twins_deploy.engines.trt_profile import Profile
-    from twins_deploy.engines.trt_runner import TrtRunner
-
-    trt = import_tensorrt()
-    if not has_builder(trt):
-        raise BackendUnavailableError("the installed TensorRT has no builder")
-    gpu = gpu_info()
-    route = precision_route(precision, trt_major(trt.__version__))
-    onnx_path = subject_onnx(subject, onnx_precision_for(route))
-    b = subject.max_batch
-    h, w = subject.img_size
-    profile = Profile("input", (1, 3, h, w), (b, 3, h, w), (b, 3, h, w))
-    opts = TrtBuildOptions()
-    plan_path = subject.cache / f"{subject.name}_{precision}.plan"
-    if not plan_path.exists():
-        plan, _ = build_engine(onnx_path, profile, opts, route)
-        write_bytes_atomic(plan_path, plan)
-    manifest = {"precision": precision, "gpu": gpu,
-                "trt": {"version": trt.__version__, "profile": profile.to_dict(), "build_options": opts.to_dict()}}
-    return TrtRunner(plan_path, manifest, use_cuda_graph=cuda_graphs)
-
-
-def make_runner(backend: str, subject: Subject, *, cuda_graphs: bool = False, threads: int | None = None) -> Runner:
+def make_runner(backend: str, subject: Subject, *, cuda_graphs: bool = False, threads: int | None = None,
+                quiet: bool = True) -> Runner:
     """The Runner for ``backend``, or :class:`BackendUnavailableError` saying why not."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
@@ -172,15 +126,12 @@ def make_runner(backend: str, subject: Subject, *, cuda_graphs: bool = False, th
     if backend in ("ort-cpu", "ort-cuda"):
         import onnxruntime as ort
 
-        from twins_deploy.engines.ort_runner import OrtRunner
-
         provider = backend.split("-")[1]
         if provider == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise BackendUnavailableError("onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
-        runner = OrtRunner(subject_onnx(subject, "fp32"), provider=provider, threads=threads)
-        runner.name = backend
-        return runner
-    runner = _trt_runner(subject, backend.split("-")[1], cuda_graphs)
+    art = subject_artifact(subject, backend, quiet=quiet)
+    runner = open_runner(art.path, art.manifest, provider="cuda" if backend == "ort-cuda" else "cpu",
+                         threads=threads, use_cuda_graph=cuda_graphs)
     runner.name = backend
     return runner
 

@@ -8,7 +8,8 @@ at the same batch.
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,16 +17,20 @@ import torch
 
 from twins_deploy.bench.backends import BASELINE, Subject, describe_skip, make_runner, torch_threads
 from twins_deploy.bench.timing import Timing, time_runner
-from twins_deploy.errors import BackendUnavailableError
+from twins_deploy.errors import BackendUnavailableError, OptionError
 from twins_deploy.progress import Steps
 
 PAPER_SPEEDUP = 1.7  # Twins-SVT-S through TensorRT vs PyTorch, as the paper reports
 
 
-@dataclass
+@dataclass(frozen=True)
 class BenchConfig:
-    backends: list[str]
-    batches: list[int]
+    """One benchmark run: what to measure, how long, and where the results go."""
+
+    models: tuple[str, ...]
+    backends: tuple[str, ...]
+    batches: tuple[int, ...]
+    img_size: tuple[int, int] = (224, 224)
     warmup: int = 3
     warmup_s: float = 0.2
     min_iters: int = 10
@@ -33,6 +38,32 @@ class BenchConfig:
     include_copies: bool = False
     cuda_graphs: bool = False
     threads: int | None = None
+    compare: str | None = None      # "swin_t": timm's Swin-T through the same backends
+    out: Path = Path("bench_out")
+    name: str = "bench"
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        from twins_deploy.bench.backends import BACKENDS
+
+        unknown = [b for b in self.backends if b not in BACKENDS]
+        if unknown:
+            raise OptionError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+        if not self.models or not self.backends or not self.batches:
+            raise OptionError("a benchmark needs at least one model, backend and batch size")
+        if any(b < 1 for b in self.batches):
+            raise OptionError(f"batch sizes must be >= 1, got {', '.join(map(str, self.batches))}")
+        if self.min_iters < 1 or self.warmup < 0 or not self.min_time_s >= 0 or not self.warmup_s >= 0:
+            raise OptionError("--min-iters must be >= 1, --warmup >= 0, --min-time and --warmup-time >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise OptionError(f"--threads must be >= 1, got {self.threads}")
+        if self.compare not in (None, "swin_t"):
+            raise OptionError(f"--compare takes swin_t, got {self.compare!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["out"] = str(self.out)
+        return d
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -76,7 +107,8 @@ def run(subjects: list[Subject], cfg: BenchConfig, steps: Steps) -> list[dict[st
             for backend in cfg.backends:
                 with steps.step(f"{subject.name} / {backend}"):
                     try:
-                        runner = make_runner(backend, subject, cuda_graphs=cfg.cuda_graphs, threads=cfg.threads)
+                        runner = make_runner(backend, subject, cuda_graphs=cfg.cuda_graphs, threads=cfg.threads,
+                                             quiet=cfg.quiet)
                         runner.activate()
                     except (BackendUnavailableError, ImportError, RuntimeError) as e:
                         reason = describe_skip(e)

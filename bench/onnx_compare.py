@@ -24,12 +24,11 @@ import torch
 
 from twins_deploy import create_model, get_config, randomize_
 from twins_deploy.artifacts import now_iso, tool_versions
-from twins_deploy.bench.backends import plain_onnx
 from twins_deploy.bench.machine import cpu_name
 from twins_deploy.bench.timing import time_runner
-from twins_deploy.engines.ort_runner import OrtRunner
-from twins_deploy.engines.torch_runner import TorchRunner
-from twins_deploy.exporters.onnx_export import export_onnx
+from twins_deploy.engines.runners.onnxrt import OrtRunner
+from twins_deploy.engines.runners.pytorch import TorchRunner
+from twins_deploy.exporters.onnx_export import export_onnx, trace_plain_onnx
 from twins_deploy.exporters.spec import BatchRange, ExportSpec
 
 THREADS = 2
@@ -40,7 +39,7 @@ def _timm_export(name: str, seed: int) -> tuple[Any, float, torch.nn.Module]:
 
     model = randomize_(timm.create_model(get_config(name).timm_name, exportable=True).eval(), seed)
     t0 = time.perf_counter()
-    graph = plain_onnx(model, (224, 224))
+    graph = trace_plain_onnx(model, (224, 224))
     return graph, time.perf_counter() - t0, model
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from twins_deploy.engines.runner import Runner
+from twins_deploy.engines.runners.base import Runner
 
 
 @dataclass
@@ -44,9 +44,6 @@ class Timing:
             "latency_ms_mean": round(statistics.fmean(self.latency_ms), 4),
             "method": self.method,
         }
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -1,1 +1,3 @@
-"""(filled in by later issues)"""
+"""PyTorch -> ONNX: the export contract (``spec``), the exporter (``onnx_export``), mixed
+FP16 graphs (``fp16``), and graph inspection with TensorRT parser verdicts (``inspect``,
+``trt_ops``)."""

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from twins_deploy.errors import ExportError
-from twins_deploy.exporters.spec import INPUT_NAME, ExportSpec
+from twins_deploy.exporters.spec import INPUT_NAME, LOGITS_NAME, ExportSpec
+from twins_deploy.precision import PrecisionPlan
 from twins_deploy.twins import Twins
 
 SIMPLIFY_ATOL = 1e-5  # relative to max |output|; reordering float ops stays far below
@@ -83,6 +84,23 @@ def trace_to_onnx(model: Twins, spec: ExportSpec) -> "onnx.ModelProto":  # noqa:
             )
         except torch.jit.TracerWarning as w:
             raise ExportError(f"tracing would freeze a shape-dependent branch: {w}") from None
+        except Exception as e:  # the exporter raises many types; all are export failures
+            raise ExportError(f"torch.onnx.export failed: {type(e).__name__}: {e}") from e
+    return onnx.load_from_string(buf.getvalue())
+
+
+def trace_plain_onnx(model: torch.nn.Module, hw: tuple[int, int], opset: int = 17) -> "onnx.ModelProto":  # noqa: F821
+    """timm's own export recipe (TorchScript exporter, opset 17, dynamic batch), for models
+    that are not ours: Swin-T in the benchmark, timm's Twins in the graph comparison."""
+    import onnx
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(model, (torch.randn(2, 3, *hw),), buf, dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[LOGITS_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, LOGITS_NAME: {0: "batch"}})
         except Exception as e:  # the exporter raises many types; all are export failures
             raise ExportError(f"torch.onnx.export failed: {type(e).__name__}: {e}") from e
     return onnx.load_from_string(buf.getvalue())
@@ -159,18 +177,25 @@ def check_graph(model: "onnx.ModelProto") -> "onnx.ModelProto":  # noqa: F821
         raise ExportError(f"exported graph fails the ONNX checker: {e}") from None
 
 
-def export_onnx(model: Twins, spec: ExportSpec) -> tuple["onnx.ModelProto", ExportInfo]:  # noqa: F821
-    """The whole FP32/FP16 ONNX export of ``spec``, returned in memory (caller writes it)."""
+def export_onnx(model: torch.nn.Module, spec: ExportSpec,
+                plan: PrecisionPlan = PrecisionPlan()) -> tuple["onnx.ModelProto", ExportInfo]:  # noqa: F821
+    """The whole ONNX export of ``spec`` in the plan's graph precision, returned in memory
+    (the caller writes it). Models other than ours (the benchmark's Swin-T) are traced
+    with timm's recipe instead, then simplified, converted and checked the same way."""
     from twins_deploy.exporters.fp16 import to_mixed_fp16
 
     info = ExportInfo()
     t0 = time.perf_counter()
-    graph = trace_to_onnx(model, spec)
+    if isinstance(model, Twins):
+        graph = trace_to_onnx(model, spec)
+    else:
+        info.exporter = "torch.onnx (TorchScript, dynamo=False), timm's recipe"
+        graph = trace_plain_onnx(model, spec.img_size, spec.opset)
     info.export_seconds = round(time.perf_counter() - t0, 2)
     info.nodes_exported = len(graph.graph.node)
     graph = simplify(graph, spec, info)
-    if spec.precision == "fp16":
-        graph = to_mixed_fp16(graph, keep_io_types=not spec.io_fp16, info=info.fp16)
+    if plan.graph == "fp16":
+        graph = to_mixed_fp16(graph, keep_io_types=not plan.io_fp16, info=info.fp16)
     graph = check_graph(graph)
     info.nodes_final = len(graph.graph.node)
     return graph, info

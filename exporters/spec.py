@@ -1,8 +1,9 @@
-"""What an export produces, as data: shapes, dynamic axes, names, precision.
+"""What an export produces, as data: shapes, dynamic axes, names.
 
 One :class:`ExportSpec` travels from the CLI through export, engine build and
 validation, and is written into the manifest, so a later ``twins-validate`` or engine
-build rebuilds exactly the same input contract.
+build rebuilds exactly the same input contract. Precision is not part of it: it is
+resolved once per export into a :class:`twins_deploy.precision.PrecisionPlan`.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from twins_deploy.registry import MIN_IMAGE_SIDE
 INPUT_NAME = "input"
 LOGITS_NAME = "logits"
 FEATURE_NAMES = ("stage1", "stage2", "stage3", "stage4")
-PRECISIONS = ("fp32", "fp16")
 # Opset 17: LayerNormalization is one node (TensorRT's INormalizationLayer, FP32-safe in
 # FP16 engines) and it is the newest opset TensorRT 8.6's parser accepts.
 DEFAULT_OPSET = 17
@@ -73,27 +73,21 @@ class BatchRange:
 
 @dataclass(frozen=True)
 class ExportSpec:
-    """The input/output contract and precision of one export."""
+    """The input/output contract of one export: model, sizes, batch range, outputs, opset."""
 
     model: str
     img_size: tuple[int, int] = (224, 224)
     batch: BatchRange = field(default_factory=BatchRange)
     dynamic_hw: bool = False
     features: bool = False
-    precision: str = "fp32"
-    io_fp16: bool = False
     opset: int = DEFAULT_OPSET
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
-            raise ValueError(
+            raise InputShapeError(
                 f"opset {self.opset} is outside {MIN_OPSET}..{MAX_OPSET} (17 is the widest "
                 "TensorRT support: 8.6 stops at 17)"
             )
-        if self.io_fp16 and self.precision != "fp16":
-            raise ValueError("--io-fp16 only applies to --precision fp16")
 
     @property
     def output_names(self) -> list[str]:
@@ -116,9 +110,9 @@ class ExportSpec:
                 axes[name] = out
         return axes
 
-    def stem(self) -> str:
+    def stem(self, precision: str, io_fp16: bool = False) -> str:
         """File stem: ``svt_s_fp16``, plus suffixes for anything non-default."""
-        parts = [self.model, self.precision]
+        parts = [self.model, precision]
         if self.features:
             parts.append("features")
         if self.img_size != (224, 224):
@@ -127,7 +121,7 @@ class ExportSpec:
             parts.append("dynhw")
         if not self.batch.dynamic:
             parts.append(f"b{self.batch.min}")
-        if self.io_fp16:
+        if io_fp16:
             parts.append("iofp16")
         return "_".join(parts)
 
@@ -145,7 +139,9 @@ class ExportSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ExportSpec:
-        d = dict(d)
+        """Read a manifest's ``spec`` (schema 1 also held precision keys, now in the plan)."""
+        known = {"model", "img_size", "batch", "dynamic_hw", "features", "opset"}
+        d = {k: v for k, v in d.items() if k in known}
         d["img_size"] = tuple(d["img_size"])
         d["batch"] = BatchRange(**d["batch"])
         return cls(**d)

@@ -1,7 +1,8 @@
 """What the TensorRT ONNX parser accepts, per major version, as data.
 
-From onnx-tensorrt ``docs/operators.md`` (8.6-GA, 10.1, 10.15) and NVIDIA's ONNX opset
-guide for 11.x, as summarised in shared/reference/tensorrt.md section 6. Ops not listed
+From onnx-tensorrt ``docs/operators.md`` (github.com/onnx/onnx-tensorrt, branches 8.6-GA,
+10.1 and 10.15) and NVIDIA's ONNX opset guide for 11.x (docs.nvidia.com/deeplearning/
+tensorrt/latest/reference/onnx-opset-guide.html). Ops not listed
 for a version are reported as unsupported there; constraints that depend on a node's
 inputs (e.g. Pad's ``axes`` must be constant) are checked in :mod:`inspect`.
 """

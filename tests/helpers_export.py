@@ -2,18 +2,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from twins_deploy.exporters.spec import BatchRange, ExportSpec
-from twins_deploy.pipeline import ExportRequest, WeightsRequest, export
+from twins_deploy.pipeline import ArtifactRequest, WeightsRequest, make_artifacts
 
 
-def export_to(out_dir: Path, model: str, *, precision: str = "fp32", batch: BatchRange = BatchRange(1, 2, 3),
-              weights: str | None = None, images: str | None = None, **spec_kw):
-    req = ExportRequest(
-        spec=ExportSpec(model=model, precision=precision, batch=batch, **spec_kw),
+def export_to(out_dir: Path, model: str, *, precision: str = "fp32", io_fp16: bool = False,
+              batch: BatchRange = BatchRange(1, 2, 3), weights: str | None = None, images: str | None = None,
+              **spec_kw: Any) -> tuple[Path, dict[str, Any]]:
+    """Export ``model`` to ONNX; returns the file and its manifest as written (a dict)."""
+    req = ArtifactRequest(
+        spec=ExportSpec(model=model, batch=batch, **spec_kw), precision=precision, io_fp16=io_fp16,
         weights=WeightsRequest(path=weights), out_dir=out_dir, images=images, quiet=True,
     )
-    return export(req)
+    art = make_artifacts(req).final
+    return art.path, art.manifest.to_dict()
 
 
 def photo_dir(tmp: Path) -> Path:

@@ -14,7 +14,9 @@ from twins_deploy.bench.harness import BenchConfig, add_speedups, paper_comparis
 from twins_deploy.bench.report import CSV_COLUMNS
 from twins_deploy.bench.timing import Timing, percentile, time_runner
 from twins_deploy.cli.bench import main as bench_main
-from twins_deploy.engines.runner import Runner
+from twins_deploy.engines.runners.base import Runner
+from twins_deploy.exporters.spec import BatchRange
+from twins_deploy.manifest import read_manifest
 from twins_deploy.progress import Steps
 
 FAST = ["--min-iters", "2", "--min-time", "0", "--warmup", "1", "--warmup-time", "0", "-q"]
@@ -124,7 +126,7 @@ def test_out_of_memory_is_reported_per_row_and_the_run_goes_on(tmp_path, monkeyp
 
     subject = Subject("svt_s", lambda: torch.nn.Identity(), (64, 64), 4, tmp_path)
     monkeypatch.setattr(harness, "make_runner", lambda *a, **k: _OomAbove(limit=2))
-    cfg = BenchConfig(["torch"], [1, 4, 3, 2], warmup=1, warmup_s=0, min_iters=2, min_time_s=0)
+    cfg = BenchConfig(("svt_s",), ("torch",), (1, 4, 3, 2), warmup=1, warmup_s=0, min_iters=2, min_time_s=0)
     rows = run([subject], cfg, Steps(1, quiet=True))
     assert [(r["infer_batch_size"], r["status"]) for r in rows] == [(1, "ok"), (4, "oom"), (3, "error"), (2, "ok")]
     assert "out of memory" in rows[1]["reason"] and "unsupported op" in rows[2]["reason"]
@@ -147,10 +149,41 @@ def test_time_runner_honours_minimums():
 
 def test_torch_runner_leaves_the_callers_model_alone():
     from twins_deploy import create_model
-    from twins_deploy.engines.torch_runner import TorchRunner
+    from twins_deploy.engines.runners.pytorch import TorchRunner
 
     model = create_model("pcpvt_s")
     with TorchRunner(model, dtype=torch.float64) as r:
         out = r.infer(np.zeros((1, 3, 64, 64), np.float32))
     assert out[0].dtype == np.float32 and out[0].shape == (1, 1000)
     assert next(model.parameters()).dtype == torch.float32
+
+
+def test_artifacts_are_reused_only_while_every_input_matches(result, tmp_path):
+    """The run above exported pcpvt_s (64x64, batch 1..2) for ort-cpu into its cache."""
+    from twins_deploy.bench.backends import subject_artifact
+
+    out, _ = result
+    cache = out / ".artifacts"
+    same = subject_artifact(twins_subject("pcpvt_s", (64, 64), 2, cache), "ort-cpu")
+    assert same.reused and same.manifest.spec.batch == BatchRange(1, 2, 2)
+
+    other_batch = subject_artifact(twins_subject("pcpvt_s", (64, 64), 3, cache), "ort-cpu")
+    assert not other_batch.reused and other_batch.path == same.path  # rebuilt in place
+    assert other_batch.manifest.spec.batch == BatchRange(1, 3, 3)
+    assert read_manifest(other_batch.path).spec.batch == BatchRange(1, 3, 3)
+
+    other_size = subject_artifact(twins_subject("pcpvt_s", (96, 96), 3, cache), "ort-cpu")
+    assert not other_size.reused and other_size.path != same.path
+    assert subject_artifact(twins_subject("pcpvt_s", (96, 96), 3, cache), "ort-cpu").reused
+
+
+def test_a_preset_gives_defaults_and_typed_flags_win():
+    from twins_deploy.cli.bench import config_from_args, parse_args
+
+    _, args = parse_args(["--preset", "paper", "--batch", "8"])
+    cfg = config_from_args(args)
+    assert cfg.batches == (8,) and cfg.models == ("svt_s",) and "trt-fp16" in cfg.backends
+    _, args = parse_args(["--preset", "paper", "--model", "pcpvt_s", "--img-size", "256"])
+    cfg = config_from_args(args)
+    assert cfg.batches == (192,) and cfg.models == ("pcpvt_s",) and cfg.img_size == (256, 256)
+    assert config_from_args(parse_args([])[1]).batches == (1, 8)

@@ -35,8 +35,10 @@ def test_export_writes_model_and_manifest(exported, capsys):
     assert manifest["model"]["name"] == "pcpvt_s" and manifest["kind"] == "onnx"
     assert manifest["weights"]["source"] == "file" and len(manifest["weights"]["sha256"]) == 64
     assert manifest["preprocess"]["interpolation"] == "bicubic" and manifest["preprocess"]["crop_pct"] == 0.9
-    assert manifest["opset"] == 17 and manifest["tools"]["torch"] and manifest["tools"]["onnx"]
-    assert manifest["validation"]["passed"] and manifest["graph"]["roll_free"]
+    assert manifest["onnx"]["opset"] == 17 and manifest["tools"]["torch"] and manifest["tools"]["onnx"]
+    assert manifest["validation"]["passed"] and manifest["onnx"]["roll_free"]
+    assert manifest["schema"] == 2 and manifest["precision"] == "fp32"
+    assert manifest["precision_plan"] == {"requested": "fp32", "route": "fp32", "io_fp16": False}
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".partial")]
 
 

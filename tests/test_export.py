@@ -48,7 +48,7 @@ def test_fp16_graph_keeps_layernorm_and_io_fp32(tmp_path, name):
     assert ln and all(inits[n.input[1]].data_type == f32 for n in ln)
     matmul_w = [inits[i] for n in m.graph.node if n.op_type == "MatMul" for i in n.input if i in inits]
     assert matmul_w and all(t.data_type == f16 for t in matmul_w)
-    assert manifest["export"]["fp16"]["io"] == "fp32"
+    assert manifest["onnx"]["export"]["fp16"]["io"] == "fp32"
 
 
 def test_fp16_io_fp16_option(tmp_path):

@@ -15,8 +15,8 @@ import pytest
 from trt_reference import (ENGINES, RUNTIME_CLASSES, full_bindings_so, resolves, scan_stubs, stub_text,
                            used_cudart_names, used_trt_names)
 
-BUILDER_FILES = ("trt_builder.py",)
-RUNTIME_FILES = ("trt_runner.py",)
+BUILDER_FILES = ("trt/build.py",)
+RUNTIME_FILES = ("runners/trt.py",)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_builder_names_exist_in_the_11_4_bindings_binary(so11):
     use only these."""
     members, chains = used_trt_names(*BUILDER_FILES)
     names = {m for _, m in members} | {p for chain in chains for p in chain}
-    removed_in_11 = {"FP16", "EXPLICIT_BATCH"}  # reference/tensorrt.md 2.1; guarded below
+    removed_in_11 = {"FP16", "EXPLICIT_BATCH"}  # TensorRT 11.0 release notes: weak typing removed; guarded below
     absent = sorted(n for n in names - removed_in_11 if n.encode() + b"\x00" not in so11)
     assert absent == []
 
@@ -111,7 +111,7 @@ def _guards(tree: ast.AST, attr: str) -> list[str]:
 
 
 def test_names_removed_in_11_are_only_used_on_older_versions():
-    tree = ast.parse((ENGINES / "trt_builder.py").read_text())
+    tree = ast.parse((ENGINES / "trt/build.py").read_text())
     explicit = _guards(tree, "EXPLICIT_BATCH")
     assert explicit and all(re.search(r"major < 10", g) for g in explicit)
     fp16 = _guards(tree, "FP16")
@@ -120,6 +120,6 @@ def test_names_removed_in_11_are_only_used_on_older_versions():
 
 def test_cuda_runtime_names_exist_in_cuda_bindings():
     rt = pytest.importorskip("cuda.bindings.runtime", reason="cuda-bindings not installed")
-    used = used_cudart_names("cuda_rt.py", "trt_env.py")
+    used = used_cudart_names("trt/cuda.py", "trt/env.py")
     assert ("cudaMalloc",) in used and ("cudaMemcpyKind", "cudaMemcpyHostToDevice") in used
     assert [".".join(chain) for chain in sorted(used) if not resolves(rt, chain)] == []

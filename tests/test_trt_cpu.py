@@ -11,20 +11,24 @@ import pytest
 from twins_deploy import ArtifactError, BackendUnavailableError, InputShapeError
 from twins_deploy.cli.export import main as export_main
 from twins_deploy.cli.validate import main as validate_main
-from twins_deploy.engines.trt_builder import onnx_precision_for, precision_route
-from twins_deploy.engines.trt_env import import_tensorrt
-from twins_deploy.engines.trt_options import TrtBuildOptions
-from twins_deploy.engines.trt_profile import Profile, profile_for
-from twins_deploy.engines.trt_runner import check_engine_compat
-from twins_deploy.engines.trtexec import trtexec_command
+from twins_deploy.engines.trt.compat import check_engine_compat
+from twins_deploy.engines.trt.env import import_tensorrt
+from twins_deploy.engines.trt.options import TrtBuildOptions
+from twins_deploy.engines.trt.profile import Profile, profile_for
+from twins_deploy.engines.trt.trtexec import trtexec_command
+from twins_deploy.errors import OptionError
 from twins_deploy.exporters.spec import BatchRange, ExportSpec
+from twins_deploy.manifest import EngineInfo, InputInfo, Manifest, ModelInfo
+from twins_deploy.precision import PrecisionPlan, resolve_precision
+from twins_deploy.registry import Preprocess
+from twins_deploy.weights import random_info
 
 
 def _trt_and_gpu() -> str | None:
     """Reason to skip GPU integration tests, or None when they can run."""
     try:
         trt = import_tensorrt()
-        from twins_deploy.engines.trt_env import gpu_info
+        from twins_deploy.engines.trt.env import gpu_info
 
         gpu_info()
     except BackendUnavailableError as e:
@@ -48,6 +52,7 @@ def test_fmt_trt_without_tensorrt_keeps_validated_onnx_and_exits_3(tmp_path, cap
     assert "pip install 'twins-deploy[trt]'" in err[0] or "no usable CUDA GPU" in err[0]
     manifest = json.loads((out / "pcpvt_s_fp16.onnx.json").read_text())
     assert manifest["validation"]["passed"] and manifest["precision"] == "fp16"
+    assert manifest["precision_plan"]["route"] == "strong"
     assert not list(out.glob("*.plan")) and not list(out.glob("*.partial"))
 
 
@@ -66,31 +71,47 @@ def test_validate_engine_without_tensorrt_exits_3(tmp_path, capsys):
         pytest.skip("TensorRT and a GPU are present")
     plan = tmp_path / "svt_s_fp16.plan"
     plan.write_bytes(b"not an engine")
-    spec = ExportSpec(model="svt_s", precision="fp16")
-    manifest = {"schema": 1, "kind": "trt", "model": {"name": "svt_s", "num_classes": 1000},
-                "artifact": plan.name, "input": {}, "spec": spec.to_dict(),
-                "weights": {"source": "random", "seed": 0}, "precision": "fp16",
-                "trt": {"version": "10.13.0", "profile": profile_for(spec).to_dict(), "build_options": {}},
-                "gpu": {"name": "NVIDIA H100", "compute_capability": "9.0"}}
-    (tmp_path / "svt_s_fp16.plan.json").write_text(json.dumps(manifest))
+    (tmp_path / "svt_s_fp16.plan.json").write_text(json.dumps(_engine_artifact_manifest(plan.name).to_dict()))
     assert validate_main([str(plan), "--batch", "1", "-q"]) == 3
     assert "error: " in capsys.readouterr().err
 
 
+def _engine_artifact_manifest(name: str, sha256: str | None = None) -> Manifest:
+    spec = ExportSpec(model="svt_s")
+    return Manifest(
+        kind="trt", artifact=name, model=ModelInfo("svt_s", False, 1000), weights=random_info(0), spec=spec,
+        plan=PrecisionPlan("fp16", "strong"), input=InputInfo("input", spec.input_shape(), "float32", {0: "batch"},
+                                                              {"min": 1, "opt": 8, "max": 32}),
+        outputs=["logits"], preprocess=Preprocess(), tools={}, created="", sha256=sha256,
+        engine=EngineInfo("10.13.0", {"name": "NVIDIA H100", "compute_capability": "9.0"},
+                          profile_for(spec).to_dict(), {}, {}))
+
+
 # -- routes, profiles, trtexec --------------------------------------------------------------
 @pytest.mark.parametrize("precision,major,weak,route", [
-    ("fp32", 8, False, "fp32"), ("fp32", 11, False, "fp32"),
+    ("fp32", 8, False, "fp32"), ("fp32", 11, False, "fp32"), ("fp32", None, False, "fp32"),
     ("fp16", 8, False, "weak"),      # 8.6 has no strong typing
+    ("fp16", 9, False, "strong"),    # 9.x introduced STRONGLY_TYPED
     ("fp16", 10, False, "strong"), ("fp16", 10, True, "weak"), ("fp16", 11, False, "strong"),
+    ("fp16", None, False, "strong"),  # no TensorRT: the ONNX-only FP16 artifact is the mixed graph
 ])
 def test_precision_routes(precision, major, weak, route):
-    assert precision_route(precision, major, weak) == route
-    assert onnx_precision_for(route) == ("fp16" if route == "strong" else "fp32")
+    plan = resolve_precision(precision, trt_major=major, weak_fp16=weak)
+    assert plan.route == route
+    assert plan.graph == ("fp16" if route == "strong" else "fp32")
+    assert plan.of("trt") == precision and plan.builder_fp16_flag == (route == "weak")
 
 
 def test_weak_fp16_is_refused_on_tensorrt_11():
     with pytest.raises(BackendUnavailableError, match="TensorRT 11 removed BuilderFlag.FP16"):
-        precision_route("fp16", 11, weak_fp16=True)
+        resolve_precision("fp16", trt_major=11, weak_fp16=True)
+
+
+def test_io_fp16_needs_the_fp16_graph():
+    assert resolve_precision("fp16", io_fp16=True, trt_major=10).io_dtype("onnx") == "float16"
+    for kwargs in ({"requested": "fp32"}, {"requested": "fp16", "weak_fp16": True}):
+        with pytest.raises(InputShapeError, match="--io-fp16 needs the FP16 graph"):
+            resolve_precision(io_fp16=True, trt_major=10, **kwargs)
 
 
 def test_profile_shapes_and_range_errors():
@@ -129,16 +150,17 @@ def test_trtexec_command_per_version():
 
 
 def test_build_options_validation():
-    with pytest.raises(ValueError, match="opt-level"):
+    with pytest.raises(OptionError, match="opt-level"):
         TrtBuildOptions(opt_level=7)
-    with pytest.raises(ValueError, match="workspace"):
-        TrtBuildOptions(workspace_gib=0)
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(OptionError, match="workspace"):
+            TrtBuildOptions(workspace_gib=bad)
 
 
 # -- refusing foreign engines ------------------------------------------------------------------
 def _engine_manifest(version="10.13.0.35", cc="9.0", name="NVIDIA H100 80GB HBM3", **opts):
-    return {"trt": {"version": version, "build_options": {"hw_compat": "none", "version_compat": False, **opts}},
-            "gpu": {"name": name, "compute_capability": cc}}
+    return EngineInfo(version, {"name": name, "compute_capability": cc}, {},
+                      {"hw_compat": "none", "version_compat": False, **opts}, {})
 
 
 H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
@@ -175,14 +197,14 @@ def test_compatible_builds_are_accepted_where_they_apply():
 
 def test_manifest_without_build_facts_is_refused():
     with pytest.raises(ArtifactError, match="lacks the TensorRT version"):
-        check_engine_compat({"trt": {}, "gpu": {}}, "10.13.0", H100)
+        check_engine_compat(EngineInfo("", {}, {}, {}, {}), "10.13.0", H100)
 
 
 # -- the CUDA layer without a GPU ------------------------------------------------------------
 def test_cuda_layer_reports_missing_gpu_clearly():
     pytest.importorskip("cuda.bindings.runtime", reason="cuda-bindings not installed")
-    from twins_deploy.engines.cuda_rt import CudaError, DeviceBuffer
-    from twins_deploy.engines.trt_env import gpu_info
+    from twins_deploy.engines.trt.cuda import CudaError, DeviceBuffer
+    from twins_deploy.engines.trt.env import gpu_info
 
     if SKIP_GPU is None:
         pytest.skip("a GPU is present")
@@ -203,10 +225,10 @@ def test_svt_s_engine_builds_runs_and_matches_pytorch(tmp_path, precision):
     plan = out / f"svt_s_{precision}.plan"
     manifest = json.loads((out / f"svt_s_{precision}.plan.json").read_text())
     assert plan.read_bytes()[:4] != b"{\"sc"  # a plain plan, no JSON header
-    assert manifest["validation"]["passed"] and manifest["trt"]["tf32"] is False
-    from twins_deploy.engines.trt_runner import TrtRunner
+    assert manifest["validation"]["passed"] and manifest["engine"]["tf32"] is False
+    from twins_deploy.pipeline import open_runner
 
-    with TrtRunner(plan, manifest) as r:
+    with open_runner(plan) as r:
         y = r.infer(np.zeros((3, 3, 224, 224), np.float32))
         assert y[0].shape == (3, 1000)
         with pytest.raises(InputShapeError, match=r"batch 1\.\.8"):

@@ -1,13 +1,15 @@
-"""Artifacts on disk: atomic writes, no silent overwrites, and the JSON manifest.
+"""Artifacts on disk: atomic writes, no silent overwrites, output directories, hashes.
 
-Every stage writes a file the next stage reads, plus ``<artifact>.json`` beside it.
-Files are written to a temporary name in the same directory and renamed into place, so
-an interrupted run never leaves a file that looks complete.
+Every stage writes a file the next stage reads, plus ``<artifact>.json`` beside it (the
+manifest, :mod:`twins_deploy.manifest`). Files are written to a temporary name in the
+same directory and renamed into place, so an interrupted run never leaves a file that
+looks complete; a run that fails removes the directories it created.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -19,8 +21,6 @@ from typing import Any
 
 from twins_deploy.errors import ArtifactError
 
-MANIFEST_SCHEMA = 1
-
 
 def manifest_path(artifact: str | os.PathLike[str]) -> Path:
     """``model.onnx`` -> ``model.onnx.json``."""
@@ -28,16 +28,55 @@ def manifest_path(artifact: str | os.PathLike[str]) -> Path:
     return p.with_name(p.name + ".json")
 
 
-def ensure_writable_dir(directory: str | os.PathLike[str]) -> Path:
-    """Create ``directory`` if needed and prove we can write there, before any work."""
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _missing_parents(d: Path) -> list[Path]:
+    """``d`` and its ancestors that do not exist yet, outermost first."""
+    missing = []
+    while not d.exists() and d != d.parent:
+        missing.append(d)
+        d = d.parent
+    return missing[::-1]
+
+
+def check_output_dir(directory: str | os.PathLike[str]) -> Path:
+    """Prove that ``directory`` can be created and written, before any work, leaving
+    nothing behind: a run that fails on a bad argument must not create its output dir."""
     d = Path(directory)
+    missing = _missing_parents(d)
+    base = missing[0].parent if missing else d
     try:
-        d.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=d, prefix=".twins-write-test-"):
-            pass
+        if not base.is_dir():
+            raise NotADirectoryError(20, f"{str(base)!r} is not a directory")
+        probe = tempfile.mkdtemp(dir=base, prefix=".twins-write-test-")
+        os.rmdir(probe)
     except OSError as e:
         raise ArtifactError(f"cannot write to output directory {str(d)!r}: {e.strerror or e}") from None
     return d
+
+
+@contextlib.contextmanager
+def output_dir(directory: str | os.PathLike[str]) -> Iterator[Path]:
+    """Create ``directory`` for a run; if the run fails, remove what it created and left empty."""
+    d = check_output_dir(directory)
+    created = _missing_parents(d)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ArtifactError(f"cannot create output directory {str(d)!r}: {e.strerror or e}") from None
+    try:
+        yield d
+    except BaseException:
+        for p in reversed(created):
+            with contextlib.suppress(OSError):
+                p.rmdir()  # only succeeds when empty: nothing written is ever removed here
+        raise
 
 
 def refuse_overwrite(paths: list[Path], force: bool) -> None:
@@ -82,27 +121,6 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes | memoryview) -
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
-
-
-def read_manifest(artifact: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and sanity-check the manifest beside ``artifact``."""
-    art = Path(artifact)
-    if not art.is_file():
-        raise ArtifactError(f"artifact {str(art)!r} does not exist")
-    mp = manifest_path(art)
-    if not mp.is_file():
-        raise ArtifactError(
-            f"no manifest {str(mp)!r} beside {art.name}; twins-deploy artifacts are written "
-            "with one (re-export with twins-export)"
-        )
-    try:
-        manifest = json.loads(mp.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"manifest {str(mp)!r} is not valid JSON: {e}") from None
-    for key in ("schema", "model", "artifact", "input"):
-        if key not in manifest:
-            raise ArtifactError(f"manifest {str(mp)!r} lacks {key!r}; is it a twins-deploy manifest?")
-    return manifest
 
 
 def tool_versions(extra: tuple[str, ...] = ()) -> dict[str, str | None]:

@@ -31,6 +31,10 @@ class InputShapeError(TwinsDeployError, ValueError):
     """An input or image size the model or artifact cannot take."""
 
 
+class OptionError(TwinsDeployError, ValueError):
+    """An option outside the values it can take (a workspace of 0 GiB, opt level 7, ...)."""
+
+
 class ArtifactError(TwinsDeployError):
     """A missing, corrupt, foreign or already-existing artifact (ONNX, engine, manifest)."""
 

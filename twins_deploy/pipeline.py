@@ -1,37 +1,51 @@
-"""The export pipeline: model -> ONNX file -> (engine file) -> validation -> manifest.
+"""The one pipeline: a spec plus build options -> artifacts on disk, validated.
 
-Each stage writes an artifact the next reads from disk; everything is checked before
-any work starts (name, weights, sizes, output directory, existing files) so a bad
-argument costs nothing and leaves nothing behind.
+model -> ONNX file (+ manifest) -> TensorRT plan (+ manifest), each validated against the
+PyTorch FP32 model. Every command goes through here: ``twins-export`` makes artifacts,
+``twins-validate`` opens and re-checks them, ``twins-bench`` makes (or reuses) the ones it
+times. Everything is checked before any work (name, weights, sizes, output directory,
+existing files), precision is resolved once into a :class:`PrecisionPlan`, and each
+artifact is staged under a temporary name, validated there, and renamed into place with
+its manifest only when complete: a failed or interrupted run leaves what was there before.
+
+An existing artifact is reused instead of rebuilt only when its manifest's identity
+(model, weights, spec, precision plan; for engines also TensorRT version, GPU, profile and
+build options) equals the request's, its file still has the manifest's sha256, and it did
+not fail validation.
 """
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import torch
 
-from twins_deploy.artifacts import (ensure_writable_dir, manifest_path, now_iso, refuse_overwrite,
-                                    tool_versions, write_bytes_atomic, write_json_atomic)
-from twins_deploy.engines.inputs import load_image_folder, random_batch
-from twins_deploy.engines.runner import Runner
-from twins_deploy.engines.torch_runner import TorchRunner
-from twins_deploy.engines.validate import Thresholds, ValidationReport, validate
-from twins_deploy.errors import ValidationFailedError
+from twins_deploy.artifacts import (atomic_output, file_sha256, manifest_path, now_iso, output_dir,
+                                    refuse_overwrite, tool_versions, write_json_atomic)
+from twins_deploy.engines.runners.base import Runner
+from twins_deploy.engines.trt.options import TrtBuildOptions
+from twins_deploy.engines.validation import ValidationReport, validate_against_pytorch, validation_cases
+from twins_deploy.errors import (ArtifactError, BackendUnavailableError, CheckpointError, InputShapeError,
+                                 OptionError, ValidationFailedError)
 from twins_deploy.exporters.spec import INPUT_NAME, ExportSpec
 from twins_deploy.factory import create_model
+from twins_deploy.manifest import EngineInfo, InputInfo, Manifest, ModelInfo, OnnxInfo, read_manifest
+from twins_deploy.precision import PrecisionPlan, resolve_precision
+from twins_deploy.preprocess import image_files
 from twins_deploy.progress import Steps
 from twins_deploy.registry import Preprocess, get_config
 from twins_deploy.twins import Twins
-from twins_deploy.weights import file_sha256
+from twins_deploy.weights import WeightsInfo
 
-VALIDATION_SEED = 20240422
+FORMATS = ("onnx", "trt")
+ON_EXISTING = ("refuse", "overwrite", "reuse")
+ENGINE_SUFFIX = ".plan"
 
 
-@dataclass
+@dataclass(frozen=True)
 class WeightsRequest:
     path: str | None = None
     pretrained: bool = False
@@ -40,150 +54,61 @@ class WeightsRequest:
     seed: int = 0
 
 
-@dataclass
-class ExportRequest:
+@dataclass(frozen=True)
+class ArtifactRequest:
+    """Everything that decides which artifacts are made, where, and how they are checked."""
+
     spec: ExportSpec
+    precision: str = "fp32"
+    io_fp16: bool = False
+    fmt: str = "onnx"
+    trt: TrtBuildOptions = field(default_factory=TrtBuildOptions)
     weights: WeightsRequest = field(default_factory=WeightsRequest)
     out_dir: Path = Path("twins_out")
-    force: bool = False
+    # An artifact already on disk: "refuse" (the user did not pass --force), "overwrite",
+    # or "reuse" it when it matches (rebuilding it when it does not). A matching, validated
+    # ONNX model that only feeds the engine is reused in every mode.
+    on_existing: str = "refuse"
     validate: bool = True
     images: str | None = None
     thresholds: dict[str, float | None] = field(default_factory=dict)
+    onnx_without_engine: bool = True  # --fmt trt without TensorRT: still write the ONNX, then fail
     quiet: bool = False
 
+    def __post_init__(self) -> None:
+        if self.fmt not in FORMATS:
+            raise OptionError(f"format must be one of {', '.join(FORMATS)}, got {self.fmt!r}")
+        if self.on_existing not in ON_EXISTING:
+            raise OptionError(f"on_existing must be one of {', '.join(ON_EXISTING)}, got {self.on_existing!r}")
+        # what can be refused without knowing the TensorRT version (resolve_precision does the rest)
+        resolve_precision(self.precision, self.io_fp16, None, self.trt.weak_fp16)
 
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    manifest: Manifest
+    reused: bool = False
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    plan: PrecisionPlan
+    onnx: Artifact
+    engine: Artifact | None = None
+
+    @property
+    def final(self) -> Artifact:
+        return self.engine or self.onnx
+
+
+# -- the model --------------------------------------------------------------------------------
 def build_model(model: str, w: WeightsRequest, features: bool) -> Twins:
     return create_model(model, weights=w.path, pretrained=w.pretrained, num_classes=w.num_classes,
                         features=features, reset_head=w.reset_head, seed=w.seed)
 
 
-def validation_cases(spec: ExportSpec, pre: Preprocess, batches: list[int] | None = None,
-                     images: str | None = None, seed: int = VALIDATION_SEED) -> list[tuple[str, np.ndarray]]:
-    """Seeded random batches at each batch size (and at padded sizes for dynamic H/W),
-    plus the user's photographs."""
-    sizes = [spec.img_size]
-    if spec.dynamic_hw:  # sizes other than the export size, needing window padding
-        sizes += [(spec.img_size[0] + 32, spec.img_size[1] + 64), (spec.img_size[0] + 37, spec.img_size[1] + 13)]
-    cases = []
-    for i, b in enumerate(batches or spec.batch.validation_batches()):
-        for j, hw in enumerate(sizes if i == 0 else sizes[:1]):
-            cases.append((f"random b={b} {hw[0]}x{hw[1]}", random_batch(b, hw, pre, seed + 97 * i + j)))
-    if images:
-        arr, names = load_image_folder(images, spec.img_size, pre)
-        chunk = spec.batch.max
-        for k in range(0, len(arr), chunk):
-            part = arr[k:k + chunk]
-            label = f"images {k}..{k + len(part) - 1} of {len(names)}"
-            if not spec.batch.contains(len(part)):  # a fixed-batch graph: fill up with the first images
-                missing = chunk - len(part)
-                part = np.concatenate([part, np.resize(arr, (missing, *arr.shape[1:]))])
-                label += f" (+{missing} repeated to fill batch {chunk})"
-            cases.append((label, part))
-    return cases
-
-
-def run_validation(model: Twins, candidate: Runner, spec: ExportSpec, cases: list[tuple[str, np.ndarray]],
-                   thresholds: dict[str, float | None] | None = None) -> ValidationReport:
-    """Candidate vs the PyTorch FP32 model (explicit attention, CPU) on ``cases``."""
-    th = Thresholds.for_precision(spec.precision).override(**(thresholds or {}))
-    reference = TorchRunner(model, device="cpu", attn_impl="explicit", name="torch-fp32-cpu")
-    return validate(reference, candidate, cases, spec.precision, th)
-
-
-def base_manifest(spec: ExportSpec, model: Twins, kind: str) -> dict[str, Any]:
-    cfg = get_config(spec.model)
-    return {
-        "schema": 1, "kind": kind, "created": now_iso(),
-        "model": {"name": cfg.name, "paper_name": cfg.paper_name, "timm_name": cfg.timm_name,
-                  "features": spec.features, "num_classes": model.num_classes, "config": cfg.to_dict()},
-        "weights": model.weights_info.to_dict(),
-        "input": {"name": INPUT_NAME, "shape": spec.input_shape(), "dtype": "float16" if spec.io_fp16 else "float32",
-                  "layout": "NCHW", "dynamic_axes": spec.dynamic_axes().get(INPUT_NAME, {}),
-                  "batch": {"min": spec.batch.min, "opt": spec.batch.opt, "max": spec.batch.max}},
-        "outputs": spec.output_names,
-        "preprocess": cfg.preprocess.to_dict(),
-        "spec": spec.to_dict(),
-        "precision": spec.precision,
-        "tools": tool_versions(),
-    }
-
-
-def onnx_paths(req: ExportRequest) -> tuple[Path, Path]:
-    onnx_path = req.out_dir / f"{req.spec.stem()}.onnx"
-    return onnx_path, manifest_path(onnx_path)
-
-
-def export_onnx_artifact(req: ExportRequest, model: Twins, steps: Steps) -> tuple[Path, dict[str, Any]]:
-    """Export, write (atomically) and validate the ONNX model; returns its path and manifest.
-
-    The manifest is written even when validation fails, recording the failure, and
-    :class:`ValidationFailedError` is raised afterwards.
-    """
-
-    from twins_deploy.engines.ort_runner import OrtRunner
-    from twins_deploy.exporters.inspect import inspect_onnx
-    from twins_deploy.exporters.onnx_export import export_onnx
-
-    spec = req.spec
-    onnx_path, mpath = onnx_paths(req)
-    with steps.step(f"export {spec.model} to ONNX ({spec.precision}, opset {spec.opset})"):
-        graph, info = export_onnx(model, spec)
-        if info.simplify_note:
-            steps.note(f"simplify: {info.simplify_note}")
-        if info.fp16:
-            steps.note(f"fp16: {info.fp16['cast_nodes']} Cast nodes, {', '.join(info.fp16['fp32_ops'])} kept in FP32")
-        data = graph.SerializeToString()
-        write_bytes_atomic(onnx_path, data)
-    report = inspect_onnx(graph)
-    manifest = base_manifest(spec, model, "onnx")
-    manifest.update({
-        "artifact": onnx_path.name, "sha256": file_sha256(onnx_path), "size_bytes": len(data),
-        "opset": spec.opset, "ir_version": graph.ir_version,
-        "graph": {"nodes": report.num_nodes, "op_census": report.op_census, "roll_free": report.roll_free,
-                  "trt_compatible": {v.version: v.compatible for v in report.trt}},
-        "export": info.to_dict(), "validation": None,
-    })
-    del graph, data
-    record_validation(req, model, OrtRunner(onnx_path), manifest, mpath, steps,
-                      f"validate ONNX Runtime vs PyTorch FP32 ({spec.precision} thresholds)")
-    return onnx_path, manifest
-
-
-def record_validation(req: ExportRequest, model: Twins, candidate: Runner, manifest: dict[str, Any],
-                      mpath: Path, steps: Steps, label: str) -> None:
-    """Validate ``candidate`` (unless ``--no-validate``), write the manifest with the report,
-    and raise :class:`ValidationFailedError` on a miss, after the report is on disk."""
-    if req.validate:
-        with steps.step(label):
-            cases = validation_cases(req.spec, get_config(req.spec.model).preprocess, images=req.images)
-            report = run_validation(model, candidate, req.spec, cases, req.thresholds)
-            manifest["validation"] = report.to_dict()
-            steps.note(report.summary())
-    write_json_atomic(mpath, manifest)
-    val = manifest["validation"]
-    if val is not None and not val["passed"]:
-        raise ValidationFailedError(
-            f"{manifest['artifact']} failed validation: {'; '.join(val['failures'][:3])} (report in {mpath})")
-
-
-def check_before_work(req: ExportRequest, planned: list[Path]) -> None:
-    ensure_writable_dir(req.out_dir)
-    refuse_overwrite(planned, req.force)
-    if req.images and not os.path.isdir(req.images):
-        from twins_deploy.errors import InputShapeError
-
-        raise InputShapeError(f"--images {req.images!r} is not a directory")
-
-
-def export(req: ExportRequest) -> tuple[Path, dict[str, Any]]:
-    """``twins-export --fmt onnx``: everything from name to validated ONNX + manifest."""
-    steps = Steps(2 + int(req.validate), quiet=req.quiet)
-    onnx_path, mpath = onnx_paths(req)
-    check_before_work(req, [onnx_path, mpath])
-    return export_onnx_artifact(req, build_step(req, steps), steps)
-
-
-def build_step(req: ExportRequest, steps: Steps) -> Twins:
+def _build_step(req: ArtifactRequest, steps: Steps) -> Twins:
     """The first step of every export: the model with its weights, and where they came from."""
     with steps.step(f"build {req.spec.model} ({'backbone' if req.spec.features else 'classifier'})"):
         model = build_model(req.spec.model, req.weights, req.spec.features)
@@ -192,62 +117,273 @@ def build_step(req: ExportRequest, steps: Steps) -> Twins:
     return model
 
 
-def weights_for_manifest(manifest: dict[str, Any], weights: str | None, pretrained: bool) -> WeightsRequest:
-    """Rebuild the weights an artifact was made with, refusing different ones."""
-    from twins_deploy.errors import CheckpointError
+def _model_facts(model: torch.nn.Module, spec: ExportSpec) -> tuple[ModelInfo, Preprocess, WeightsInfo]:
+    """What a manifest says about the model: a Twins variant from the registry, or (for the
+    benchmark's comparisons) another timm model described by its own attributes."""
+    weights = getattr(model, "weights_info", None) or WeightsInfo("random", note="weights of a model built by the caller")
+    if isinstance(model, Twins):
+        cfg = get_config(spec.model)
+        info = ModelInfo(cfg.name, spec.features, model.num_classes, cfg.paper_name, cfg.timm_name, cfg.to_dict())
+        return info, cfg.preprocess, weights
+    pcfg = getattr(model, "pretrained_cfg", None) or {}
+    info = ModelInfo(spec.model, spec.features, int(getattr(model, "num_classes", 0) or 0),
+                     timm_name=pcfg.get("architecture"))
+    return info, Preprocess(), weights
 
-    w = manifest["weights"]
-    num_classes = manifest["model"].get("num_classes") or 1000
-    if w["source"] == "random" and not weights and not pretrained:
-        return WeightsRequest(seed=w["seed"], num_classes=num_classes)
-    if w["source"] == "pretrained":
+
+def _describe(kind: str, path: Path, spec: ExportSpec, plan: PrecisionPlan, model: torch.nn.Module,
+              engine: EngineInfo | None = None) -> Manifest:
+    """The manifest of an artifact before it exists: its identity and contract, no file facts."""
+    info, pre, weights = _model_facts(model, spec)
+    axes = spec.dynamic_axes()
+    b = spec.batch
+    return Manifest(
+        kind=kind, artifact=path.name, model=info, weights=weights, spec=spec, plan=plan,
+        input=InputInfo(INPUT_NAME, spec.input_shape(), plan.io_dtype(kind), axes.get(INPUT_NAME, {}),
+                        {"min": b.min, "opt": b.opt, "max": b.max}),
+        outputs=spec.output_names, preprocess=pre,
+        tools=tool_versions(("tensorrt", "polygraphy", "cuda-bindings") if kind == "trt" else ()),
+        created=now_iso(), engine=engine,
+    )
+
+
+# -- reuse and staging ----------------------------------------------------------------------------
+def _identity_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _identity_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return out
+
+
+def reuse_verdict(path: Path, planned: Manifest, require_validated: bool) -> tuple[Manifest | None, str]:
+    """(the existing manifest, "") when the artifact at ``path`` can stand in for
+    ``planned``; otherwise (None, why not)."""
+    if not path.exists():
+        return None, "absent"
+    try:
+        existing = read_manifest(path)
+    except ArtifactError as e:
+        return None, str(e)
+    diff = _identity_diff(existing.identity(), planned.identity())
+    if diff:
+        return None, "made with other inputs (" + "; ".join(diff[:4]) + ")"
+    if not existing.sha256 or file_sha256(path) != existing.sha256:
+        return None, "its file differs from its manifest (sha256)"
+    if existing.passed is False or (require_validated and not existing.passed):
+        return None, "it did not pass validation" if existing.passed is False else "it was never validated"
+    return existing, ""
+
+
+def _use_existing(path: Path, planned: Manifest, req: ArtifactRequest, final: bool, steps: Steps) -> Artifact | None:
+    """Reuse a matching artifact, or say why one in the way cannot be overwritten."""
+    if not path.exists() and not manifest_path(path).exists():
+        return None
+    reuse = req.on_existing == "reuse" or (req.on_existing == "refuse" and not final)
+    if reuse:
+        existing, why = reuse_verdict(path, planned, require_validated=req.validate)
+        if existing is not None:
+            steps.skip(int(req.validate))  # reusing is one step, with no validation after it
+            with steps.step(f"reuse {path} (same inputs, sha256 checked"
+                            + (", validated)" if existing.passed else ")")):
+                pass
+            return Artifact(path, existing, reused=True)
+    else:
+        why = "it exists"
+    if req.on_existing == "refuse":
+        raise ArtifactError(f"{path} already exists and cannot be reused: {why}; pass --force to overwrite it, "
+                            "or choose another --out-dir")
+    steps.note(f"replacing {path.name}: {why}")
+    return None
+
+
+def _finish(manifest: Manifest, path: Path) -> None:
+    """Write the manifest, then fail if the artifact did not validate (report kept)."""
+    write_json_atomic(manifest_path(path), manifest.to_dict())
+    if manifest.passed is False:
+        val = manifest.validation or {}
+        raise ValidationFailedError(
+            f"{path.name} failed validation: {'; '.join(val.get('failures', [])[:3])} "
+            f"(report in {manifest_path(path)})")
+
+
+def _validate(req: ArtifactRequest, model: torch.nn.Module, candidate: Runner, manifest: Manifest,
+              steps: Steps, label: str) -> dict[str, Any] | None:
+    """The validation report of ``candidate``, the artifact ``manifest`` describes."""
+    if not req.validate:
+        return None
+    with steps.step(label):
+        cases = validation_cases(req.spec, manifest.preprocess, images=req.images)
+        report = validate_against_pytorch(model, candidate, manifest.precision, cases, req.thresholds)
+        steps.note(report.summary())
+    return report.to_dict()
+
+
+# -- the stages --------------------------------------------------------------------------------
+def _onnx_stage(req: ArtifactRequest, plan: PrecisionPlan, model: torch.nn.Module, path: Path,
+                steps: Steps) -> Artifact:
+    from twins_deploy.engines.runners.onnxrt import OrtRunner
+    from twins_deploy.exporters.inspect import inspect_onnx
+    from twins_deploy.exporters.onnx_export import export_onnx
+
+    planned = _describe("onnx", path, req.spec, plan, model)
+    reused = _use_existing(path, planned, req, final=req.fmt == "onnx", steps=steps)
+    if reused is not None:
+        return reused
+    spec = req.spec
+    with atomic_output(path) as tmp:  # becomes `path` only if everything below succeeds
+        with steps.step(f"export {spec.model} to ONNX ({plan.graph}, opset {spec.opset})"):
+            graph, info = export_onnx(model, spec, plan)
+            if info.simplify_note:
+                steps.note(f"simplify: {info.simplify_note}")
+            if info.fp16:
+                steps.note(f"fp16: {info.fp16['cast_nodes']} Cast nodes, {', '.join(info.fp16['fp32_ops'])} kept in FP32")
+            data = graph.SerializeToString()
+            tmp.write_bytes(data)
+        report = inspect_onnx(graph)
+        del graph
+        manifest = replace(
+            planned, sha256=file_sha256(tmp), size_bytes=len(data),
+            onnx=OnnxInfo(spec.opset, report.ir_version, report.num_nodes, report.op_census, report.roll_free,
+                          {v.version: v.compatible for v in report.trt}, info.to_dict()))
+        del data
+        manifest.validation = _validate(req, model, OrtRunner(tmp), manifest, steps,
+                                        f"validate ONNX Runtime vs PyTorch FP32 ({manifest.precision} thresholds)")
+    _finish(manifest, path)
+    return Artifact(path, manifest)
+
+
+def _engine_stage(req: ArtifactRequest, plan: PrecisionPlan, model: torch.nn.Module, env: Any,
+                  onnx: Artifact, path: Path, profile: Any, steps: Steps) -> Artifact:
+    from twins_deploy.engines.trt.build import build_engine
+    from twins_deploy.engines.trt.trtexec import trtexec_command
+
+    engine = EngineInfo(trt_version=env.version, gpu=env.gpu, profile=profile.to_dict(),
+                        build_options=req.trt.to_dict(), tf32=req.trt.tf32,
+                        source_onnx={"file": onnx.path.name, "sha256": onnx.manifest.sha256 or ""})
+    planned = _describe("trt", path, req.spec, plan, model, engine)
+    reused = _use_existing(path, planned, req, final=True, steps=steps)
+    if reused is not None:
+        return reused
+    with atomic_output(path) as tmp:  # becomes `path` only if everything below succeeds
+        with steps.step(f"build TensorRT {env.version} engine ({plan.requested}, route {plan.route}) "
+                        f"on {env.gpu['name']}"):
+            data, info = build_engine(onnx.path, profile, req.trt, plan.route)
+            tmp.write_bytes(data)
+            steps.note(f"{len(data) / 2**20:.1f} MiB in {info.build_seconds} s")
+        engine = replace(engine, build=info.to_dict(), trtexec=trtexec_command(
+            onnx.path.name, path.name, profile, req.trt, env.major, plan.route))
+        manifest = replace(planned, sha256=file_sha256(tmp), size_bytes=len(data), engine=engine)
+        manifest.validation = _validate(req, model, open_runner(tmp, manifest), manifest, steps,
+                                        "validate TensorRT vs PyTorch FP32")
+    _finish(manifest, path)
+    return Artifact(path, manifest)
+
+
+def artifact_paths(req: ArtifactRequest, plan: PrecisionPlan) -> tuple[Path, Path | None]:
+    """Where the ONNX model and (for ``--fmt trt``) the engine of ``req`` are written."""
+    onnx = req.out_dir / f"{req.spec.stem(plan.graph, plan.io_fp16)}.onnx"
+    engine = req.out_dir / f"{req.spec.stem(plan.requested, plan.io_fp16)}{ENGINE_SUFFIX}" if req.fmt == "trt" else None
+    return onnx, engine
+
+
+def make_artifacts(req: ArtifactRequest, model: torch.nn.Module | None = None) -> Artifacts:
+    """Everything from a name (or a ``model`` built by the caller) to validated artifacts."""
+    from twins_deploy.engines.trt.env import BuildEnv, probe_build_env
+    from twins_deploy.engines.trt.profile import profile_for
+
+    env = probe_build_env() if req.fmt == "trt" else BuildEnv(None, None, None)
+    if env.missing and not req.onnx_without_engine:
+        raise BackendUnavailableError(env.missing)
+    plan = resolve_precision(req.precision, req.io_fp16, env.major, req.trt.weak_fp16)
+    onnx_path, engine_path = artifact_paths(req, plan)
+    profile = profile_for(req.spec, req.trt.min_hw, req.trt.max_hw) if req.fmt == "trt" else None
+    finals = [engine_path] if engine_path else [onnx_path]
+    if req.on_existing == "refuse":
+        refuse_overwrite([p for f in finals for p in (f, manifest_path(f))], force=False)
+    if req.images:
+        image_files(req.images)  # an empty or missing folder fails here, before any work
+
+    per_artifact = 2 if req.validate else 1  # make (or reuse), validate
+    engines = 1 if req.fmt == "trt" and env.missing is None else 0
+    steps = Steps(int(model is None) + per_artifact * (1 + engines), quiet=req.quiet)
+    with output_dir(req.out_dir):
+        if model is None:
+            model = _build_step(req, steps)
+        onnx = _onnx_stage(req, plan, model, onnx_path, steps)
+        if req.fmt == "onnx":
+            return Artifacts(plan, onnx)
+        if env.missing:
+            raise BackendUnavailableError(
+                f"{onnx.path} was written and validated, but no engine was built: {env.missing}")
+        engine = _engine_stage(req, plan, model, env, onnx, engine_path, profile, steps)
+    return Artifacts(plan, onnx, engine)
+
+
+# -- opening and re-checking artifacts ---------------------------------------------------------------
+def open_runner(path: str | os.PathLike[str], manifest: Manifest | None = None, *, provider: str = "cpu",
+                threads: int | None = None, use_cuda_graph: bool = False) -> Runner:
+    """The Runner for an artifact, after the checks every load goes through: the manifest
+    is read and (for TensorRT plans, which TensorRT may crash on) the file must have its sha256;
+    the TensorRT runner then checks the plan's TensorRT version and GPU before loading it."""
+    path = Path(path)
+    manifest = manifest or read_manifest(path)
+    if manifest.kind == "trt":
+        if manifest.sha256 and file_sha256(path) != manifest.sha256:
+            raise ArtifactError(f"{path.name} is not the plan its manifest describes (sha256 differs): "
+                                "corrupt or replaced; rebuild it with twins-export --fmt trt")
+        from twins_deploy.engines.runners.trt import TrtRunner
+
+        return TrtRunner(path, manifest, use_cuda_graph=use_cuda_graph)
+    from twins_deploy.engines.runners.onnxrt import OrtRunner
+
+    return OrtRunner(path, provider=provider, threads=threads)
+
+
+def weights_for_manifest(manifest: Manifest, weights: str | None, pretrained: bool) -> WeightsRequest:
+    """Rebuild the weights an artifact was made with, refusing different ones."""
+    w = manifest.weights
+    num_classes = manifest.model.num_classes or 1000
+    if w.source == "random" and not weights and not pretrained:
+        return WeightsRequest(seed=w.seed or 0, num_classes=num_classes)
+    if w.source == "pretrained":
         if not pretrained:
-            raise CheckpointError(f"the artifact was made with pretrained weights ({w['path']}); pass --pretrained")
+            raise CheckpointError(f"the artifact was made with pretrained weights ({w.path}); pass --pretrained")
         return WeightsRequest(pretrained=True, num_classes=num_classes)
-    path = weights or (w.get("path") if w["source"] == "file" else None)
+    path = weights or (w.path if w.source == "file" else None)
     if not path or not os.path.isfile(path):
         raise CheckpointError(
-            f"the artifact was made with the checkpoint {w.get('path')!r}, which is not here; "
-            "pass it with --weights PATH")
-    if w.get("sha256") and file_sha256(path) != w["sha256"]:
+            f"the artifact was made with the checkpoint {w.path!r}, which is not here; pass it with --weights PATH")
+    if w.sha256 and file_sha256(path) != w.sha256:
         raise CheckpointError(
             f"{path!r} is not the checkpoint the artifact was made with (sha256 differs from the manifest)")
     return WeightsRequest(path=path, num_classes=num_classes, reset_head=True)
-
-
-def runner_for_artifact(path: Path, manifest: dict[str, Any]) -> Runner:
-    """ONNX Runtime for .onnx files, TensorRT for engines."""
-    if manifest.get("kind") == "trt":
-        from twins_deploy.engines.trt_runner import TrtRunner
-
-        return TrtRunner(path, manifest=manifest)
-    from twins_deploy.engines.ort_runner import OrtRunner
-
-    return OrtRunner(path)
 
 
 def revalidate(artifact: str | os.PathLike[str], weights: str | None = None, pretrained: bool = False,
                batches: list[int] | None = None, images: str | None = None,
                thresholds: dict[str, float | None] | None = None, quiet: bool = False) -> ValidationReport:
     """``twins-validate``: re-check an existing artifact against PyTorch, from its manifest."""
-    from twins_deploy.artifacts import read_manifest
-    from twins_deploy.errors import InputShapeError
-
     path = Path(artifact)
     manifest = read_manifest(path)
-    spec = ExportSpec.from_dict(manifest["spec"])
-    if manifest.get("sha256") and file_sha256(path) != manifest["sha256"]:
-        if not quiet:
-            print(f"warning: {path.name} differs from the file its manifest describes (sha256); "
-                  "validating what is on disk", file=sys.stderr, flush=True)
+    spec = manifest.spec
     for b in batches or []:
         if not spec.batch.contains(b):
             raise InputShapeError(f"batch {b} is outside the artifact's range {spec.batch.min}..{spec.batch.max}")
+    if images:
+        image_files(images)
+    runner = open_runner(path, manifest)
+    if manifest.kind == "onnx" and manifest.sha256 and file_sha256(path) != manifest.sha256 and not quiet:
+        print(f"warning: {path.name} differs from the file its manifest describes (sha256); "
+              "validating what is on disk", file=sys.stderr, flush=True)
     steps = Steps(2, quiet=quiet)
     with steps.step(f"build {spec.model} with the artifact's weights"):
         model = build_model(spec.model, weights_for_manifest(manifest, weights, pretrained), spec.features)
     with steps.step(f"validate {path.name} against PyTorch FP32"):
-        cases = validation_cases(spec, get_config(spec.model).preprocess, batches, images)
-        report = run_validation(model, runner_for_artifact(path, manifest), spec, cases, thresholds)
+        cases = validation_cases(spec, manifest.preprocess, batches, images)
+        report = validate_against_pytorch(model, runner, manifest.precision, cases, thresholds)
         steps.note(report.summary())
     return report

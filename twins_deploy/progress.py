@@ -15,6 +15,10 @@ class Steps:
         self.total, self.i, self.quiet = total, 0, quiet
         self.stream = stream or sys.stderr
 
+    def skip(self, n: int) -> None:
+        """``n`` announced steps will not run (e.g. an artifact was reused, not rebuilt)."""
+        self.total -= n
+
     def note(self, text: str) -> None:
         if not self.quiet:
             print(f"      {text}", file=self.stream, flush=True)

@@ -30,6 +30,11 @@ class Preprocess:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        return cls(tuple(d["input_size"]), tuple(d["mean"]), tuple(d["std"]),  # type: ignore[arg-type]
+                   str(d["interpolation"]), float(d["crop_pct"]), str(d.get("crop_mode", "center")))
+
 
 @dataclass(frozen=True)
 class TwinsConfig:

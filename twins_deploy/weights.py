@@ -7,7 +7,6 @@ of PyTorch's wall of text, and guesses which variant a foreign checkpoint belong
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import zipfile
@@ -18,13 +17,13 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from twins_deploy.artifacts import file_sha256
 from twins_deploy.errors import CheckpointError, WeightsUnavailableError
 from twins_deploy.registry import TwinsConfig, get_config, list_models
 
 # Wrappers seen in the wild, in the order they are preferred: training scripts save the
 # plain weights under 'state_dict'/'model' and an EMA copy beside them.
 WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
-SAFE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 _MAX_LISTED = 8
 
 
@@ -73,14 +72,6 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
             draw(m.weight, 1.0, 0.1)
             draw(m.bias, 0.0, 0.05)
     return model
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:

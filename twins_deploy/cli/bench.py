@@ -10,7 +10,9 @@ import re
 import sys
 from pathlib import Path
 
+from twins_deploy.bench.harness import BenchConfig
 from twins_deploy.cli.common import hw_arg, int_list, run_cli
+from twins_deploy.errors import OptionError
 
 EPILOG = """\
 examples:
@@ -23,9 +25,9 @@ and time, then >= --min-iters iterations and >= --min-time seconds; CUDA events 
 copies excluded unless --include-copies. Results: <out>/<name>.{json,csv,md,png}.
 """
 
-PRESETS = {
+PRESETS = {  # defaults for the flags below; what the user types wins
     "paper": dict(model="svt_s", backends="torch,torch-fp16,torch-compile,ort-cpu,ort-cuda,trt-fp32,trt-fp16",
-                  batch="192", img_size=(224, 224)),
+                  batch=[192], img_size=(224, 224)),
 }
 
 
@@ -35,12 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="twins-bench", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS),
-                   help="a named comparison (sets --model, --backends, --batch, --img-size); "
-                        "'paper': svt_s, 224, batch 192, all backends")
+                   help="a named comparison: defaults for --model, --backends, --batch and --img-size, "
+                        "each overridden by the flag if you give it; 'paper': svt_s, 224, batch 192, all backends")
     p.add_argument("--model", default="svt_s", help="comma-separated variants (default: %(default)s)")
     p.add_argument("--backends", default="torch,ort-cpu",
                    help=f"comma-separated, from: {', '.join(BACKENDS)} (default: %(default)s)")
-    p.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default: %(default)s)")
+    p.add_argument("--batch", type=int_list, default=[1, 8], metavar="N[,N...]",
+                   help="comma-separated batch sizes (default: 1,8)")
     p.add_argument("--img-size", type=hw_arg, default=(224, 224), metavar="N|HxW", help="image size (default: 224)")
     p.add_argument("--min-time", type=float, default=3.0, help="seconds per timed loop, at least (default: %(default)s)")
     p.add_argument("--min-iters", type=int, default=10, help="iterations per timed loop, at least (default: %(default)s)")
@@ -57,29 +60,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _main(argv: list[str] | None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.preset:
-        for k, v in PRESETS[args.preset].items():
-            setattr(args, k, v)
-    from twins_deploy.bench.backends import BACKENDS
-    from twins_deploy.bench.run import run_benchmark
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
     from twins_deploy.registry import resolve_name
 
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown:
-        parser.error(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
-    try:
-        batches = int_list(args.batch)
-    except argparse.ArgumentTypeError as e:
-        parser.error(f"--batch: {e}")
-    if args.min_iters < 1 or args.min_time < 0:
-        parser.error("--min-iters must be >= 1 and --min-time >= 0")
-    models = [resolve_name(m) for m in args.model.split(",") if m.strip()]
+    backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+    models = tuple(resolve_name(m) for m in args.model.split(",") if m.strip())
     name = args.name or args.preset or re.sub(r"[^A-Za-z0-9_.-]", "_", "_".join(models) + "_" + "-".join(backends))
-    paths, result = run_benchmark(models, backends, batches, args, name)
+    return BenchConfig(models=models, backends=backends, batches=tuple(args.batch), img_size=tuple(args.img_size),
+                       warmup=args.warmup, warmup_s=args.warmup_time, min_iters=args.min_iters,
+                       min_time_s=args.min_time, include_copies=args.include_copies, cuda_graphs=args.cuda_graphs,
+                       threads=args.threads, compare=args.compare, out=args.out, name=name, quiet=args.quiet)
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """A preset supplies defaults; every flag the user typed wins over it."""
+    parser = build_parser()
+    known, _ = parser.parse_known_args(argv)
+    if known.preset:
+        parser.set_defaults(**PRESETS[known.preset])
+    return parser, parser.parse_args(argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    parser, args = parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except OptionError as e:
+        parser.error(str(e))
+    from twins_deploy.bench.run import run_benchmark
+
+    paths, result = run_benchmark(cfg)
     for p in paths:
         print(p)
     for row in result.get("paper") or []:

@@ -5,6 +5,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from twins_deploy.engines.trt.options import HW_COMPAT_LEVELS, TrtBuildOptions, default_timing_cache
 from twins_deploy.errors import TwinsDeployError
 from twins_deploy.exporters.spec import BatchRange, parse_hw
 
@@ -49,7 +50,7 @@ def batch_from_args(args: argparse.Namespace) -> BatchRange:
 
 
 def add_threshold_args(p: argparse.ArgumentParser) -> None:
-    """The validation thresholds (defaults per precision live in engines.validate)."""
+    """The validation thresholds (defaults per precision live in engines.validation)."""
     p.add_argument("--atol", type=float, help="FP32 max-abs threshold on logits (default: 1e-4)")
     p.add_argument("--min-cosine", type=float, help="FP16 cosine threshold (default: 0.999)")
     p.add_argument("--min-top1", type=float, help="FP16 top-1 agreement threshold, 0..1 (default: 0.99)")
@@ -57,6 +58,35 @@ def add_threshold_args(p: argparse.ArgumentParser) -> None:
 
 def thresholds_from_args(args: argparse.Namespace) -> dict[str, float | None]:
     return {"atol": args.atol, "min_cosine": args.min_cosine, "min_top1": args.min_top1}
+
+
+def add_trt_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("TensorRT (--fmt trt)")
+    g.add_argument("--workspace", type=float, default=4.0, metavar="GIB",
+                   help="builder workspace memory pool in GiB (default: %(default)s)")
+    g.add_argument("--opt-level", type=int, default=3, choices=range(6), metavar="0-5",
+                   help="builder optimization level; higher builds slower, may run faster (default: %(default)s)")
+    g.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=False,
+                   help="allow TF32 in FP32 layers (default: off, so FP32 means FP32)")
+    g.add_argument("--timing-cache", default=str(default_timing_cache()), metavar="PATH",
+                   help="timing cache reused across builds; 'none' to disable (default: %(default)s)")
+    g.add_argument("--hw-compat", choices=HW_COMPAT_LEVELS, default="none",
+                   help="hardware compatibility level (TensorRT >= 8.6): ampere+ runs on any Ampere or newer GPU")
+    g.add_argument("--version-compat", action="store_true",
+                   help="version-compatible engine (runs on later TensorRT via the lean runtime)")
+    g.add_argument("--min-hw", type=hw_arg, metavar="N|HxW",
+                   help="with --dynamic-hw: smallest H/W of the engine profile (default: half the export size)")
+    g.add_argument("--max-hw", type=hw_arg, metavar="N|HxW",
+                   help="with --dynamic-hw: largest H/W of the engine profile (default: twice the export size)")
+    g.add_argument("--weak-fp16", action="store_true",
+                   help="TensorRT 8.6-10.x: build the FP32 ONNX with BuilderFlag.FP16 instead of the "
+                        "strongly typed FP16 graph (not available on TensorRT 11)")
+
+
+def trt_options_from_args(args: argparse.Namespace) -> TrtBuildOptions:
+    cache = None if str(args.timing_cache).lower() == "none" else args.timing_cache
+    return TrtBuildOptions(args.workspace, args.opt_level, args.tf32, cache, args.hw_compat,
+                           args.version_compat, args.weak_fp16, args.min_hw, args.max_hw)
 
 
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:

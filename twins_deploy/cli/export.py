@@ -5,10 +5,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from twins_deploy.cli.common import (add_batch_args, add_threshold_args, batch_from_args, hw_arg, run_cli,
-                                      thresholds_from_args)
+from twins_deploy.cli.common import (add_batch_args, add_threshold_args, add_trt_args, batch_from_args, hw_arg,
+                                      run_cli, thresholds_from_args, trt_options_from_args)
 from twins_deploy.exporters.spec import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, ExportSpec
-from twins_deploy.pipeline import ExportRequest, WeightsRequest
+from twins_deploy.pipeline import ArtifactRequest, WeightsRequest
 from twins_deploy.registry import list_models, resolve_name
 
 EPILOG = """\
@@ -22,8 +22,9 @@ examples:
 Outputs land in --out-dir as <model>_<precision>[...].onnx with <file>.json beside it (the
 manifest: weights and their sha256, input spec, preprocessing, tool versions, validation).
 Without --weights/--pretrained the model gets seeded random weights, labelled as such:
-fine for parity and speed, meaningless for accuracy. Exit codes: 0 ok, 1 validation
-failed (report kept), 2 bad input, 3 missing backend (TensorRT, GPU).
+fine for parity and speed, meaningless for accuracy. With --fmt trt, a validated ONNX
+model already in --out-dir that was made from the same inputs is reused. Exit codes:
+0 ok, 1 validation failed (report kept), 2 bad input, 3 missing backend (TensorRT, GPU).
 """
 
 
@@ -63,23 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite existing artifacts")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.add_argument("-v", "--verbose", action="store_true", help="full tracebacks on errors")
-    from twins_deploy.engines.trt_options import add_trt_args
-
     add_trt_args(p)
     return p
 
 
-def request_from_args(args: argparse.Namespace) -> ExportRequest:
-    spec = ExportSpec(
-        model=resolve_name(args.model), img_size=args.img_size, batch=batch_from_args(args),
-        dynamic_hw=args.dynamic_hw, features=args.features, precision=args.precision,
-        io_fp16=args.io_fp16, opset=args.opset,
-    )
-    return ExportRequest(
-        spec=spec,
+def request_from_args(args: argparse.Namespace) -> ArtifactRequest:
+    spec = ExportSpec(model=resolve_name(args.model), img_size=args.img_size, batch=batch_from_args(args),
+                      dynamic_hw=args.dynamic_hw, features=args.features, opset=args.opset)
+    return ArtifactRequest(
+        spec=spec, precision=args.precision, io_fp16=args.io_fp16, fmt=args.fmt,
+        trt=trt_options_from_args(args),
         weights=WeightsRequest(args.weights, args.pretrained, args.reset_head, args.num_classes, args.seed),
-        out_dir=args.out_dir, force=args.force, validate=not args.no_validate, images=args.images,
-        thresholds=thresholds_from_args(args),
+        out_dir=args.out_dir, on_existing="overwrite" if args.force else "refuse",
+        validate=not args.no_validate, images=args.images, thresholds=thresholds_from_args(args),
         quiet=args.quiet,
     )
 
@@ -89,20 +86,14 @@ def _main(argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     try:
         req = request_from_args(args)
-    except ValueError as e:  # spec constraints (opset, io-fp16, batch range)
+    except ValueError as e:  # spec and option constraints (opset, batch range, workspace)
         parser.error(str(e))
-    if args.fmt == "trt":
-        from twins_deploy.engines.trt_options import trt_options_from_args
-        from twins_deploy.engines.trt_pipeline import export_engine
+    from twins_deploy.pipeline import make_artifacts
 
-        path, manifest = export_engine(req, trt_options_from_args(args))
-    else:
-        from twins_deploy.pipeline import export
-
-        path, manifest = export(req)
-    val = manifest.get("validation")
+    final = make_artifacts(req).final
+    val = final.manifest.validation
     status = "not validated" if val is None else val["summary"]
-    print(f"{path}\n{path}.json\n{status}")
+    print(f"{final.path}\n{final.path}.json\n{status}")
     return 0
 
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -53,7 +54,7 @@ def version_tuple(version: str) -> tuple[int, ...]:
 
 def gpu_info(device: int = 0) -> dict[str, Any]:
     """Name and compute capability of ``device`` through cuda-python, or a clear error."""
-    from twins_deploy.engines.cuda_rt import cuda_check, cudart
+    from twins_deploy.engines.trt.cuda import cuda_check, cudart
 
     rt = cudart()
     count = cuda_check(rt.cudaGetDeviceCount(), "cudaGetDeviceCount", missing_gpu=True)
@@ -65,3 +66,33 @@ def gpu_info(device: int = 0) -> dict[str, Any]:
     return {"name": name.strip("\x00 "), "compute_capability": f"{props.major}.{props.minor}",
             "sm": props.major * 10 + props.minor, "memory_gib": round(props.totalGlobalMem / 2**30, 1),
             "driver": f"{driver // 1000}.{driver % 1000 // 10}"}
+
+
+@dataclass(frozen=True)
+class BuildEnv:
+    """TensorRT with its builder and the GPU to build on, or the reason they are missing."""
+
+    trt: ModuleType | None
+    gpu: dict[str, Any] | None
+    missing: str | None = None
+
+    @property
+    def version(self) -> str:
+        return str(self.trt.__version__) if self.trt is not None else ""
+
+    @property
+    def major(self) -> int | None:
+        return trt_major(self.version) if self.trt is not None else None
+
+
+def probe_build_env() -> BuildEnv:
+    """Look for a TensorRT builder and a GPU without raising: callers decide what a
+    missing piece means (``twins-export --fmt trt`` still writes the ONNX model)."""
+    try:
+        trt = import_tensorrt()
+        if not has_builder(trt):
+            raise BackendUnavailableError("the installed TensorRT has no builder (lean runtime only); "
+                                          "pip install 'twins-deploy[trt]'")
+        return BuildEnv(trt, gpu_info())
+    except BackendUnavailableError as e:
+        return BuildEnv(None, None, str(e))

@@ -1,4 +1,5 @@
-"""Validation inputs: seeded random images in the normalised range, or real photographs."""
+"""Images -> the model's input, as the manifest's preprocessing describes it (timm's eval
+transform): used to validate on photographs and to run an artifact on images."""
 from __future__ import annotations
 
 import math
@@ -18,12 +19,6 @@ def normalise(images01: np.ndarray, pre: Preprocess) -> np.ndarray:
     mean = np.asarray(pre.mean, dtype=np.float32).reshape(1, 3, 1, 1)
     std = np.asarray(pre.std, dtype=np.float32).reshape(1, 3, 1, 1)
     return ((images01 - mean) / std).astype(np.float32)
-
-
-def random_batch(batch: int, hw: tuple[int, int], pre: Preprocess, seed: int) -> np.ndarray:
-    """Uniform random pixels pushed through the model's normalisation (about [-2.1, 2.6])."""
-    rng = np.random.default_rng(seed)
-    return normalise(rng.random((batch, 3, *hw), dtype=np.float32), pre)
 
 
 def _resample(name: str) -> int:
@@ -53,13 +48,19 @@ def preprocess_image(path: str | os.PathLike[str], hw: tuple[int, int], pre: Pre
     return normalise(arr, pre)
 
 
-def load_image_folder(directory: str | os.PathLike[str], hw: tuple[int, int], pre: Preprocess,
-                      limit: int | None = None) -> tuple[np.ndarray, list[str]]:
-    """All images in ``directory`` (sorted, non-recursive) as one normalised batch."""
+def image_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """The image files in ``directory`` (sorted, non-recursive); none is an error."""
     d = Path(directory)
     if not d.is_dir():
         raise InputShapeError(f"--images {str(d)!r} is not a directory")
-    files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise InputShapeError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {str(d)!r}")
+    return files
+
+
+def load_image_folder(directory: str | os.PathLike[str], hw: tuple[int, int], pre: Preprocess,
+                      limit: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """All images in ``directory`` (sorted, non-recursive) as one normalised batch."""
+    files = image_files(directory)[:limit]
     return np.concatenate([preprocess_image(f, hw, pre) for f in files]), [f.name for f in files]

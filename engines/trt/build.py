@@ -1,14 +1,16 @@
 """ONNX -> serialized TensorRT engine, one code path for TensorRT 8.6, 10.x and 11.x.
 
-Branches on the installed major version only where the API differs
-(shared/reference/tensorrt.md sections 1-2):
+Branches on the installed major version only where the API differs (TensorRT's
+10.x -> 11.x migration guide and the Python bindings of each release):
 
-* 8.6: the ONNX parser needs ``EXPLICIT_BATCH``; there is no strong typing, so FP16
+* below 10: the ONNX parser needs ``EXPLICIT_BATCH``; 8.x has no strong typing, so FP16
   means the FP32 graph plus ``BuilderFlag.FP16`` (the "weak" route);
-* 10.x: FP16 comes from the mixed FP16 ONNX built as a ``STRONGLY_TYPED`` network (the
+* 9.x/10.x: FP16 comes from the mixed FP16 ONNX built as a ``STRONGLY_TYPED`` network (the
   "strong" route); the weak flag stays available on request (``--weak-fp16``);
 * 11.x: every network is strongly typed and ``BuilderFlag.FP16``/``EXPLICIT_BATCH`` are
   gone, so the strong route is built with no precision flags at all.
+
+Which route a precision takes is decided once, in :mod:`twins_deploy.precision`.
 
 TF32 is cleared unless asked for: an FP32 engine computes in FP32.
 
@@ -26,31 +28,11 @@ from types import ModuleType
 from typing import Any
 
 from twins_deploy.artifacts import write_bytes_atomic
-from twins_deploy.engines.trt_env import import_tensorrt, trt_major
-from twins_deploy.engines.trt_options import TrtBuildOptions
-from twins_deploy.engines.trt_profile import Profile
+from twins_deploy.engines.trt.env import import_tensorrt, trt_major
+from twins_deploy.engines.trt.options import TrtBuildOptions
+from twins_deploy.engines.trt.profile import Profile
 from twins_deploy.errors import BackendUnavailableError, ExportError
-
-ROUTES = ("fp32", "strong", "weak")
-
-
-def precision_route(precision: str, major: int, weak_fp16: bool = False) -> str:
-    """How a precision is realised on a TensorRT major version (see module docstring)."""
-    if precision == "fp32":
-        return "fp32"
-    if weak_fp16 and major >= 11:
-        raise BackendUnavailableError(
-            "--weak-fp16 needs TensorRT 8.6-10.x: TensorRT 11 removed BuilderFlag.FP16; "
-            "drop the flag to build the strongly typed FP16 graph")
-    if weak_fp16 or major < 10:
-        return "weak"
-    return "strong"
-
-
-def onnx_precision_for(route: str) -> str:
-    """Which ONNX graph a route builds from: the mixed FP16 one only for the strong route."""
-    return "fp16" if route == "strong" else "fp32"
-
+from twins_deploy.precision import ROUTES
 
 @dataclass
 class BuildInfo:
@@ -112,7 +94,7 @@ def build_engine(onnx_path: str | os.PathLike[str], shapes: Profile, opts: TrtBu
     if major < 10:
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
         info.network_flags.append("EXPLICIT_BATCH")
-    if route == "strong" and major == 10:
+    if route == "strong" and major < 11:  # 11 is strongly typed only; the flag is ignored there
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
         info.network_flags.append("STRONGLY_TYPED")
     network = builder.create_network(flags)

@@ -1,14 +1,14 @@
 """The trtexec command line equivalent to a build, for rebuilding on another box.
 
-Flags differ by major version (reference/tensorrt.md section 5): ``--stronglyTyped``
-exists from 10.0 and is a no-op on 11; ``--fp16`` is gone in 11 (strong typing only).
+Flags differ by major version (trtexec's ``--help`` of each release): ``--stronglyTyped``
+exists from 9.x and is a no-op on 11; ``--fp16`` is gone in 11 (strong typing only).
 """
 from __future__ import annotations
 
 import shlex
 
-from twins_deploy.engines.trt_options import TrtBuildOptions
-from twins_deploy.engines.trt_profile import Profile
+from twins_deploy.engines.trt.options import TrtBuildOptions
+from twins_deploy.engines.trt.profile import Profile
 
 _HW_FLAG = {"ampere+": "ampere+", "same-cc": "sameComputeCapability"}
 
@@ -36,7 +36,7 @@ def trtexec_command(onnx_file: str, engine_file: str, profile: Profile, opts: Tr
     ]
     if not opts.tf32:
         args.append("--noTF32")
-    if route == "strong" and major == 10:
+    if route == "strong" and major < 11:
         args.append("--stronglyTyped")
     if route == "weak":
         args.append("--fp16")

@@ -1,60 +1,29 @@
 """TensorRT as a Runner: name-based I/O, cuda-python memory and streams, checked engines.
 
 Before deserializing, the manifest beside the plan is checked against the installed
-TensorRT and the GPU, so a foreign engine fails with a clear message instead of
-TensorRT's "Version tag does not match". torch CUDA tensors are accepted without copies
-through :meth:`TrtRunner.infer_torch`.
+TensorRT and the GPU (:mod:`twins_deploy.engines.trt.compat`), so a foreign engine fails
+with a clear message instead of TensorRT's "Version tag does not match". torch CUDA
+tensors are accepted without copies through :meth:`TrtRunner.infer_torch`.
 
-Conformance convention (see trt_builder): ``runtime``, ``engine``, ``context``.
+Conformance convention (see :mod:`twins_deploy.engines.trt.build`): TensorRT objects
+live in variables named ``runtime``, ``engine`` and ``context``.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from twins_deploy.engines.runner import Runner, as_numpy
-from twins_deploy.engines.trt_env import gpu_info, import_tensorrt, trt_major, version_tuple
-from twins_deploy.engines.trt_profile import Profile
+from twins_deploy.engines.runners.base import Runner, as_numpy
+from twins_deploy.engines.trt.compat import check_engine_compat
+from twins_deploy.engines.trt.env import gpu_info, import_tensorrt
+from twins_deploy.engines.trt.profile import Profile
 from twins_deploy.errors import ArtifactError
 
-
-def check_engine_compat(manifest: dict[str, Any], installed_version: str, gpu: dict[str, Any]) -> list[str]:
-    """Refuse an engine built for another TensorRT or GPU; return warnings that do not block.
-
-    Plans are tied to the exact TensorRT version unless built version-compatible (then a
-    later release of the same major runs them), and to the compute capability unless
-    built hardware-compatible (``ampere+``: any SM >= 8.0).
-    """
-    trt_info, built_gpu = manifest.get("trt") or {}, manifest.get("gpu") or {}
-    built = trt_info.get("version")
-    if not built or not built_gpu.get("compute_capability"):
-        raise ArtifactError("engine manifest lacks the TensorRT version or GPU it was built for")
-    opts = trt_info.get("build_options") or {}
-    warnings: list[str] = []
-    if opts.get("version_compat"):
-        if trt_major(built) != trt_major(installed_version) or version_tuple(installed_version) < version_tuple(built):
-            raise ArtifactError(
-                f"engine was built version-compatible with TensorRT {built}; it runs on {trt_major(built)}.x "
-                f">= {built}, not on the installed {installed_version}; rebuild it with twins-export --fmt trt")
-    elif version_tuple(built) != version_tuple(installed_version):
-        raise ArtifactError(
-            f"engine was built with TensorRT {built} but TensorRT {installed_version} is installed; "
-            "rebuild it here with twins-export --fmt trt (or build it with --version-compat)")
-    want, have = built_gpu["compute_capability"], gpu["compute_capability"]
-    level = opts.get("hw_compat", "none")
-    if level == "ampere+":
-        if float(have) < 8.0:
-            raise ArtifactError(f"engine is hardware-compatible for Ampere and newer; this GPU is SM {have}")
-    elif want != have:
-        raise ArtifactError(
-            f"engine was built for compute capability {want} ({built_gpu.get('name')}), this GPU "
-            f"({gpu['name']}) is {have}; rebuild it here, or build with --hw-compat ampere+")
-    if level == "none" and built_gpu.get("name") and built_gpu["name"] != gpu["name"]:
-        warnings.append(f"engine was built on {built_gpu['name']}, running on {gpu['name']} (same SM {have})")
-    return warnings
+if TYPE_CHECKING:
+    from twins_deploy.manifest import Manifest
 
 
 class TrtRunner(Runner):
@@ -62,26 +31,26 @@ class TrtRunner(Runner):
 
     device = "cuda"
 
-    def __init__(self, path: str | os.PathLike[str], manifest: dict[str, Any] | None = None,
-                 use_cuda_graph: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], manifest: Manifest, use_cuda_graph: bool = False) -> None:
         super().__init__()
+        if manifest.engine is None:
+            raise ArtifactError(f"{Path(path).name} is not a TensorRT engine (its manifest is of kind {manifest.kind!r})")
         self.path = Path(path)
         self.manifest = manifest
         self.use_cuda_graph = use_cuda_graph
-        self.name = "trt-" + ((manifest or {}).get("precision") or "engine")
+        self.name = f"trt-{manifest.precision}"
         self.warnings: list[str] = []
 
     # -- loading ------------------------------------------------------------------------
     def _activate(self) -> None:
-        from twins_deploy.artifacts import read_manifest
-        from twins_deploy.engines.cuda_rt import Stream
+        from twins_deploy.engines.trt.cuda import Stream
 
-        manifest = self.manifest or read_manifest(self.path)
-        vc = bool(((manifest.get("trt") or {}).get("build_options") or {}).get("version_compat"))
+        info = self.manifest.engine
+        vc = bool(info.build_options.get("version_compat"))
         trt = import_tensorrt(lean_ok=vc)
         self.gpu = gpu_info()
-        self.warnings = check_engine_compat(manifest, trt.__version__, self.gpu)
-        self.shapes = Profile.from_dict(manifest["trt"]["profile"])
+        self.warnings = check_engine_compat(info, trt.__version__, self.gpu)
+        self.shapes = Profile.from_dict(info.profile)
         self._logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(self._logger)
         if vc:
@@ -112,7 +81,7 @@ class TrtRunner(Runner):
     # -- shapes and memory --------------------------------------------------------------------
     def _bind(self, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
         """Set the input shape, (re)allocate device buffers, set every tensor address."""
-        from twins_deploy.engines.cuda_rt import DeviceBuffer
+        from twins_deploy.engines.trt.cuda import DeviceBuffer
 
         self.shapes.check(shape)
         if not self.context.set_input_shape(self.input_name, tuple(shape)):
@@ -134,7 +103,7 @@ class TrtRunner(Runner):
 
     # -- correctness path -----------------------------------------------------------------------
     def infer(self, x: Any) -> list[np.ndarray]:
-        from twins_deploy.engines.cuda_rt import copy_dtoh, copy_htod
+        from twins_deploy.engines.trt.cuda import copy_dtoh, copy_htod
 
         if type(x).__module__.startswith("torch") and getattr(x, "is_cuda", False):
             return [as_numpy(t) for t in self.infer_torch(x)]
@@ -171,7 +140,7 @@ class TrtRunner(Runner):
 
     # -- timing path ------------------------------------------------------------------------------
     def prepare(self, x: np.ndarray, include_copies: bool = False) -> None:
-        from twins_deploy.engines.cuda_rt import CudaGraph, copy_htod
+        from twins_deploy.engines.trt.cuda import CudaGraph, copy_htod
 
         self._include_copies = include_copies
         self._host_in = np.ascontiguousarray(as_numpy(x).astype(self.np_dtype[self.input_name], copy=False))
@@ -194,7 +163,7 @@ class TrtRunner(Runner):
                 graph.destroy()
 
     def step(self) -> None:
-        from twins_deploy.engines.cuda_rt import copy_dtoh, copy_htod
+        from twins_deploy.engines.trt.cuda import copy_dtoh, copy_htod
 
         if self._include_copies:
             copy_htod(self._buffers[self.input_name], self._host_in, self.stream)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from twins_deploy.engines.runner import Runner, as_numpy
+from twins_deploy.engines.runners.base import Runner, as_numpy
 from twins_deploy.errors import ArtifactError, BackendUnavailableError
 
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}

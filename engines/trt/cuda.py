@@ -94,28 +94,6 @@ class Stream:
             self.obj = None
 
 
-class Event:
-    """A timing event; ``elapsed_ms(start, end)`` as cudaEventElapsedTime."""
-
-    def __init__(self) -> None:
-        self.obj = cuda_check(cudart().cudaEventCreate(), "cudaEventCreate")
-
-    def record(self, stream: Stream) -> None:
-        cuda_check(cudart().cudaEventRecord(self.obj, stream.obj), "cudaEventRecord")
-
-    def synchronize(self) -> None:
-        cuda_check(cudart().cudaEventSynchronize(self.obj), "cudaEventSynchronize")
-
-    def destroy(self) -> None:
-        if self.obj is not None:
-            cuda_check(cudart().cudaEventDestroy(self.obj), "cudaEventDestroy")
-            self.obj = None
-
-    @staticmethod
-    def elapsed_ms(start: Event, end: Event) -> float:
-        return float(cuda_check(cudart().cudaEventElapsedTime(start.obj, end.obj), "cudaEventElapsedTime"))
-
-
 def copy_htod(dst: DeviceBuffer, src: np.ndarray, stream: Stream) -> None:
     rt = cudart()
     src = np.ascontiguousarray(src)

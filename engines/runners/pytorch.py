@@ -7,8 +7,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from twins_deploy.engines.runner import Runner, as_numpy
+from twins_deploy.engines.runners.base import Runner, as_numpy
 from twins_deploy.errors import BackendUnavailableError
+from twins_deploy.exporters.spec import FEATURE_NAMES, LOGITS_NAME
 
 
 class TorchRunner(Runner):
@@ -27,11 +28,14 @@ class TorchRunner(Runner):
         self.model, self.device, self.dtype, self.compile = model, device, dtype, compile
         self.attn_impl = attn_impl
         self.name = name or f"torch-{str(dtype).replace('torch.float', 'fp')}-{device}" + ("-compile" if compile else "")
-        self.output_names = ["stage1", "stage2", "stage3", "stage4"] if getattr(model, "features", False) else ["logits"]
+        self.output_names = list(FEATURE_NAMES) if getattr(model, "features", False) else [LOGITS_NAME]
 
     def _activate(self) -> None:
         # Never move or cast the caller's model in place: other runners (an ONNX export,
-        # the FP32 reference) use it after this one.
+        # the FP32 reference) use it after this one. What is changed in place (eval mode,
+        # the attention path) is put back by _deactivate.
+        self._caller_model = self.model
+        self._restore = (self.model.training, getattr(self.model, "attn_impl", None))
         p = next(self.model.parameters())
         if p.device.type != torch.device(self.device).type or p.dtype != self.dtype:
             self.model = copy.deepcopy(self.model).to(self.device, self.dtype)
@@ -39,6 +43,14 @@ class TorchRunner(Runner):
         if self.attn_impl:
             self.model.set_attention_impl(self.attn_impl)
         self._fn = torch.compile(self.model) if self.compile else self.model
+
+    def _deactivate(self) -> None:
+        training, impl = self._restore
+        caller = self._caller_model
+        caller.train(training)
+        if impl is not None and caller.attn_impl != impl:
+            caller.set_attention_impl(impl)
+        self.model, self._fn = caller, None
 
     def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         with torch.inference_mode():

@@ -1,6 +1,6 @@
 """Numerical validation of a deployed artifact against the PyTorch FP32 model.
 
-What "validated" means (DESIGN.md): the same weights, the same inputs, per output the
+What "validated" means: the same weights, the same inputs, per output the
 max/mean abs error, cosine similarity and top-1 agreement, with
 
 * FP32: max abs error <= ``atol`` on logits (feature maps, which carry the residual
@@ -16,7 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from twins_deploy.engines.runner import Runner
+from twins_deploy.engines.runners.base import Runner
+from twins_deploy.exporters.spec import ExportSpec
+from twins_deploy.preprocess import load_image_folder, normalise
+from twins_deploy.registry import Preprocess
+
+VALIDATION_SEED = 20240422
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,7 @@ class Thresholds:
 
     def override(self, atol: float | None = None, min_cosine: float | None = None,
                  min_top1: float | None = None) -> Thresholds:
+        """These thresholds with the user's choices (None keeps the default)."""
         return Thresholds(
             atol=self.atol if atol is None else atol,
             min_cosine=self.min_cosine if min_cosine is None else min_cosine,
@@ -154,3 +160,45 @@ def validate(reference: Runner, candidate: Runner, cases: list[tuple[str, np.nda
                 report.stats.append(compare_outputs(case, name, r, g))
     judge(report)
     return report
+
+
+def random_batch(batch: int, hw: tuple[int, int], pre: Preprocess, seed: int) -> np.ndarray:
+    """Uniform random pixels pushed through the model's normalisation (about [-2.1, 2.6])."""
+    rng = np.random.default_rng(seed)
+    return normalise(rng.random((batch, 3, *hw), dtype=np.float32), pre)
+
+
+def validation_cases(spec: ExportSpec, pre: Preprocess, batches: list[int] | None = None,
+                     images: str | None = None, seed: int = VALIDATION_SEED) -> list[tuple[str, np.ndarray]]:
+    """Seeded random batches at each batch size (and at padded sizes for dynamic H/W),
+    plus the user's photographs."""
+    sizes = [spec.img_size]
+    if spec.dynamic_hw:  # sizes other than the export size, needing window padding
+        sizes += [(spec.img_size[0] + 32, spec.img_size[1] + 64), (spec.img_size[0] + 37, spec.img_size[1] + 13)]
+    cases = []
+    for i, b in enumerate(batches or spec.batch.validation_batches()):
+        for j, hw in enumerate(sizes if i == 0 else sizes[:1]):
+            cases.append((f"random b={b} {hw[0]}x{hw[1]}", random_batch(b, hw, pre, seed + 97 * i + j)))
+    if images:
+        arr, names = load_image_folder(images, spec.img_size, pre)
+        chunk = spec.batch.max
+        for k in range(0, len(arr), chunk):
+            part = arr[k:k + chunk]
+            label = f"images {k}..{k + len(part) - 1} of {len(names)}"
+            if not spec.batch.contains(len(part)):  # a fixed-batch graph: fill up with the first images
+                missing = chunk - len(part)
+                part = np.concatenate([part, np.resize(arr, (missing, *arr.shape[1:]))])
+                label += f" (+{missing} repeated to fill batch {chunk})"
+            cases.append((label, part))
+    return cases
+
+
+def validate_against_pytorch(model: Any, candidate: Runner, precision: str, cases: list[tuple[str, np.ndarray]],
+                             overrides: dict[str, float | None] | None = None) -> ValidationReport:
+    """``candidate`` vs ``model`` in PyTorch FP32 (explicit attention, CPU) on ``cases``,
+    judged with the thresholds of ``precision`` and the user's ``overrides``."""
+    from twins_deploy.engines.runners.pytorch import TorchRunner
+
+    th = Thresholds.for_precision(precision).override(**(overrides or {}))
+    reference = TorchRunner(model, device="cpu", attn_impl="explicit", name="torch-fp32-cpu")
+    return validate(reference, candidate, cases, precision, th)

@@ -1,0 +1,151 @@
+"""The package's shape: what imports what.
+
+* ``import twins_deploy`` and every module in it load on a CPU-only machine without
+  TensorRT, Polygraphy, pycuda or the CUDA Python bindings: those are imported inside the
+  functions that use them.
+* Data flows one way, CLI -> pipeline -> exporters / engines: nothing under exporters/ or
+  engines/ imports the CLI or the pipeline, argparse lives only in the CLI, and the
+  benchmark builds no ONNX file or engine of its own.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import twins_deploy
+import twins_deploy.bench as bench_pkg
+import twins_deploy.engines as engines_pkg
+import twins_deploy.exporters as exporters_pkg
+
+HEAVY = ("tensorrt", "tensorrt_lean", "tensorrt_bindings", "tensorrt_lean_bindings", "polygraphy", "pycuda", "cuda")
+# Modules that may import HEAVY packages when imported (none today: every use is lazy).
+ALLOWED_HEAVY: tuple[str, ...] = ()
+
+# Imports every module of a package with two detectors: an ``__import__`` hook that sees
+# each import statement executed at module level (even of a module torch already loaded,
+# such as cuda.bindings), and the set of newly loaded modules (for importlib calls).
+CHECKER = textwrap.dedent('''
+    import builtins, importlib, json, pkgutil, sys
+    import torch  # whatever torch loads itself is not ours
+    heavy, allowed, roots = set(sys.argv[1].split(",")), set(sys.argv[2].split(",")), sys.argv[3].split(",")
+    package = roots[0]
+    found = {}
+    real_import = builtins.__import__
+
+    def hook(name, globals=None, locals=None, fromlist=(), level=0):
+        caller = (globals or {}).get("__name__", "")
+        if level == 0 and name.split(".")[0] in heavy and caller.startswith(package) and caller not in allowed:
+            found.setdefault(caller, []).append(name)
+        return real_import(name, globals, locals, fromlist, level)
+
+    builtins.__import__ = hook
+    names = []
+    for root in roots:  # setuptools' package-dir maps subpackages outside the root's folder
+        names += [root] + [m.name for m in pkgutil.walk_packages(importlib.import_module(root).__path__, root + ".")]
+    baseline = {n for n in sys.modules if n.split(".")[0] in heavy}
+    for name in names:
+        if name in allowed:
+            continue
+        before = set(sys.modules)
+        importlib.import_module(name)
+        new = sorted(n for n in set(sys.modules) - before - baseline if n.split(".")[0] in heavy)
+        if new:
+            found.setdefault(name, []).extend(new)
+    print(json.dumps({"modules": names, "found": found}))
+''')
+
+
+# The installed package's roots: twins_deploy and the folders mapped into it.
+ROOTS = ("twins_deploy", "twins_deploy.exporters", "twins_deploy.engines", "twins_deploy.bench")
+
+
+def run_checker(roots: tuple[str, ...], extra_path: list[Path] = ()) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([*map(str, extra_path), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", CHECKER, ",".join(HEAVY), ",".join(ALLOWED_HEAVY), ",".join(roots)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def fake_heavy_packages(root: Path) -> Path:
+    """Importable stand-ins named like the heavy packages, so that a planted import of one
+    succeeds (and must then be caught) instead of failing with ImportError."""
+    d = root / "fake_heavy"
+    for name in ("tensorrt", "polygraphy", "pycuda"):
+        (d / name).mkdir(parents=True)
+        (d / name / "__init__.py").write_text("")
+    return d
+
+
+def test_no_module_imports_tensorrt_cuda_or_polygraphy_at_import_time(tmp_path):
+    result = run_checker(ROOTS, [fake_heavy_packages(tmp_path)])
+    mods = set(result["modules"])
+    # the walk reaches the mapped subpackages, including the TensorRT ones
+    assert {"twins_deploy.pipeline", "twins_deploy.engines.trt.build", "twins_deploy.engines.runners.trt",
+            "twins_deploy.engines.trt.cuda", "twins_deploy.bench.harness", "twins_deploy.cli.export"} <= mods
+    assert result["found"] == {}
+
+
+def test_the_checker_catches_a_planted_import(tmp_path):
+    """The same checker on a package with a module-level ``import tensorrt``, one with
+    ``from cuda.bindings import runtime`` (already loaded by torch) and one importing
+    polygraphy through importlib."""
+    pkg = tmp_path / "plantpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "clean.py").write_text("def f():\n    import tensorrt\n")
+    (pkg / "planted_trt.py").write_text("import tensorrt\n")
+    (pkg / "planted_cuda.py").write_text("from cuda.bindings import runtime\n")
+    (pkg / "planted_poly.py").write_text("import importlib\nimportlib.import_module('polygraphy')\n")
+    result = run_checker(("plantpkg",), [tmp_path, fake_heavy_packages(tmp_path)])
+    assert set(result["found"]) == {"plantpkg.planted_trt", "plantpkg.planted_cuda", "plantpkg.planted_poly"}
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute module names imported anywhere in ``path`` (function bodies included)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}
+    return names
+
+
+def _files(pkg) -> list[Path]:
+    return sorted(Path(pkg.__file__).parent.rglob("*.py"))
+
+
+def test_data_flows_one_way():
+    for pkg in (exporters_pkg, engines_pkg):
+        for f in _files(pkg):
+            bad = {n for n in _imports(f) if n.startswith(("twins_deploy.cli", "twins_deploy.pipeline", "twins_deploy.bench"))}
+            assert not bad, f"{f} imports {sorted(bad)}: data flows CLI -> pipeline -> exporters/engines"
+            assert "argparse" not in _imports(f), f"{f}: argparse belongs in twins_deploy/cli"
+    for f in _files(bench_pkg):
+        if f.name == "onnx_compare.py":  # a measurement script with its own command line
+            continue
+        assert "argparse" not in _imports(f), f"{f}: argparse belongs in twins_deploy/cli"
+        assert "twins_deploy.cli" not in " ".join(_imports(f))
+
+
+def test_the_benchmark_builds_no_artifact_of_its_own():
+    building = ("twins_deploy.exporters.onnx_export", "twins_deploy.exporters.fp16", "twins_deploy.engines.trt.build",
+                "torch.onnx")
+    for f in _files(bench_pkg):
+        if f.name == "onnx_compare.py":  # compares our export with timm's on purpose
+            continue
+        assert not {n for n in _imports(f) if n.startswith(building)}, f"{f} exports or builds by itself"
+        assert "torch.onnx.export" not in f.read_text()
+
+
+def test_package_docstrings_say_what_they_hold():
+    for pkg in (twins_deploy, exporters_pkg, engines_pkg, bench_pkg):
+        doc = (pkg.__doc__ or "").strip()
+        assert len(doc) > 60 and "filled in" not in doc, pkg.__name__

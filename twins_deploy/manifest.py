@@ -1,0 +1,216 @@
+"""The manifest beside every artifact, as typed data: one schema, built in one place.
+
+``model.onnx`` gets ``model.onnx.json``: what the artifact is (model, weights and their
+sha256, input contract, precision plan, preprocessing), how it was made (tool versions;
+graph facts for ONNX; TensorRT version, GPU, profile and build options for engines) and
+how it validated. :meth:`Manifest.identity` is every input that shapes an artifact: two
+artifacts with equal identities are interchangeable, which is what lets a later run reuse
+one instead of rebuilding it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twins_deploy.artifacts import manifest_path
+from twins_deploy.errors import ArtifactError
+from twins_deploy.exporters.spec import ExportSpec
+from twins_deploy.precision import PrecisionPlan
+from twins_deploy.registry import Preprocess
+from twins_deploy.weights import WeightsInfo
+
+SCHEMA = 2
+KINDS = ("onnx", "trt")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    features: bool
+    num_classes: int
+    paper_name: str | None = None
+    timm_name: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    name: str
+    shape: list[int | str]
+    dtype: str
+    dynamic_axes: dict[int, str]
+    batch: dict[str, int]
+    layout: str = "NCHW"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> InputInfo:
+        return cls(d["name"], list(d["shape"]), d["dtype"], {int(k): v for k, v in d["dynamic_axes"].items()},
+                   dict(d["batch"]), d.get("layout", "NCHW"))
+
+
+@dataclass(frozen=True)
+class OnnxInfo:
+    """Facts of an ONNX artifact's graph and of its export."""
+
+    opset: int
+    ir_version: int
+    nodes: int
+    op_census: dict[str, int]
+    roll_free: bool
+    trt_compatible: dict[str, bool]
+    export: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What a TensorRT plan was built with and for."""
+
+    trt_version: str
+    gpu: dict[str, Any]
+    profile: dict[str, Any]
+    build_options: dict[str, Any]
+    source_onnx: dict[str, str]
+    tf32: bool = False
+    build: dict[str, Any] = field(default_factory=dict)
+    trtexec: str = ""
+
+
+@dataclass
+class Manifest:
+    kind: str
+    artifact: str
+    model: ModelInfo
+    weights: WeightsInfo
+    spec: ExportSpec
+    plan: PrecisionPlan
+    input: InputInfo
+    outputs: list[str]
+    preprocess: Preprocess
+    tools: dict[str, str | None]
+    created: str
+    sha256: str | None = None
+    size_bytes: int | None = None
+    onnx: OnnxInfo | None = None
+    engine: EngineInfo | None = None
+    validation: dict[str, Any] | None = None
+    schema: int = SCHEMA
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ArtifactError(f"manifest kind must be one of {KINDS}, got {self.kind!r}")
+
+    @property
+    def precision(self) -> str:
+        """What this artifact computes in (picks its validation thresholds)."""
+        return self.plan.of(self.kind)
+
+    @property
+    def passed(self) -> bool | None:
+        """The validation verdict: None when the artifact was not validated."""
+        return None if self.validation is None else bool(self.validation.get("passed"))
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that shapes the artifact, and nothing that merely describes it."""
+        w = self.weights
+        ident: dict[str, Any] = {
+            "kind": self.kind,
+            "model": {"name": self.model.name, "features": self.model.features, "num_classes": self.model.num_classes},
+            "weights": {"source": w.source, "sha256": w.sha256, "seed": w.seed,
+                        "path": w.path if w.source == "pretrained" else None},
+            "spec": self.spec.to_dict(), "plan": self.plan.to_dict(),
+        }
+        if self.engine is not None:
+            e = self.engine
+            ident["engine"] = {
+                "trt_version": e.trt_version, "profile": e.profile,
+                "gpu": {k: e.gpu.get(k) for k in ("name", "compute_capability")},
+                "build_options": {k: v for k, v in e.build_options.items() if k != "timing_cache"},
+            }
+        return ident
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "schema": self.schema, "kind": self.kind, "artifact": self.artifact, "sha256": self.sha256,
+            "size_bytes": self.size_bytes, "created": self.created,
+            "model": asdict(self.model), "weights": self.weights.to_dict(),
+            "spec": self.spec.to_dict(), "precision": self.precision, "precision_plan": self.plan.to_dict(),
+            "input": asdict(self.input), "outputs": list(self.outputs), "preprocess": self.preprocess.to_dict(),
+            "tools": dict(self.tools),
+        }
+        if self.onnx is not None:
+            d["onnx"] = asdict(self.onnx)
+        if self.engine is not None:
+            d["engine"] = asdict(self.engine)
+        d["validation"] = self.validation
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        d = _upgrade(d)
+        return cls(
+            kind=d["kind"], artifact=d["artifact"], model=ModelInfo(**d["model"]),
+            weights=WeightsInfo(**d["weights"]), spec=ExportSpec.from_dict(d["spec"]),
+            plan=PrecisionPlan.from_dict(d["precision_plan"]), input=InputInfo.from_dict(d["input"]),
+            outputs=list(d["outputs"]), preprocess=Preprocess.from_dict(d["preprocess"]), tools=dict(d.get("tools") or {}),
+            created=d.get("created", ""), sha256=d.get("sha256"), size_bytes=d.get("size_bytes"),
+            onnx=OnnxInfo(**d["onnx"]) if d.get("onnx") else None,
+            engine=EngineInfo(**d["engine"]) if d.get("engine") else None,
+            validation=d.get("validation"), schema=SCHEMA,
+        )
+
+
+def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 (twins-deploy 0.1) kept graph and engine facts at the top level and the
+    precision inside ``spec``; lay it out as schema 2."""
+    schema = d.get("schema")
+    if schema == SCHEMA:
+        return d
+    if schema != 1:
+        raise ArtifactError(f"manifest schema {schema!r} is not one this twins-deploy reads (1, {SCHEMA})")
+    d = dict(d)
+    spec = d.get("spec") or {}
+    trt = d.get("trt") or {}
+    precision = spec.get("precision", d.get("precision", "fp32"))
+    route = trt.get("route") or ("strong" if precision == "fp16" else "fp32")
+    d["precision_plan"] = {"requested": precision, "route": route, "io_fp16": bool(spec.get("io_fp16"))}
+    if d.get("kind") == "onnx" and "graph" in d:
+        g = d["graph"]
+        d["onnx"] = {"opset": d.get("opset"), "ir_version": d.get("ir_version"), "nodes": g.get("nodes"),
+                     "op_census": g.get("op_census", {}), "roll_free": g.get("roll_free"),
+                     "trt_compatible": g.get("trt_compatible", {}), "export": d.get("export") or {}}
+    elif d.get("kind") == "trt":
+        d["onnx"] = None
+        d["engine"] = {"trt_version": trt.get("version"), "gpu": d.get("gpu") or {},
+                       "profile": trt.get("profile") or {}, "build_options": trt.get("build_options") or {},
+                       "source_onnx": d.get("onnx") or {}, "tf32": bool(trt.get("tf32")),
+                       "build": trt.get("build") or {}, "trtexec": trt.get("trtexec", "")}
+    return d
+
+
+def read_manifest(artifact: str | os.PathLike[str]) -> Manifest:
+    """Read and check the manifest beside ``artifact``; any defect is one clear line."""
+    art = Path(artifact)
+    if not art.is_file():
+        raise ArtifactError(f"artifact {str(art)!r} does not exist")
+    mp = manifest_path(art)
+    if not mp.is_file():
+        raise ArtifactError(
+            f"no manifest {str(mp)!r} beside {art.name}; twins-deploy artifacts are written "
+            "with one (re-export with twins-export)"
+        )
+    try:
+        data = json.loads(mp.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"manifest {str(mp)!r} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"manifest {str(mp)!r} is not a twins-deploy manifest (not a JSON object)")
+    try:
+        return Manifest.from_dict(data)
+    except ArtifactError as e:
+        raise ArtifactError(f"manifest {str(mp)!r}: {e}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        what = f"lacks {e}" if isinstance(e, KeyError) else f"is malformed ({type(e).__name__}: {e})"
+        raise ArtifactError(f"manifest {str(mp)!r} {what}; is it a twins-deploy manifest?") from None

@@ -1,0 +1,97 @@
+"""Precision, resolved once per export into the object every stage reads.
+
+A user asks for ``fp32`` or ``fp16``. How FP16 is realised depends on the TensorRT line
+that builds the engine, and decides which ONNX graph is exported:
+
+* ``strong``: the precision lives in the ONNX graph (a mixed FP16 graph, LayerNorm in
+  FP32). TensorRT 10.x builds it as a ``STRONGLY_TYPED`` network; 11.x has only strong
+  typing (``BuilderFlag.FP16`` was removed in 11.0). ONNX-only exports of FP16 take this
+  route too: the mixed graph is the FP16 artifact.
+* ``weak``: the FP32 graph plus ``BuilderFlag.FP16``, letting the builder choose layer
+  precisions. The only FP16 route on TensorRT 8.x (which has no strong typing), and an
+  opt-in on 9.x/10.x; never offered on 11.
+* ``fp32``: the FP32 graph, nothing else.
+
+TensorRT 9.x (the LLM-oriented releases 9.0-9.3) already had ``STRONGLY_TYPED``
+(introduced in 9.0 alongside ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``), so it takes
+the strong route by default like 10.x.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from twins_deploy.errors import InputShapeError
+
+PRECISIONS = ("fp32", "fp16")
+ROUTES = ("fp32", "strong", "weak")
+# First TensorRT major with strongly typed networks; 11 is the first without weak typing.
+FIRST_STRONG_MAJOR = 9
+FIRST_STRONG_ONLY_MAJOR = 11
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """What the user asked for and how each stage realises it."""
+
+    requested: str = "fp32"   # "fp32" | "fp16": what the deployed artifact computes in
+    route: str = "fp32"       # "fp32" | "strong" | "weak"
+    io_fp16: bool = False     # FP16 graph inputs/outputs (strong route only)
+
+    def __post_init__(self) -> None:
+        if self.requested not in PRECISIONS:
+            raise InputShapeError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.requested!r}")
+        if self.route not in ROUTES or (self.route == "fp32") != (self.requested == "fp32"):
+            raise InputShapeError(f"route {self.route!r} cannot realise precision {self.requested!r}")
+        if self.io_fp16 and self.route != "strong":
+            raise InputShapeError(
+                "--io-fp16 needs the FP16 graph (--precision fp16 without --weak-fp16): only a graph "
+                "computed in FP16 can take and return FP16 tensors")
+
+    @property
+    def graph(self) -> str:
+        """Precision of the exported ONNX graph."""
+        return "fp16" if self.route == "strong" else "fp32"
+
+    @property
+    def builder_fp16_flag(self) -> bool:
+        """Whether the TensorRT builder sets the weak ``BuilderFlag.FP16``."""
+        return self.route == "weak"
+
+    @property
+    def strongly_typed(self) -> bool:
+        return self.route == "strong"
+
+    def of(self, kind: str) -> str:
+        """The precision an artifact of ``kind`` ("onnx" or "trt") computes in."""
+        return self.graph if kind == "onnx" else self.requested
+
+    def io_dtype(self, kind: str) -> str:
+        return "float16" if self.io_fp16 and self.of(kind) == "fp16" else "float32"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PrecisionPlan:
+        return cls(str(d["requested"]), str(d["route"]), bool(d.get("io_fp16", False)))
+
+
+def resolve_precision(requested: str, io_fp16: bool = False, trt_major: int | None = None,
+                      weak_fp16: bool = False) -> PrecisionPlan:
+    """The plan for ``requested`` on TensorRT ``trt_major`` (None: no engine, or TensorRT
+    unknown, which is treated like the current line)."""
+    if requested not in PRECISIONS:
+        raise InputShapeError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    if requested == "fp32":
+        if weak_fp16:
+            raise InputShapeError("--weak-fp16 only applies to --precision fp16")
+        return PrecisionPlan("fp32", "fp32", io_fp16)  # io_fp16 is refused by the plan itself
+    if weak_fp16 and trt_major is not None and trt_major >= FIRST_STRONG_ONLY_MAJOR:
+        from twins_deploy.errors import BackendUnavailableError
+
+        raise BackendUnavailableError(
+            "--weak-fp16 needs TensorRT 8.6-10.x: TensorRT 11 removed BuilderFlag.FP16; "
+            "drop the flag to build the strongly typed FP16 graph")
+    weak = weak_fp16 or (trt_major is not None and trt_major < FIRST_STRONG_MAJOR)
+    return PrecisionPlan("fp16", "weak" if weak else "strong", io_fp16)
