@@ -2,28 +2,43 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
-
-.PHONY: setup test export clean
-
+PIP    := $(BIN)/python -m pip --disable-pip-version-check --progress-bar off
+SUM    := $(shell cksum < pyproject.toml | cut -d' ' -f1)
+RUN_STAMP  := $(VENV)/.run-$(SUM)
+TEST_STAMP := $(VENV)/.test-$(SUM)
 # TensorRT API descriptions for the conformance tests, kept out of site-packages: the
 # stubs' bare tensorrt/ folder would otherwise import as an empty namespace package.
 TRT_REF := $(VENV)/trt-reference
-PIP     := $(BIN)/python -m pip --disable-pip-version-check
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet -e ".[test]"
-	$(PIP) install --quiet --no-deps --target $(TRT_REF)/stubs tensorrt-stubs==10.13.0.35.1
-	$(PIP) download --quiet --no-deps -d $(TRT_REF)/wheels tensorrt-cu12-bindings==11.4.0.106
-	@rm -f $(VENV)/.installed-* && touch $@
+.PHONY: setup setup-test test export clean
 
-setup: $(STAMP)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+# The package and what it needs to run (PyTorch from the registry: a CUDA build of about
+# 2.5 GB that also runs on CPU; the first setup takes a few minutes).
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	@echo "== setting up $(VENV): twins-deploy and its dependencies (first run: a few minutes, ~6 GB) =="
+	$(PIP) install -e .
+	@rm -f $(VENV)/.run-* && touch $@
 
-export: $(STAMP)
+# ... plus the test references (timm, the TensorRT API descriptions).
+$(TEST_STAMP): $(RUN_STAMP)
+	@echo "== adding the test dependencies and the TensorRT API references =="
+	$(PIP) install -e ".[test]"
+	$(PIP) install --no-deps --target $(TRT_REF)/stubs tensorrt-stubs==10.13.0.35.1
+	$(PIP) download --no-deps -d $(TRT_REF)/wheels tensorrt-cu12-bindings==11.4.0.106
+	@rm -f $(VENV)/.test-* && touch $@
+
+setup: $(RUN_STAMP)
+setup-test: $(TEST_STAMP)
+
+# -v prints every test as it finishes; --durations lists the slowest at the end.
+test: $(TEST_STAMP)
+	@echo "== running the tests (CPU only; about 10 minutes on 2 cores) =="
+	$(BIN)/python -m pytest -v --durations=10
+
+export: $(RUN_STAMP)
 	$(BIN)/twins-export --model svt_s --fmt onnx --force
 
 clean:

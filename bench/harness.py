@@ -86,7 +86,7 @@ def timing_row(subject: Subject, backend: str, t: Timing, runner_info: dict[str,
                 infer_step_time=round(statistics.median(t.latency_ms), 4),
                 latency_ms_p90=s["latency_ms_p90"], latency_ms_p99=s["latency_ms_p99"],
                 iterations=t.iterations, total_s=s["total_s"], timing_method=t.method,
-                infer_gmacs=subject.gmacs, achieved_gflops=round(gflops, 1) if gflops else None,
+                infer_gmacs=subject.gmacs, achieved_gflops=float(f"{gflops:.4g}") if gflops else None,
                 peak_memory_mib=peak_mem_mib, runner=runner_info)
 
 

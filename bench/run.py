@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from twins_deploy.artifacts import now_iso, tool_versions
+from twins_deploy.artifacts import check_output_dir, now_iso, tool_versions
 from twins_deploy.bench.backends import swin_subject, twins_subject
 from twins_deploy.bench.harness import BenchConfig, paper_comparison, run
 from twins_deploy.bench.machine import machine_info
@@ -14,6 +14,7 @@ from twins_deploy.progress import Steps
 
 def run_benchmark(cfg: BenchConfig) -> tuple[list[Path], dict[str, Any]]:
     """Measure every (model, backend, batch) of ``cfg``; write JSON, CSV, markdown and PNG."""
+    check_output_dir(cfg.out)  # before any measurement, not when the results are written
     cache = cfg.out / ".artifacts"
     subjects = [twins_subject(m, cfg.img_size, max(cfg.batches), cache) for m in cfg.models]
     if cfg.compare == "swin_t":

@@ -57,7 +57,8 @@ class OutputStats:
     min_cosine: float
     top1_agree: int | None = None   # samples whose argmax matches (logits only)
     samples: int = 0
-    nonfinite: int = 0
+    nonfinite: int = 0      # NaN/Inf values in the candidate's output
+    ref_nonfinite: int = 0  # ... and in the reference's: nothing can be judged against those
 
 
 @dataclass
@@ -107,18 +108,21 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def compare_outputs(case: str, name: str, ref: np.ndarray, got: np.ndarray) -> OutputStats:
     """Error statistics of one output of one batch."""
+    ref_nonfinite = int((~np.isfinite(ref)).sum())
+    ref_max = float(np.abs(ref[np.isfinite(ref)]).max(initial=0.0))
     if ref.shape != got.shape:
-        return OutputStats(case, name, list(got.shape), float("inf"), float("inf"),
-                           float(np.abs(ref).max()), 0.0, 0, len(ref), 0)
+        return OutputStats(case, name, list(got.shape), float("inf"), float("inf"), ref_max, 0.0, 0, len(ref), 0,
+                           ref_nonfinite)
     nonfinite = int((~np.isfinite(got)).sum())
+    finite = nonfinite == 0 and ref_nonfinite == 0
     diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
     top1 = int((ref.argmax(axis=1) == got.argmax(axis=1)).sum()) if got.ndim == 2 else None
     return OutputStats(
         case=case, output=name, shape=list(got.shape),
-        max_abs=float(np.nanmax(diff)) if nonfinite == 0 else float("inf"),
-        mean_abs=float(np.nanmean(diff)) if nonfinite == 0 else float("inf"),
-        ref_max_abs=float(np.abs(ref).max()), min_cosine=float(np.nanmin(_cosines(ref, got))),
-        top1_agree=top1, samples=len(got), nonfinite=nonfinite,
+        max_abs=float(diff.max()) if finite else float("inf"),
+        mean_abs=float(diff.mean()) if finite else float("inf"),
+        ref_max_abs=ref_max, min_cosine=float(_cosines(ref, got).min()) if finite else 0.0,
+        top1_agree=top1, samples=len(got), nonfinite=nonfinite, ref_nonfinite=ref_nonfinite,
     )
 
 
@@ -127,6 +131,10 @@ def judge(report: ValidationReport) -> None:
     th = report.thresholds
     for s in report.stats:
         where = f"{s.output} [{s.case}]"
+        if s.ref_nonfinite:
+            report.failures.append(f"{where}: the PyTorch reference itself has {s.ref_nonfinite} NaN/Inf values "
+                                   "(check the weights and the input); nothing can be validated against it")
+            continue
         if s.nonfinite:
             report.failures.append(f"{where}: {s.nonfinite} NaN/Inf values")
             continue

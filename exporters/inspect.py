@@ -49,9 +49,13 @@ def _load(model: Any) -> Any:
         if not p.is_file():
             raise ArtifactError(f"ONNX file {str(p)!r} does not exist")
         try:
-            return onnx.load(str(p))
+            m = onnx.load(str(p))
         except Exception as e:  # protobuf DecodeError and friends
             raise ArtifactError(f"{str(p)!r} is not a readable ONNX model: {e}") from None
+        if not m.graph.node or not m.opset_import:  # e.g. an empty file parses as an empty model
+            raise ArtifactError(f"{str(p)!r} is not a readable ONNX model: it holds no graph "
+                                f"({p.stat().st_size} bytes)")
+        return m
     return model
 
 

@@ -167,12 +167,20 @@ def simplify(model: "onnx.ModelProto", spec: ExportSpec, info: ExportInfo) -> "o
 
 
 def check_graph(model: "onnx.ModelProto") -> "onnx.ModelProto":  # noqa: F821
-    """onnx.checker (full) and strict shape inference; returns the shape-inferred model."""
+    """onnx.checker (full), then the stored shape information recomputed from scratch.
+
+    The exporter's value_info is partly stale: with dynamic H/W it declares symbolic channel
+    dimensions where they are fixed (``Transposestage1_dim_1`` for svt_s's 64) and leaves
+    LayerNorm inputs without a last dimension. Consumers that read shapes statically
+    (TensorRT's parser, OpenVINO, onnx2torch) deserve concrete ones, so value_info is
+    cleared and strict shape inference with data propagation rebuilds it.
+    """
     import onnx
 
     try:
         onnx.checker.check_model(model, full_check=True)
-        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        del model.graph.value_info[:]
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise ExportError(f"exported graph fails the ONNX checker: {e}") from None
 

@@ -13,6 +13,10 @@ from typing import Any
 from twins_deploy.errors import InputShapeError
 from twins_deploy.registry import MIN_IMAGE_SIDE
 
+# A bound against typos (22400 for 224): stage-1 global attention scores (H/4*W/4) x (H/32*W/32)
+# per head and image, 1.7e10 of them (69 GB in FP32) at 4096x4096 already.
+MAX_IMAGE_SIDE = 4096
+
 INPUT_NAME = "input"
 LOGITS_NAME = "logits"
 FEATURE_NAMES = ("stage1", "stage2", "stage3", "stage4")
@@ -37,6 +41,9 @@ def parse_hw(text: str | int) -> tuple[int, int]:
         raise InputShapeError(
             f"image size {h}x{w} is impossible for Twins: H and W must be >= {MIN_IMAGE_SIDE}"
         )
+    if h > MAX_IMAGE_SIDE or w > MAX_IMAGE_SIDE:
+        raise InputShapeError(f"image size {h}x{w} is larger than {MAX_IMAGE_SIDE} on a side; "
+                              "global attention at that size cannot fit in memory")
     return h, w
 
 

@@ -24,11 +24,19 @@ FAST = ["--min-iters", "2", "--min-time", "0", "--warmup", "1", "--warmup-time",
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
+    import contextlib
+    import io
+
     out = tmp_path_factory.mktemp("bench")
-    rc = bench_main(["--model", "pcpvt_s", "--backends", "torch,ort-cpu,torch-fp16,trt-fp16", "--batch", "1,2",
-                     "--img-size", "64", "--threads", "2", "--out", str(out), "--name", "t", *FAST])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rc = bench_main(["--model", "pcpvt_s", "--backends", "torch,ort-cpu,torch-fp16,trt-fp16", "--batch", "1,2",
+                         "--img-size", "64", "--threads", "2", "--out", str(out), "--name", "t", *FAST])
     assert rc == 0
-    return out, json.loads((out / "t.json").read_text())
+    res = json.loads((out / "t.json").read_text())
+    table = [line for line in printed.getvalue().splitlines() if line.startswith("| pcpvt_s |")]
+    assert len(table) == len(res["rows"]) == 8  # the results are printed, not only written
+    return out, res
 
 
 def test_report_files_and_structure(result):
@@ -187,3 +195,13 @@ def test_a_preset_gives_defaults_and_typed_flags_win():
     cfg = config_from_args(args)
     assert cfg.batches == (192,) and cfg.models == ("pcpvt_s",) and cfg.img_size == (256, 256)
     assert config_from_args(parse_args([])[1]).batches == (1, 8)
+
+
+def test_rerender_rewrites_table_and_chart_from_the_json(result, tmp_path, capsys):
+    out, res = result
+    copy = tmp_path / "t.json"
+    copy.write_text((out / "t.json").read_text())
+    assert bench_main(["--rerender", str(copy)]) == 0
+    assert capsys.readouterr().out.split() == [str(tmp_path / "t.md"), str(tmp_path / "t.png")]
+    assert (tmp_path / "t.md").read_text() == (out / "t.md").read_text()
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -103,6 +103,50 @@ def test_features_outputs_match_pytorch(tmp_path):
     for g, w, stride in zip(got, want, (4, 8, 16, 32)):
         assert g.shape == w.shape == (2, g.shape[1], 256 // stride, 320 // stride)
         assert np.abs(g - w).max() <= 1e-4 * max(1.0, np.abs(w).max())
+    _shape_information_is_complete(path, channels=(64, 128, 256, 512))
+    _polygraphy_line_runs(path)
+
+
+def _shape_information_is_complete(path, channels):
+    """What static readers (TensorRT's parser, OpenVINO, onnx2torch) see: every value has a
+    known rank and no anonymous dimension, the channels are concrete, each LayerNorm's last
+    dimension is its width, and inferring again with data propagation changes nothing."""
+    m = onnx.load(path)
+    values = list(m.graph.value_info) + list(m.graph.output)
+    assert len(m.graph.value_info) > 500
+    for v in values:
+        t = v.type.tensor_type
+        assert t.HasField("shape"), v.name
+        assert all(d.HasField("dim_value") or d.dim_param for d in t.shape.dim), v.name
+    assert [[d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim][:2] for o in m.graph.output] == \
+        [["batch", c] for c in channels]
+    by_name = {v.name: v for v in values}
+    for n in (n for n in m.graph.node if n.op_type == "LayerNormalization"):
+        width = by_name[n.input[0]].type.tensor_type.shape.dim[-1]
+        assert width.dim_value in channels, n.name
+    again = onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True, data_prop=True)
+    assert again.graph.value_info == m.graph.value_info and again.graph.output == m.graph.output
+
+
+def _polygraphy_line_runs(path):
+    """twins-inspect's Polygraphy line (shapes from the manifest) runs where Polygraphy's
+    default 1x3x1x1 input fails on a dynamic-H/W model."""
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from twins_deploy.commands import polygraphy_commands
+    from twins_deploy.manifest import read_manifest
+
+    polygraphy = Path(sys.executable).parent / "polygraphy"
+    if not polygraphy.exists():
+        pytest.skip("polygraphy is not installed (pip install .[test])")
+    line = shlex.split(polygraphy_commands(path, read_manifest(path))["onnxruntime"])
+    ok = subprocess.run([str(polygraphy), *line[1:]], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0 and "PASSED" in ok.stdout + ok.stderr, ok.stdout[-2000:] + ok.stderr[-2000:]
+    default = subprocess.run([str(polygraphy), "run", str(path), "--onnxrt"], capture_output=True, text=True, timeout=300)
+    assert default.returncode != 0
 
 
 def test_real_photographs_validate(tmp_path):

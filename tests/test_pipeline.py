@@ -96,44 +96,6 @@ def test_unvalidated_or_failed_artifacts_are_reused_only_when_allowed(small_onnx
     assert reuse_verdict(path, planned, require_validated=False) == (None, "it did not pass validation")
 
 
-class _Interrupting(Runner):
-    """Stands in for ONNX Runtime during validation and interrupts it, as Ctrl-C would."""
-
-    def _activate(self) -> None:
-        raise KeyboardInterrupt
-
-    def infer(self, x):  # pragma: no cover - never reached
-        raise AssertionError
-
-
-def test_an_interrupted_run_removes_the_output_dir_it_created(tmp_path, monkeypatch):
-    import twins_deploy.exporters.onnx_export as onnx_export
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(onnx_export, "export_onnx", interrupted)
-    out = tmp_path / "new" / "dir"
-    with pytest.raises(KeyboardInterrupt):
-        make_artifacts(ArtifactRequest(spec=SMALL, out_dir=out, quiet=True))
-    assert not (tmp_path / "new").exists()  # the run created it, and removed it again
-
-
-def test_interrupted_validation_leaves_the_old_artifact(tmp_path, monkeypatch):
-    import twins_deploy.engines.runners.onnxrt as onnxrt
-
-    monkeypatch.setattr(onnxrt, "OrtRunner", lambda *a, **k: _Interrupting())
-
-    old = tmp_path / "old"
-    old.mkdir()
-    (old / "pcpvt_s_fp32_32x32.onnx").write_bytes(b"old model")
-    (old / "pcpvt_s_fp32_32x32.onnx.json").write_text("{}")
-    with pytest.raises(KeyboardInterrupt):
-        make_artifacts(ArtifactRequest(spec=SMALL, out_dir=old, on_existing="overwrite", quiet=True))
-    assert (old / "pcpvt_s_fp32_32x32.onnx").read_bytes() == b"old model"
-    assert sorted(p.name for p in old.iterdir()) == ["pcpvt_s_fp32_32x32.onnx", "pcpvt_s_fp32_32x32.onnx.json"]
-
-
 def test_validation_restores_the_callers_model():
     model = create_model("pcpvt_s").train()
     assert model.attn_impl == "sdpa"

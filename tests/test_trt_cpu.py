@@ -54,6 +54,14 @@ def test_fmt_trt_without_tensorrt_keeps_validated_onnx_and_exits_3(tmp_path, cap
     assert manifest["validation"]["passed"] and manifest["precision"] == "fp16"
     assert manifest["precision_plan"]["route"] == "strong"
     assert not list(out.glob("*.plan")) and not list(out.glob("*.partial"))
+    # the same command again (say, after installing TensorRT) reuses the validated ONNX model
+    onnx_file = out / "pcpvt_s_fp16.onnx"
+    stamp = onnx_file.stat().st_mtime_ns
+    rc = export_main(["--model", "pcpvt_s", "--fmt", "trt", "--precision", "fp16", "--out-dir", str(out),
+                      "--min-batch", "1", "--opt-batch", "2", "--max-batch", "2"])
+    err = capsys.readouterr().err
+    assert rc == 3 and "already exists" not in err and "reuse " in err and "written and validated" in err
+    assert onnx_file.stat().st_mtime_ns == stamp
 
 
 def test_tensorrt_import_is_refused_clearly_when_absent():

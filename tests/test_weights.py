@@ -160,12 +160,16 @@ def test_unreadable_and_non_checkpoint_files(tmp_path):
         create_model("svt_s", weights=tmp_path / "nope.pth")
     text = tmp_path / "notes.pth"
     text.write_text("definitely not a checkpoint\n")
-    with pytest.raises(CheckpointError, match="neither a torch zip archive nor a pickle"):
+    with pytest.raises(CheckpointError, match=r"not a checkpoint: neither a torch file \(zip archive or pickle\) nor safetensors"):
         create_model("svt_s", weights=text)
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"\x00\x01garbage")
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
         create_model("svt_s", weights=broken)
+    damaged = tmp_path / "damaged.safetensors"  # a safetensors header whose JSON is cut short
+    damaged.write_bytes((64).to_bytes(8, "little") + b'{"head.weight": {"dtype": "F32", "sha' + b"\x00" * 80)
+    with pytest.raises(CheckpointError, match="not a readable safetensors checkpoint"):
+        create_model("svt_s", weights=damaged)
     empty = _save({}, tmp_path / "empty.pth")
     with pytest.raises(CheckpointError, match="no state dict"):
         create_model("svt_s", weights=empty)
@@ -234,3 +238,31 @@ def test_load_weights_api(tmp_path, svt_ref, ref_logits):
     assert info.sha256 and info.path.endswith("w.pth")
     with torch.no_grad():
         assert (model(X) - ref_logits).abs().max() <= 1e-5
+
+
+def test_pretrained_fails_in_seconds_when_the_hub_is_unreachable(monkeypatch):
+    """huggingface_hub alone retries for ~25 s offline, printing six warnings; we probe the
+    host once and say so in one line, and never start the retrying download."""
+    import socket
+
+    import huggingface_hub
+
+    calls = []
+
+    def download(repo_id, filename, local_files_only=False, **kw):
+        calls.append(local_files_only)
+        if local_files_only:
+            raise FileNotFoundError("not in the cache")
+        raise AssertionError("the retrying download must not start")
+
+    def unreachable(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    with pytest.raises(WeightsUnavailableError, match=r"huggingface.co is not reachable \(Name or service not known\)"):
+        create_model("svt_s", pretrained=True)
+    assert calls == [True]

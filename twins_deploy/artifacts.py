@@ -61,22 +61,52 @@ def check_output_dir(directory: str | os.PathLike[str]) -> Path:
     return d
 
 
+def check_report_path(path: str | os.PathLike[str]) -> Path:
+    """A file to write a report into: its folder must exist and take files, and it must
+    not be a folder itself."""
+    p = Path(path)
+    if p.is_dir():
+        raise ArtifactError(f"report path {str(p)!r} is a directory; give a file name")
+    parent = p.parent
+    if not parent.is_dir():
+        raise ArtifactError(f"cannot write the report {str(p)!r}: folder {str(parent)!r} does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".twins-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ArtifactError(f"cannot write the report {str(p)!r}: {e.strerror or e}") from None
+    return p
+
+
 @contextlib.contextmanager
 def output_dir(directory: str | os.PathLike[str]) -> Iterator[Path]:
-    """Create ``directory`` for a run; if the run fails, remove what it created and left empty."""
+    """Create ``directory`` for a run and hold it: a second run into the same directory
+    fails at once instead of interleaving its files with this one's. If the run fails,
+    the directories it created are removed again when empty."""
+    import fcntl
+
     d = check_output_dir(directory)
     created = _missing_parents(d)
     try:
         d.mkdir(parents=True, exist_ok=True)
+        fd = os.open(d, os.O_RDONLY)
     except OSError as e:
         raise ArtifactError(f"cannot create output directory {str(d)!r}: {e.strerror or e}") from None
     try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a lock on the directory itself: no file left behind
+        except OSError:
+            raise ArtifactError(f"another twins-deploy run is writing into {str(d)!r}; wait for it to finish "
+                                "or choose another --out-dir") from None
         yield d
     except BaseException:
         for p in reversed(created):
             with contextlib.suppress(OSError):
                 p.rmdir()  # only succeeds when empty: nothing written is ever removed here
         raise
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def refuse_overwrite(paths: list[Path], force: bool) -> None:
@@ -105,6 +135,50 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+@contextlib.contextmanager
+def staged_file(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary file beside ``path`` for an artifact in the making; removed if the body
+    fails or the file is never installed (see :func:`install_artifact`)."""
+    final = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+
+
+def install_artifact(staged: Path, final: Path, manifest: dict[str, Any]) -> None:
+    """Put a staged artifact and its manifest in place as one step: afterwards either both
+    new files are there, or (on any failure, Ctrl-C included) the previous pair is back."""
+    mpath = manifest_path(final)
+    with staged_file(mpath) as mtmp:
+        _write_json(mtmp, manifest)
+        os.chmod(staged, 0o666 & ~_umask())
+        os.chmod(mtmp, 0o666 & ~_umask())
+        moved: list[tuple[Path, Path]] = []  # (backup, original)
+        try:
+            for p in (final, mpath):
+                if p.exists():
+                    backup = p.with_name(f".{p.name}.previous")
+                    os.replace(p, backup)
+                    moved.append((backup, p))
+            os.replace(staged, final)
+            os.replace(mtmp, mpath)
+        except BaseException:
+            for p in (final, mpath):
+                if not any(orig == p for _, orig in moved):
+                    with contextlib.suppress(FileNotFoundError):
+                        p.unlink()  # a new file of a half-done install
+            for backup, orig in moved:
+                os.replace(backup, orig)
+            raise
+        for backup, _ in moved:
+            backup.unlink()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -119,8 +193,30 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes | memoryview) -
             os.fsync(f.fileno())
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN and infinities as None: strict JSON, which every consumer parses."""
+    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(json_safe(obj), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n").encode()
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with open(path, "wb") as f:
+        f.write(_json_bytes(obj))
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+    write_bytes_atomic(path, _json_bytes(obj))
 
 
 def tool_versions(extra: tuple[str, ...] = ()) -> dict[str, str | None]:

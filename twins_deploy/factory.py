@@ -5,7 +5,7 @@ import os
 
 from twins_deploy.registry import get_config
 from twins_deploy.twins import Twins
-from twins_deploy.weights import load_pretrained, load_weights, randomize_, random_info
+from twins_deploy.weights import load_pretrained, load_weights, random_info, randomize_, read_checkpoint
 
 
 def create_model(
@@ -33,13 +33,15 @@ def create_model(
         attn_impl: ``"sdpa"`` for PyTorch speed or ``"explicit"`` for export.
     """
     cfg = get_config(name)
+    from_hub = weights is not None and str(weights).startswith("timm/")
+    state_dict = read_checkpoint(weights) if weights is not None and not from_hub else None  # a bad file fails first
     model = Twins(cfg, num_classes=num_classes, features=features)
     randomize_(model, seed)
     model.weights_info = random_info(seed)
-    if weights is not None and str(weights).startswith("timm/"):
+    if from_hub:
         load_pretrained(model, str(weights), reset_head=reset_head)
     elif weights is not None:
-        load_weights(model, weights, reset_head=reset_head)
+        load_weights(model, weights, reset_head=reset_head, state_dict=state_dict)
     elif pretrained:
         load_pretrained(model, reset_head=reset_head)
     model.set_attention_impl(attn_impl)

@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from twins_deploy.artifacts import (atomic_output, file_sha256, manifest_path, now_iso, output_dir,
-                                    refuse_overwrite, tool_versions, write_json_atomic)
+from twins_deploy.artifacts import (file_sha256, install_artifact, manifest_path, now_iso, output_dir,
+                                    refuse_overwrite, staged_file, tool_versions)
 from twins_deploy.engines.runners.base import Runner
 from twins_deploy.engines.trt.options import TrtBuildOptions
 from twins_deploy.engines.validation import ValidationReport, validate_against_pytorch, validation_cases
@@ -34,7 +34,7 @@ from twins_deploy.exporters.spec import INPUT_NAME, ExportSpec
 from twins_deploy.factory import create_model
 from twins_deploy.manifest import EngineInfo, InputInfo, Manifest, ModelInfo, OnnxInfo, read_manifest
 from twins_deploy.precision import PrecisionPlan, resolve_precision
-from twins_deploy.preprocess import image_files
+from twins_deploy.preprocess import check_image_folder
 from twins_deploy.progress import Steps
 from twins_deploy.registry import Preprocess, get_config
 from twins_deploy.twins import Twins
@@ -80,6 +80,10 @@ class ArtifactRequest:
             raise OptionError(f"format must be one of {', '.join(FORMATS)}, got {self.fmt!r}")
         if self.on_existing not in ON_EXISTING:
             raise OptionError(f"on_existing must be one of {', '.join(ON_EXISTING)}, got {self.on_existing!r}")
+        if self.fmt != "trt" and self.trt.weak_fp16:
+            raise OptionError("--weak-fp16 chooses how TensorRT builds FP16; it needs --fmt trt")
+        if (self.trt.min_hw or self.trt.max_hw) and not (self.fmt == "trt" and self.spec.dynamic_hw):
+            raise OptionError("--min-hw/--max-hw set the engine's H/W range; they need --fmt trt and --dynamic-hw")
         # what can be refused without knowing the TensorRT version (resolve_precision does the rest)
         resolve_precision(self.precision, self.io_fp16, None, self.trt.weak_fp16)
 
@@ -200,9 +204,8 @@ def _use_existing(path: Path, planned: Manifest, req: ArtifactRequest, final: bo
     return None
 
 
-def _finish(manifest: Manifest, path: Path) -> None:
-    """Write the manifest, then fail if the artifact did not validate (report kept)."""
-    write_json_atomic(manifest_path(path), manifest.to_dict())
+def _fail_unless_passed(manifest: Manifest, path: Path) -> None:
+    """After the artifact and its report are in place: fail if it did not validate."""
     if manifest.passed is False:
         val = manifest.validation or {}
         raise ValidationFailedError(
@@ -234,7 +237,7 @@ def _onnx_stage(req: ArtifactRequest, plan: PrecisionPlan, model: torch.nn.Modul
     if reused is not None:
         return reused
     spec = req.spec
-    with atomic_output(path) as tmp:  # becomes `path` only if everything below succeeds
+    with staged_file(path) as tmp:  # becomes `path` (with its manifest) only once complete
         with steps.step(f"export {spec.model} to ONNX ({plan.graph}, opset {spec.opset})"):
             graph, info = export_onnx(model, spec, plan)
             if info.simplify_note:
@@ -252,7 +255,8 @@ def _onnx_stage(req: ArtifactRequest, plan: PrecisionPlan, model: torch.nn.Modul
         del data
         manifest.validation = _validate(req, model, OrtRunner(tmp), manifest, steps,
                                         f"validate ONNX Runtime vs PyTorch FP32 ({manifest.precision} thresholds)")
-    _finish(manifest, path)
+        install_artifact(tmp, path, manifest.to_dict())
+    _fail_unless_passed(manifest, path)
     return Artifact(path, manifest)
 
 
@@ -268,7 +272,7 @@ def _engine_stage(req: ArtifactRequest, plan: PrecisionPlan, model: torch.nn.Mod
     reused = _use_existing(path, planned, req, final=True, steps=steps)
     if reused is not None:
         return reused
-    with atomic_output(path) as tmp:  # becomes `path` only if everything below succeeds
+    with staged_file(path) as tmp:  # becomes `path` (with its manifest) only once complete
         with steps.step(f"build TensorRT {env.version} engine ({plan.requested}, route {plan.route}) "
                         f"on {env.gpu['name']}"):
             data, info = build_engine(onnx.path, profile, req.trt, plan.route)
@@ -279,7 +283,8 @@ def _engine_stage(req: ArtifactRequest, plan: PrecisionPlan, model: torch.nn.Mod
         manifest = replace(planned, sha256=file_sha256(tmp), size_bytes=len(data), engine=engine)
         manifest.validation = _validate(req, model, open_runner(tmp, manifest), manifest, steps,
                                         "validate TensorRT vs PyTorch FP32")
-    _finish(manifest, path)
+        install_artifact(tmp, path, manifest.to_dict())
+    _fail_unless_passed(manifest, path)
     return Artifact(path, manifest)
 
 
@@ -301,16 +306,16 @@ def make_artifacts(req: ArtifactRequest, model: torch.nn.Module | None = None) -
     plan = resolve_precision(req.precision, req.io_fp16, env.major, req.trt.weak_fp16)
     onnx_path, engine_path = artifact_paths(req, plan)
     profile = profile_for(req.spec, req.trt.min_hw, req.trt.max_hw) if req.fmt == "trt" else None
-    finals = [engine_path] if engine_path else [onnx_path]
-    if req.on_existing == "refuse":
-        refuse_overwrite([p for f in finals for p in (f, manifest_path(f))], force=False)
     if req.images:
-        image_files(req.images)  # an empty or missing folder fails here, before any work
+        check_image_folder(req.images)  # an empty folder or a bad image fails here, before any work
 
     per_artifact = 2 if req.validate else 1  # make (or reuse), validate
     engines = 1 if req.fmt == "trt" and env.missing is None else 0
     steps = Steps(int(model is None) + per_artifact * (1 + engines), quiet=req.quiet)
-    with output_dir(req.out_dir):
+    with output_dir(req.out_dir):  # held until the run ends: checks below see no other run's files appear
+        if req.on_existing == "refuse":
+            final = engine_path or onnx_path
+            refuse_overwrite([final, manifest_path(final)], force=False)
         if model is None:
             model = _build_step(req, steps)
         onnx = _onnx_stage(req, plan, model, onnx_path, steps)
@@ -347,7 +352,10 @@ def weights_for_manifest(manifest: Manifest, weights: str | None, pretrained: bo
     """Rebuild the weights an artifact was made with, refusing different ones."""
     w = manifest.weights
     num_classes = manifest.model.num_classes or 1000
-    if w.source == "random" and not weights and not pretrained:
+    if w.source == "random":
+        if weights or pretrained:
+            raise CheckpointError(f"the artifact was made with seeded random weights (seed {w.seed}); "
+                                  "drop --weights/--pretrained, they would validate other weights")
         return WeightsRequest(seed=w.seed or 0, num_classes=num_classes)
     if w.source == "pretrained":
         if not pretrained:
@@ -374,7 +382,7 @@ def revalidate(artifact: str | os.PathLike[str], weights: str | None = None, pre
         if not spec.batch.contains(b):
             raise InputShapeError(f"batch {b} is outside the artifact's range {spec.batch.min}..{spec.batch.max}")
     if images:
-        image_files(images)
+        check_image_folder(images)
     runner = open_runner(path, manifest)
     if manifest.kind == "onnx" and manifest.sha256 and file_sha256(path) != manifest.sha256 and not quiet:
         print(f"warning: {path.name} differs from the file its manifest describes (sha256); "

@@ -24,28 +24,63 @@ def normalise(images01: np.ndarray, pre: Preprocess) -> np.ndarray:
 def _resample(name: str) -> int:
     from PIL import Image
 
-    return {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR,
-            "nearest": Image.NEAREST}.get(name, Image.BICUBIC)
+    modes = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
+             "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
+    if name not in modes:
+        raise InputShapeError(f"unknown interpolation {name!r} in the preprocessing (known: {', '.join(modes)})")
+    return modes[name]
+
+
+def resized_size(image_hw: tuple[int, int], out_hw: tuple[int, int], crop_pct: float) -> tuple[int, int]:
+    """The (H, W) timm's eval transform resizes an image to before its center crop.
+
+    The target is ``floor(size / crop_pct)`` per side. For a square target timm uses
+    torchvision's ``Resize(int)``: the short side becomes the target and the long side is
+    *truncated* (``int(target * long / short)``). For a non-square target it uses its
+    ``ResizeKeepRatio``: both sides divided by the smaller of the two ratios, *rounded*.
+    """
+    ih, iw = image_hw
+    th, tw = (math.floor(s / crop_pct) for s in out_hw)
+    if th == tw:
+        if iw <= ih:
+            return int(th * ih / iw), th
+        return th, int(th * iw / ih)
+    ratio = min(ih / th, iw / tw)
+    return round(ih / ratio), round(iw / ratio)
+
+
+def center_crop(arr: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """torchvision's ``CenterCrop`` on an (H, W, C) array: zero-pad a side that is too small
+    (the extra pixel after), then crop at ``round((H - h) / 2)`` (Python's rounding)."""
+    h, w = out_hw
+    ih, iw = arr.shape[:2]
+    if h > ih or w > iw:
+        top, left = max(h - ih, 0), max(w - iw, 0)
+        arr = np.pad(arr, ((top // 2, (top + 1) // 2), (left // 2, (left + 1) // 2), (0, 0)))
+        ih, iw = arr.shape[:2]
+    y, x = int(round((ih - h) / 2.0)), int(round((iw - w) / 2.0))
+    return arr[y:y + h, x:x + w]
 
 
 def preprocess_image(path: str | os.PathLike[str], hw: tuple[int, int], pre: Preprocess) -> np.ndarray:
-    """timm's eval transform: resize the short side to size/crop_pct, center-crop, normalise."""
+    """timm's eval transform (crop mode "center"), pixel for pixel: RGB, resize by
+    :func:`resized_size` with PIL, :func:`center_crop`, scale to [0, 1], normalise.
+    Returns a (1, 3, H, W) float32 batch."""
     from PIL import Image, UnidentifiedImageError
 
+    if pre.crop_mode != "center":
+        raise InputShapeError(f"crop mode {pre.crop_mode!r} is not supported (only timm's 'center')")
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
-            h, w = hw
-            scale_h, scale_w = math.floor(h / pre.crop_pct), math.floor(w / pre.crop_pct)
-            ratio = max(scale_h / im.height, scale_w / im.width)
-            size = (max(w, round(im.width * ratio)), max(h, round(im.height * ratio)))
-            im = im.resize(size, _resample(pre.interpolation))
-            left, top = (im.width - w) // 2, (im.height - h) // 2
-            im = im.crop((left, top, left + w, top + h))
-            arr = np.asarray(im, dtype=np.float32).transpose(2, 0, 1)[None] / 255.0
-    except (UnidentifiedImageError, OSError) as e:
+            size = resized_size((im.height, im.width), hw, pre.crop_pct)
+            if size != (im.height, im.width):  # torchvision returns the image as is
+                im = im.resize((size[1], size[0]), _resample(pre.interpolation))
+            arr = center_crop(np.asarray(im), hw)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
         raise ArtifactError(f"cannot read image {str(path)!r}: {e}") from None
-    return normalise(arr, pre)
+    images01 = np.ascontiguousarray(arr.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255)
+    return normalise(images01, pre)
 
 
 def image_files(directory: str | os.PathLike[str]) -> list[Path]:
@@ -56,6 +91,21 @@ def image_files(directory: str | os.PathLike[str]) -> list[Path]:
     files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise InputShapeError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {str(d)!r}")
+    return files
+
+
+def check_image_folder(directory: str | os.PathLike[str]) -> list[Path]:
+    """The folder's images, each proven readable (header and structure, no decoding), so a
+    bad file fails before any work instead of in the middle of validation."""
+    from PIL import Image, UnidentifiedImageError
+
+    files = image_files(directory)
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise InputShapeError(f"cannot read image {str(f)!r}: {e}") from None
     return files
 
 

@@ -7,12 +7,14 @@ of PyTorch's wall of text, and guesses which variant a foreign checkpoint belong
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
-import zipfile
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -74,39 +76,74 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+def _file_kind(p: Path) -> str | None:
+    """What a checkpoint file holds, by its first bytes: "zip" (torch.save since 1.6),
+    "pickle" (older torch.save), "safetensors", or None (anything else: text, images...)."""
+    with open(p, "rb") as f:
+        head = f.read(9)
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:  # pickle protocols 2-5
+        return "pickle"
+    if len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") < p.stat().st_size:
+        return "safetensors"  # an 8-byte header length, then the JSON header
+    return None
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """Read a checkpoint file into a flat ``name -> tensor`` dict, without running code."""
+    """Read a checkpoint file into a flat ``name -> tensor`` dict, without running code.
+
+    The format is recognised by content, not by suffix; whatever a loader raises on a
+    damaged file becomes :class:`CheckpointError`, since any file can be passed here.
+    """
     p = Path(path)
-    try:
-        from safetensors import SafetensorError
-    except ImportError:  # very old safetensors
-        SafetensorError = OSError  # type: ignore[misc,assignment]  # noqa: N806
     if not p.is_file():
         raise CheckpointError(f"checkpoint {str(p)!r} does not exist or is not a file")
     try:
-        if p.suffix == ".safetensors":
+        kind = _file_kind(p)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {str(p)!r}: {e.strerror or e}") from None
+    if kind is None:
+        raise CheckpointError(
+            f"{str(p)!r} is not a checkpoint: neither a torch file (zip archive or pickle) nor safetensors")
+    try:
+        if kind == "safetensors":
             from safetensors.torch import load_file
 
             obj: Any = load_file(str(p), device="cpu")
         else:
-            obj = torch.load(str(p), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        with open(p, "rb") as f:
-            head = f.read(4)
-        if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+            with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise before our error
+                warnings.simplefilter("ignore")
+                obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "GLOBAL" in str(e) or (kind == "pickle" and _parses_as_pickle(p)):  # well-formed, but not only tensors
             raise CheckpointError(
-                f"{str(p)!r} is not a readable checkpoint: neither a torch zip archive nor a pickle"
+                f"{str(p)!r} was refused by the safe loader (torch.load weights_only=True): it holds "
+                "objects other than tensors and plain containers, which could run code when loaded. "
+                "Re-save the weights with torch.save(model.state_dict(), ...) or as .safetensors"
             ) from None
-        raise CheckpointError(
-            f"{str(p)!r} was refused by the safe loader (torch.load weights_only=True): it holds "
-            "objects other than tensors and plain containers, which could run code when loaded. "
-            "Re-save the weights with torch.save(model.state_dict(), ...) or as .safetensors"
-        ) from None
-    except (OSError, RuntimeError, ValueError, EOFError, zipfile.BadZipFile, KeyError,
-            SafetensorError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{str(p)!r} is not a readable checkpoint: {msg}") from None
+        raise CheckpointError(f"{str(p)!r} is not a readable checkpoint: its pickle is damaged") from None
+    except Exception as e:  # noqa: BLE001 - a damaged file makes loaders raise anything
+        raise CheckpointError(f"{str(p)!r} is not a readable {kind} checkpoint: {_first_line(e)}") from None
     return unwrap_state_dict(obj, origin=str(p))
+
+
+def _parses_as_pickle(p: Path) -> bool:
+    """Whether ``p`` is a well-formed pickle stream (read opcode by opcode, never executed)."""
+    import pickletools
+
+    try:
+        with open(p, "rb") as f:
+            for _ in pickletools.genops(f):
+                pass
+    except Exception:  # noqa: BLE001 - any parse failure means damaged
+        return False
+    return True
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def unwrap_state_dict(obj: Any, origin: str = "checkpoint") -> dict[str, Tensor]:
@@ -212,14 +249,48 @@ def load_state_dict_checked(model: nn.Module, sd: Mapping[str, Tensor], *,
     model.load_state_dict(sd, strict=True)
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike[str], *,
-                 reset_head: bool = False) -> WeightsInfo:
-    """Load a checkpoint file into ``model`` (strictly) and record its provenance."""
-    sd = read_checkpoint(path)
+def load_weights(model: nn.Module, path: str | os.PathLike[str], *, reset_head: bool = False,
+                 state_dict: Mapping[str, Tensor] | None = None) -> WeightsInfo:
+    """Load a checkpoint file into ``model`` (strictly) and record its provenance;
+    ``state_dict`` is the file's content when the caller has already read it."""
+    sd = read_checkpoint(path) if state_dict is None else state_dict
     load_state_dict_checked(model, sd, reset_head=reset_head, origin=repr(str(path)))
     info = WeightsInfo("file", path=str(Path(path).resolve()), sha256=file_sha256(path))
     model.weights_info = info  # type: ignore[assignment]
     return info
+
+
+def _hub_unreachable(timeout_s: float = 3.0) -> str | None:
+    """Why the hub cannot be reached, found in seconds (huggingface_hub itself retries for
+    about 25 s when offline), or None. Behind a proxy the direct probe proves nothing, so
+    the download is left to find out."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        return f"{host} is not reachable ({e.strerror or type(e).__name__})"
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    import logging
+
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def load_pretrained(model: nn.Module, hub_id: str | None = None, *,
@@ -238,15 +309,20 @@ def load_pretrained(model: nn.Module, hub_id: str | None = None, *,
             "pretrained weights need huggingface_hub: pip install huggingface_hub, or pass a "
             "local checkpoint with weights=PATH (--weights)"
         ) from None
-    try:
-        path = hf_hub_download(repo, "model.safetensors")
-    except Exception as e:  # offline, no such repo, HTTP errors: all mean "not available"
-        raise WeightsUnavailableError(
-            f"could not fetch {repo}/model.safetensors from the Hugging Face hub "
-            f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
-            "check the network (HF_HUB_OFFLINE must be unset) or pass a local checkpoint "
-            "with weights=PATH (--weights)"
-        ) from None
+    hint = "pass a local checkpoint with weights=PATH (--weights) instead"
+    try:  # a copy in the local Hugging Face cache needs no network
+        path = hf_hub_download(repo, "model.safetensors", local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached (or no cache): fetch it below
+        unreachable = _hub_unreachable()
+        if unreachable:
+            raise WeightsUnavailableError(f"cannot fetch {repo}/model.safetensors: {unreachable}; {hint}") from None
+        try:
+            with _quiet_logger("huggingface_hub"):  # no retry chatter before our one-line error
+                path = hf_hub_download(repo, "model.safetensors")
+        except Exception as e:  # noqa: BLE001 - no such repo, HTTP errors: all mean "not available"
+            raise WeightsUnavailableError(
+                f"could not fetch {repo}/model.safetensors from the Hugging Face hub ({_first_line(e)}); "
+                f"check the network, or {hint}") from None
     sd = read_checkpoint(path)
     load_state_dict_checked(model, sd, reset_head=reset_head, origin=repo)
     info = WeightsInfo("pretrained", path=f"hf://{repo}", sha256=file_sha256(path))

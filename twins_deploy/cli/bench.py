@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from twins_deploy.bench.harness import BenchConfig
-from twins_deploy.cli.common import hw_arg, int_list, run_cli
+from twins_deploy.cli.common import Parser, hw_arg, int_list, number, run_cli
 from twins_deploy.errors import OptionError
 
 EPILOG = """\
@@ -34,8 +34,7 @@ PRESETS = {  # defaults for the flags below; what the user types wins
 def build_parser() -> argparse.ArgumentParser:
     from twins_deploy.bench.backends import BACKENDS
 
-    p = argparse.ArgumentParser(prog="twins-bench", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser("twins-bench", __doc__, EPILOG)
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="a named comparison: defaults for --model, --backends, --batch and --img-size, "
                         "each overridden by the flag if you give it; 'paper': svt_s, 224, batch 192, all backends")
@@ -45,16 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int_list, default=[1, 8], metavar="N[,N...]",
                    help="comma-separated batch sizes (default: 1,8)")
     p.add_argument("--img-size", type=hw_arg, default=(224, 224), metavar="N|HxW", help="image size (default: 224)")
-    p.add_argument("--min-time", type=float, default=3.0, help="seconds per timed loop, at least (default: %(default)s)")
-    p.add_argument("--min-iters", type=int, default=10, help="iterations per timed loop, at least (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=3, help="warm-up iterations, at least (default: %(default)s)")
-    p.add_argument("--warmup-time", type=float, default=0.2, help="warm-up seconds, at least (default: %(default)s)")
+    p.add_argument("--min-time", type=number(float, 0, 3600), default=3.0,
+                   help="seconds per timed loop, at least (default: %(default)s)")
+    p.add_argument("--min-iters", type=number(int, 1, 100_000), default=10,
+                   help="iterations per timed loop, at least (default: %(default)s)")
+    p.add_argument("--warmup", type=number(int, 0, 100_000), default=3,
+                   help="warm-up iterations, at least (default: %(default)s)")
+    p.add_argument("--warmup-time", type=number(float, 0, 3600), default=0.2,
+                   help="warm-up seconds, at least (default: %(default)s)")
     p.add_argument("--include-copies", action="store_true", help="time host<->device copies too")
     p.add_argument("--cuda-graphs", action="store_true", help="replay TensorRT inferences from a CUDA graph")
-    p.add_argument("--threads", type=int, help="CPU threads for PyTorch and ONNX Runtime (default: all)")
+    p.add_argument("--threads", type=number(int, 1, 1024), help="CPU threads for PyTorch and ONNX Runtime (default: all)")
     p.add_argument("--compare", choices=("swin_t",), help="also run timm's Swin-T through the same backends")
     p.add_argument("--out", type=Path, default=Path("bench_out"), help="output directory (default: %(default)s)")
     p.add_argument("--name", help="file stem of the results (default: derived from the run)")
+    p.add_argument("--rerender", metavar="JSON", type=Path,
+                   help="measure nothing: rewrite the markdown table and chart of a recorded run from its JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.add_argument("-v", "--verbose", action="store_true", help="full tracebacks on errors")
     return p
@@ -83,18 +88,25 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
 
 def _main(argv: list[str] | None) -> int:
     parser, args = parse_args(argv)
+    if args.rerender:
+        from twins_deploy.bench.report import rerender
+
+        print("\n".join(str(p) for p in rerender(args.rerender)))
+        return 0
     try:
         cfg = config_from_args(args)
     except OptionError as e:
         parser.error(str(e))
     from twins_deploy.bench.run import run_benchmark
 
+    from twins_deploy.bench.report import paper_table, results_table
+
     paths, result = run_benchmark(cfg)
-    for p in paths:
-        print(p)
-    for row in result.get("paper") or []:
-        if row["measured_speedup"]:
-            print(f"paper setting: {row['backend']} {row['measured_speedup']:.2f}x vs PyTorch eager FP32 (paper: 1.7x)")
+    print("\n".join(results_table(result["rows"])))
+    if result.get("paper"):
+        print("\nthe paper's setting (Twins-SVT-S, 224x224, batch 192):")
+        print("\n".join(paper_table(result["paper"])))
+    print("\nresults: " + ", ".join(str(p) for p in paths))
     return 0
 
 

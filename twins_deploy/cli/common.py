@@ -2,12 +2,48 @@
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 from collections.abc import Callable
 
 from twins_deploy.engines.trt.options import HW_COMPAT_LEVELS, TrtBuildOptions, default_timing_cache
 from twins_deploy.errors import TwinsDeployError
 from twins_deploy.exporters.spec import BatchRange, parse_hw
+
+
+def plain(doc: str | None) -> str:
+    """A docstring as help text: reStructuredText markup (``code``, :mod:`x`) removed."""
+    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", doc or "")
+    return text.replace("``", "").strip()
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, like every other error of the toolkit."""
+
+    def __init__(self, prog: str, doc: str | None, epilog: str | None = None) -> None:
+        super().__init__(prog=prog, description=plain(doc), epilog=epilog,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def number(kind: type, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite ``kind`` (int or float) within ``lo``..``hi``."""
+    def parse(text: str) -> float:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            raise argparse.ArgumentTypeError(f"{v} must be {'>' if lo_open else '>='} {lo}")
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"{v} must be <= {hi}")
+        return v
+    return parse
 
 
 def hw_arg(text: str) -> tuple[int, int]:
@@ -17,29 +53,30 @@ def hw_arg(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} must be >= 1")
-    return v
+positive_int = number(int, 1)
+MAX_BATCH = 4096  # beyond any GPU's memory for Twins at 224; catches typos such as 10000
+
+
+def batch_size(text: str) -> int:
+    return int(number(int, 1, MAX_BATCH)(text))
 
 
 def int_list(text: str) -> list[int]:
-    return [positive_int(t) for t in text.split(",") if t.strip()]
+    values = [batch_size(t) for t in text.split(",") if t.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} holds no batch size")
+    return values
 
 
 def add_batch_args(p: argparse.ArgumentParser, defaults: BatchRange = BatchRange()) -> None:
     g = p.add_argument_group("batch (default: dynamic batch)")
-    g.add_argument("--batch", type=positive_int, metavar="N",
+    g.add_argument("--batch", type=batch_size, metavar="N",
                    help="fixed batch size N (a static graph); overrides the dynamic range")
-    g.add_argument("--min-batch", type=positive_int, default=defaults.min,
+    g.add_argument("--min-batch", type=batch_size, default=defaults.min,
                    help="smallest batch of the dynamic range (default: %(default)s)")
-    g.add_argument("--opt-batch", type=positive_int, default=defaults.opt,
+    g.add_argument("--opt-batch", type=batch_size, default=defaults.opt,
                    help="batch TensorRT tunes for (default: %(default)s)")
-    g.add_argument("--max-batch", type=positive_int, default=defaults.max,
+    g.add_argument("--max-batch", type=batch_size, default=defaults.max,
                    help="largest batch of the dynamic range (default: %(default)s)")
 
 
@@ -51,9 +88,10 @@ def batch_from_args(args: argparse.Namespace) -> BatchRange:
 
 def add_threshold_args(p: argparse.ArgumentParser) -> None:
     """The validation thresholds (defaults per precision live in engines.validation)."""
-    p.add_argument("--atol", type=float, help="FP32 max-abs threshold on logits (default: 1e-4)")
-    p.add_argument("--min-cosine", type=float, help="FP16 cosine threshold (default: 0.999)")
-    p.add_argument("--min-top1", type=float, help="FP16 top-1 agreement threshold, 0..1 (default: 0.99)")
+    p.add_argument("--atol", type=number(float, 0, lo_open=True),
+                   help="FP32 max-abs threshold on logits, > 0 (default: 1e-4)")
+    p.add_argument("--min-cosine", type=number(float, -1, 1), help="FP16 cosine threshold, -1..1 (default: 0.999)")
+    p.add_argument("--min-top1", type=number(float, 0, 1), help="FP16 top-1 agreement threshold, 0..1 (default: 0.99)")
 
 
 def thresholds_from_args(args: argparse.Namespace) -> dict[str, float | None]:
@@ -62,7 +100,7 @@ def thresholds_from_args(args: argparse.Namespace) -> dict[str, float | None]:
 
 def add_trt_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("TensorRT (--fmt trt)")
-    g.add_argument("--workspace", type=float, default=4.0, metavar="GIB",
+    g.add_argument("--workspace", type=number(float, 0, 1024, lo_open=True), default=4.0, metavar="GIB",
                    help="builder workspace memory pool in GiB (default: %(default)s)")
     g.add_argument("--opt-level", type=int, default=3, choices=range(6), metavar="0-5",
                    help="builder optimization level; higher builds slower, may run faster (default: %(default)s)")

@@ -5,8 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from twins_deploy.cli.common import (add_batch_args, add_threshold_args, add_trt_args, batch_from_args, hw_arg,
-                                      run_cli, thresholds_from_args, trt_options_from_args)
+from twins_deploy.cli.common import (Parser, add_batch_args, add_threshold_args, add_trt_args, batch_from_args,
+                                      hw_arg, number, run_cli, thresholds_from_args, trt_options_from_args)
 from twins_deploy.exporters.spec import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, ExportSpec
 from twins_deploy.pipeline import ArtifactRequest, WeightsRequest
 from twins_deploy.registry import list_models, resolve_name
@@ -29,9 +29,7 @@ model already in --out-dir that was made from the same inputs is reused. Exit co
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="twins-export", description=__doc__, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser("twins-export", __doc__, EPILOG)
     p.add_argument("--model", required=True,
                    help=f"variant: {', '.join(list_models())}, or a timm name such as twins_svt_small")
     p.add_argument("--fmt", choices=("onnx", "trt"), default="onnx",
@@ -44,10 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint (.safetensors/.pth/.pt/.bin; timm, official or wrapped)")
     w.add_argument("--pretrained", action="store_true",
                    help="download timm's ImageNet weights (timm/<name>.in1k) via huggingface_hub")
-    p.add_argument("--num-classes", type=int, default=1000, help="classifier size (default: %(default)s)")
+    p.add_argument("--num-classes", type=number(int, 1, 100_000), default=1000,
+                   help="classifier size, >= 1 (default: %(default)s; --features for backbone outputs)")
     p.add_argument("--reset-head", action="store_true",
                    help="accept a checkpoint whose head has another number of classes; re-initialise the head")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights used without --weights (default: %(default)s)")
+    p.add_argument("--seed", type=number(int, 0, 2**32 - 1), default=0,
+                   help="seed of the random weights used without --weights, 0..2^32-1 (default: %(default)s)")
     p.add_argument("--img-size", type=hw_arg, default=(224, 224), metavar="N|HxW",
                    help="export image size (default: 224)")
     add_batch_args(p)

@@ -1,17 +1,16 @@
 """``twins-inspect MODEL.onnx``: census, I/O, size, roll-free and TensorRT verdicts."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from twins_deploy.cli.common import run_cli
+from twins_deploy.cli.common import Parser, run_cli
 
 
 def _main(argv: list[str] | None) -> int:
-    p = argparse.ArgumentParser(
-        prog="twins-inspect", description=__doc__,
-        epilog="Exit code 0 when the graph is roll-free and every TensorRT line can parse it, 1 otherwise.")
+    p = Parser("twins-inspect", __doc__,
+               "Exit codes: 0 when the graph is roll-free and every TensorRT line can parse it, 1 otherwise, "
+               "2 when the file is not a readable ONNX model.")
     p.add_argument("onnx", help="path to an .onnx file")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="full tracebacks on errors")
@@ -19,8 +18,32 @@ def _main(argv: list[str] | None) -> int:
     from twins_deploy.exporters.inspect import format_report, inspect_onnx
 
     report = inspect_onnx(args.onnx)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    commands = _commands(args.onnx)
+    if args.json:
+        print(json.dumps({**report.to_dict(), "commands": commands}, indent=2))
+    else:
+        print(format_report(report))
+        if commands:
+            print("  check it with Polygraphy (shapes and value range from the manifest):")
+            print("\n".join(f"    {label}: {line}" for label, line in commands.items()))
     return 0 if report.roll_free and all(v.compatible for v in report.trt) else 1
+
+
+def _commands(path: str) -> dict[str, str]:
+    """Polygraphy lines when a twins-deploy manifest sits beside the file; none otherwise."""
+    from twins_deploy.artifacts import manifest_path
+    from twins_deploy.commands import polygraphy_commands
+    from twins_deploy.errors import ArtifactError
+    from twins_deploy.manifest import read_manifest
+
+    if not manifest_path(path).is_file():
+        return {}
+    try:
+        manifest = read_manifest(path)
+    except ArtifactError as e:
+        print(f"warning: {e}", file=sys.stderr)
+        return {}
+    return polygraphy_commands(path, manifest) if manifest.kind == "onnx" else {}
 
 
 def main(argv: list[str] | None = None) -> int:

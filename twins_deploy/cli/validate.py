@@ -5,10 +5,9 @@ beside the artifact, so a CI job can gate on parity with one command.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from twins_deploy.cli.common import add_threshold_args, int_list, run_cli, thresholds_from_args
+from twins_deploy.cli.common import Parser, add_threshold_args, int_list, run_cli, thresholds_from_args
 
 EPILOG = """\
 exit codes: 0 parity holds, 1 a check failed (report still written), 2 bad input,
@@ -19,8 +18,7 @@ exit codes: 0 parity holds, 1 a check failed (report still written), 2 bad input
 
 
 def _main(argv: list[str] | None) -> int:
-    p = argparse.ArgumentParser(prog="twins-validate", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser("twins-validate", __doc__, EPILOG)
     p.add_argument("artifact", help="an .onnx file or TensorRT engine written by twins-export")
     w = p.add_mutually_exclusive_group()
     w.add_argument("--weights", metavar="PATH",
@@ -35,9 +33,11 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("-v", "--verbose", action="store_true", help="full tracebacks on errors")
     args = p.parse_args(argv)
 
-    from twins_deploy.artifacts import write_json_atomic
+    from twins_deploy.artifacts import check_report_path, write_json_atomic
     from twins_deploy.pipeline import revalidate
 
+    if args.report:
+        check_report_path(args.report)  # before the work, not after it
     report = revalidate(args.artifact, args.weights, args.pretrained, args.batch, args.images,
                         thresholds_from_args(args),
                         quiet=args.quiet)

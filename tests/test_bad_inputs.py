@@ -1,0 +1,403 @@
+"""Every bad input the command-line tools accept, against the README's contract:
+
+exit code 2 for bad input (3 for a missing backend, 130 for Ctrl-C), exactly one
+``error:`` line on stderr, no traceback without ``--verbose``, nothing new or
+half-written left behind, and existing files untouched.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import twins_deploy.artifacts as artifacts
+import twins_deploy.pipeline as pipeline
+from twins_deploy import create_model
+from twins_deploy.cli.bench import main as bench_main
+from twins_deploy.cli.export import main as export_main
+from twins_deploy.cli.inspect import main as inspect_main
+from twins_deploy.cli.predict import main as predict_main
+from twins_deploy.cli.validate import main as validate_main
+
+SMALL = ["--model", "pcpvt_s", "--img-size", "32", "--min-batch", "1", "--opt-batch", "2", "--max-batch", "2", "-q"]
+STEM = "pcpvt_s_fp32_32x32"
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``root`` (hidden ones too): size and modification time."""
+    if not root.exists():
+        return {}
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def call(main, args: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        rc = main(args)
+    except SystemExit as e:  # argparse
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_error(rc: int, err: str, code: int = 2, needle: str = "") -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == code, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err and needle in lines[0], err
+
+
+# -- files of the wrong kind and in the wrong place --------------------------------------------------
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """One of each kind of bad file, plus a real (small, validated) artifact."""
+    d = tmp_path_factory.mktemp("bad")
+    real = d / "real"
+    assert export_main([*SMALL, "--out-dir", str(real)]) == 0
+    f = {"onnx": real / f"{STEM}.onnx", "dir": d / "a_dir"}
+    f["dir"].mkdir()
+    (d / "empty").mkdir()
+    f["empty_dir"] = d / "empty"
+    f["text"] = d / "notes.pth"
+    f["text"].write_text("101 definitely not a checkpoint\n")
+    f["zero"] = d / "zero.pth"
+    f["zero"].write_bytes(b"")
+    f["png"] = d / "picture.pth"
+    import matplotlib.cbook as cbook
+
+    shutil.copy(cbook.get_sample_data("logo2.png", asfileobj=False), f["png"])
+    f["onnx_as_ckpt"] = d / "model.pth"
+    shutil.copy(f["onnx"], f["onnx_as_ckpt"])
+    good = d / "good.pth"
+    torch.save(create_model("pcpvt_s").state_dict(), good)
+    f["truncated"] = d / "truncated.pth"
+    f["truncated"].write_bytes(good.read_bytes()[:4096])
+    f["other_variant"] = d / "svt_s.safetensors"
+    save_file(create_model("svt_s").state_dict(), str(f["other_variant"]))
+    f["code"] = d / "evil.pth"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    with open(f["code"], "wb") as fh:
+        pickle.dump({"state_dict": Exploit()}, fh)
+    f["readme_dir"] = d / "readme_only"
+    f["readme_dir"].mkdir()
+    (f["readme_dir"] / "README.txt").write_text("no images here\n")
+    f["corrupt_dir"] = d / "corrupt"
+    f["corrupt_dir"].mkdir()
+    (f["corrupt_dir"] / "photo.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    f["a_file"] = d / "a_file"
+    f["a_file"].write_text("x")
+    return f
+
+
+EXPORT_CASES = {
+    "unknown model": (["--model", "svt_x"], "did you mean"),
+    "weights: text file": (["--weights", "{text}"], "not a checkpoint"),
+    "weights: empty file": (["--weights", "{zero}"], "not a checkpoint"),
+    "weights: an image": (["--weights", "{png}"], "not a checkpoint"),
+    "weights: an ONNX model": (["--weights", "{onnx_as_ckpt}"], "not a checkpoint"),
+    "weights: a folder": (["--weights", "{dir}"], "not a file"),
+    "weights: truncated torch file": (["--weights", "{truncated}"], "not a readable"),
+    "weights: another variant": (["--weights", "{other_variant}"], "looks like svt_s"),
+    "weights: pickled code": (["--weights", "{code}"], "refused by the safe loader"),
+    "weights and pretrained": (["--weights", "{text}", "--pretrained"], "not allowed with"),
+    "images: a file": (["--images", "{a_file}"], "not a directory"),
+    "images: empty folder": (["--images", "{empty_dir}"], "no images"),
+    "images: no image files": (["--images", "{readme_dir}"], "no images"),
+    "images: unreadable image": (["--images", "{corrupt_dir}"], "cannot read image"),
+    "out-dir: a file": (["--out-dir", "{a_file}"], "cannot write to output directory"),
+    "out-dir: under a file": (["--out-dir", "{a_file}/sub"], "cannot write to output directory"),
+    "img-size 0": (["--img-size", "0"], "impossible"),
+    "img-size 31": (["--img-size", "31"], "impossible"),
+    "img-size negative": (["--img-size", "-5"], "impossible"),
+    "img-size text": (["--img-size", "abc"], "not N or HxW"),
+    "img-size 3 numbers": (["--img-size", "224x224x3"], "not N or HxW"),
+    "img-size huge": (["--img-size", "22400"], "larger than 4096"),
+    "batch 0": (["--batch", "0"], "must be >= 1"),
+    "batch negative": (["--batch", "-1"], "must be >= 1"),
+    "batch huge": (["--batch", "5000"], "must be <= 4096"),
+    "min-batch 0": (["--min-batch", "0"], "must be >= 1"),
+    "opt above max": (["--opt-batch", "40"], "min <= opt <= max"),
+    "min above max": (["--min-batch", "9", "--opt-batch", "9", "--max-batch", "4"], "min <= opt <= max"),
+    "opset 16": (["--opset", "16"], "outside 17..20"),
+    "opset 99": (["--opset", "99"], "outside 17..20"),
+    "opset text": (["--opset", "x"], "invalid int"),
+    "workspace 0": (["--fmt", "trt", "--workspace", "0"], "must be > 0"),
+    "workspace negative": (["--fmt", "trt", "--workspace", "-1"], "must be > 0"),
+    "workspace nan": (["--fmt", "trt", "--workspace", "nan"], "not a finite number"),
+    "workspace inf": (["--fmt", "trt", "--workspace", "inf"], "not a finite number"),
+    "opt-level 6": (["--opt-level", "6"], "invalid choice"),
+    "num-classes 0": (["--num-classes", "0"], "must be >= 1"),
+    "seed negative": (["--seed", "-1"], "must be >= 0"),
+    "seed too large": (["--seed", str(2**33)], "must be <= 4294967295"),
+    "atol 0": (["--atol", "0"], "must be > 0"),
+    "atol nan": (["--atol", "nan"], "not a finite number"),
+    "min-cosine 2": (["--min-cosine", "2"], "must be <= 1"),
+    "min-top1 1.5": (["--min-top1", "1.5"], "must be <= 1"),
+    "min-top1 negative": (["--min-top1", "-0.1"], "must be >= 0"),
+    "min-hw 16": (["--fmt", "trt", "--dynamic-hw", "--min-hw", "16"], "impossible"),
+    "max-hw below the export size": (["--fmt", "trt", "--dynamic-hw", "--max-hw", "100"], "does not contain"),
+    "min-hw without an engine": (["--min-hw", "64"], "need --fmt trt and --dynamic-hw"),
+    "io-fp16 with fp32": (["--io-fp16"], "needs the FP16 graph"),
+    "weak-fp16 with fp32": (["--fmt", "trt", "--weak-fp16"], "only applies to --precision fp16"),
+    "weak-fp16 without an engine": (["--precision", "fp16", "--weak-fp16"], "needs --fmt trt"),
+    "unknown format": (["--fmt", "tflite"], "invalid choice"),
+    "unknown precision": (["--precision", "fp8"], "invalid choice"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXPORT_CASES))
+def test_export_refuses_bad_input_with_one_line_and_leaves_nothing(case, files, tmp_path, capsys):
+    args, needle = EXPORT_CASES[case]
+    args = [a.format(**{k: str(v) for k, v in files.items()}) for a in args]
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "mine.txt").write_text("untouched")
+    before = snapshot(tmp_path), snapshot(files["onnx"].parent.parent)
+    out = tmp_path / "new" / "out"
+    if "--model" not in args:
+        args = ["--model", "pcpvt_s", *args]
+    if "--out-dir" not in args:
+        args += ["--out-dir", str(out)]
+    rc, _, err = call(export_main, [*args, "-q"], capsys)
+    assert_one_error(rc, err, 2, needle)
+    assert not (tmp_path / "new").exists()
+    assert (snapshot(tmp_path), snapshot(files["onnx"].parent.parent)) == before
+
+
+def _manifest(files) -> dict:
+    return json.loads(Path(f"{files['onnx']}.json").read_text())
+
+
+def _write_raw_manifest(path: Path, text: str) -> Path:
+    Path(f"{path}.json").write_text(text)
+    return path
+
+
+def _artifact_copy(files, tmp_path: Path, onnx_bytes: bytes | None = None, manifest: object = None) -> Path:
+    path = tmp_path / files["onnx"].name
+    path.write_bytes(files["onnx"].read_bytes() if onnx_bytes is None else onnx_bytes)
+    text = json.dumps(_manifest(files) if manifest is None else manifest)
+    if manifest is not False:
+        Path(f"{path}.json").write_text(text)
+    return path
+
+
+VALIDATE_CASES = {
+    "missing artifact": (lambda f, t: [str(t / "nope.onnx")], "does not exist"),
+    "a folder": (lambda f, t: [str(f["dir"])], "does not exist"),
+    "no manifest": (lambda f, t: [str(_artifact_copy(f, t, manifest=False))], "no manifest"),
+    "manifest not JSON": (lambda f, t: [str(_artifact_copy(f, t, manifest="{"))], "not a twins-deploy manifest"),
+    "manifest truncated": (lambda f, t: [str(_write_raw_manifest(_artifact_copy(f, t), '{"schema": 2, "ki'))],
+                           "is not valid JSON"),
+    "manifest a list": (lambda f, t: [str(_artifact_copy(f, t, manifest=[1, 2]))], "not a twins-deploy manifest"),
+    "manifest of a future schema": (lambda f, t: [str(_artifact_copy(f, t, manifest={**_manifest(f), "schema": 99}))],
+                                    "schema 99"),
+    "manifest without its spec": (lambda f, t: [str(_artifact_copy(
+        f, t, manifest={k: v for k, v in _manifest(f).items() if k != "spec"}))], "lacks 'spec'"),
+    "manifest of another kind": (lambda f, t: [str(_artifact_copy(f, t, manifest={**_manifest(f), "kind": "tflite"}))],
+                                 "kind must be one of"),
+    "corrupt ONNX file": (lambda f, t: [str(_artifact_copy(f, t, onnx_bytes=b"\x08garbage"))], "cannot load"),
+    "batch 0": (lambda f, t: [str(f["onnx"]), "--batch", "0"], "must be >= 1"),
+    "batch outside the range": (lambda f, t: [str(f["onnx"]), "--batch", "9"], "outside the artifact's range 1..2"),
+    "empty batch list": (lambda f, t: [str(f["onnx"]), "--batch", ","], "holds no batch size"),
+    "weights for a random-weights artifact": (lambda f, t: [str(f["onnx"]), "--weights", str(f["other_variant"])],
+                                              "seeded random weights"),
+    "images: empty folder": (lambda f, t: [str(f["onnx"]), "--images", str(f["empty_dir"])], "no images"),
+    "report is a folder": (lambda f, t: [str(f["onnx"]), "--report", str(f["dir"])], "is a directory"),
+    "report folder missing": (lambda f, t: [str(f["onnx"]), "--report", str(t / "no" / "r.json")], "does not exist"),
+    "atol negative": (lambda f, t: [str(f["onnx"]), "--atol", "-1"], "must be > 0"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(VALIDATE_CASES))
+def test_validate_refuses_bad_input_with_one_line(case, files, tmp_path, capsys):
+    args = VALIDATE_CASES[case][0](files, tmp_path)
+    before = snapshot(tmp_path), snapshot(files["onnx"].parent)
+    rc, _, err = call(validate_main, [*args, "-q"], capsys)
+    assert_one_error(rc, err, 2, VALIDATE_CASES[case][1])
+    assert (snapshot(tmp_path), snapshot(files["onnx"].parent)) == before
+
+
+@pytest.mark.parametrize("kind", ["missing", "dir", "zero", "text", "png", "plan"])
+def test_inspect_refuses_what_is_not_onnx(kind, files, tmp_path, capsys):
+    path = {"missing": tmp_path / "nope.onnx", "dir": files["dir"], "zero": tmp_path / "zero.onnx",
+            "text": files["text"], "png": files["png"], "plan": tmp_path / "engine.plan"}[kind]
+    if kind == "zero":
+        path.write_bytes(b"")
+    if kind == "plan":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    rc, out, err = call(inspect_main, [str(path)], capsys)
+    assert_one_error(rc, err, 2)
+    assert out == ""
+
+
+BENCH_CASES = {
+    "batch 0": (["--batch", "0"], "must be >= 1"),
+    "batch empty": (["--batch", ""], "holds no batch size"),
+    "batch text": (["--batch", "a"], "not an integer"),
+    "unknown backend": (["--backends", "torch,tensorflow"], "unknown backend(s) tensorflow"),
+    "no backend": (["--backends", ","], "at least one model, backend"),
+    "min-iters 0": (["--min-iters", "0"], "must be >= 1"),
+    "min-time negative": (["--min-time", "-1"], "must be >= 0"),
+    "warmup negative": (["--warmup", "-1"], "must be >= 0"),
+    "threads 0": (["--threads", "0"], "must be >= 1"),
+    "img-size 16": (["--img-size", "16"], "impossible"),
+    "unknown model": (["--model", "svt_s,vit_b"], "unknown model 'vit_b'"),
+    "out is a file": (["--out", "{a_file}"], "cannot write to output directory"),
+    "unknown preset": (["--preset", "fastest"], "invalid choice"),
+    "rerender a file that is no result": (["--rerender", "{text}"], "is not a twins-bench result"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BENCH_CASES))
+def test_bench_refuses_bad_input_with_one_line(case, files, tmp_path, capsys):
+    args, needle = BENCH_CASES[case]
+    args = [a.format(**{k: str(v) for k, v in files.items()}) for a in args]
+    out = tmp_path / "bench"
+    if "--out" not in args:
+        args += ["--out", str(out)]
+    before = snapshot(tmp_path)
+    rc, _, err = call(bench_main, [*args, "-q"], capsys)
+    assert_one_error(rc, err, 2, needle)
+    assert snapshot(tmp_path) == before and not out.exists()
+
+
+def _backbone_copy(files, tmp_path: Path) -> Path:
+    m = _manifest(files)
+    m["model"]["features"] = True
+    return _artifact_copy(files, tmp_path, manifest=m)
+
+
+PREDICT_CASES = {
+    "missing artifact": (lambda f, t: [str(t / "nope.onnx"), str(f["png"])], "does not exist"),
+    "backbone artifact": (lambda f, t: [str(_backbone_copy(f, t)), str(f["png"])], "is a backbone"),
+    "missing image": (lambda f, t: [str(f["onnx"]), str(t / "nope.jpg")], "neither an image nor a folder"),
+    "corrupt image": (lambda f, t: [str(f["onnx"]), str(f["corrupt_dir"] / "photo.jpg")], "cannot read image"),
+    "empty folder": (lambda f, t: [str(f["onnx"]), str(f["empty_dir"])], "no images"),
+    "top-k 0": (lambda f, t: [str(f["onnx"]), str(f["png"]), "--top-k", "0"], "must be >= 1"),
+    "no images": (lambda f, t: [str(f["onnx"])], "the following arguments are required"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PREDICT_CASES))
+def test_predict_refuses_bad_input_with_one_line(case, files, tmp_path, capsys):
+    args = PREDICT_CASES[case][0](files, tmp_path)
+    rc, out, err = call(predict_main, args, capsys)
+    assert_one_error(rc, err, 2, PREDICT_CASES[case][1])
+    assert out == ""
+
+
+# -- Ctrl-C at every step --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def exported_graph(files):
+    """The small model's exported graph, so the interrupt tests need not export again."""
+    import onnx
+
+    from twins_deploy.exporters.onnx_export import ExportInfo
+
+    return onnx.load(str(files["onnx"])), ExportInfo(simplify_note="reused by the test")
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+class _Interrupting:
+    """Stands in for ONNX Runtime and interrupts validation, as Ctrl-C would."""
+
+    name, output_names = "interrupting", ["logits"]
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __enter__(self):
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def _interrupt_install(monkeypatch, n: int) -> None:
+    """Ctrl-C as the install moves its n-th new file into place (1: the artifact, after any
+    old files were moved aside; 2: the manifest, after the new artifact is in place)."""
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        if str(src).endswith(".partial"):
+            calls.append(dst)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+        return real(src, dst)
+
+    monkeypatch.setattr(artifacts.os, "replace", replace)
+
+
+STEPS = {
+    "building the model": lambda mp, g: mp.setattr(pipeline, "create_model", _interrupt),
+    "exporting": lambda mp, g: mp.setattr("twins_deploy.exporters.onnx_export.export_onnx", _interrupt),
+    "after writing the file": lambda mp, g: mp.setattr("twins_deploy.exporters.inspect.inspect_onnx", _interrupt),
+    "validating": lambda mp, g: mp.setattr("twins_deploy.engines.runners.onnxrt.OrtRunner", _Interrupting),
+    "installing the artifact": lambda mp, g: _interrupt_install(mp, 1),
+    "installing the manifest": lambda mp, g: _interrupt_install(mp, 2),
+}
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new out-dir", "overwriting with --force"])
+@pytest.mark.parametrize("step", sorted(STEPS))
+def test_ctrl_c_at_any_step_leaves_what_was_there(step, existing, exported_graph, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("twins_deploy.exporters.onnx_export.export_onnx", lambda *a, **k: exported_graph)
+    STEPS[step](monkeypatch, exported_graph)
+    out = tmp_path / "out"
+    if existing:
+        out.mkdir()
+        (out / f"{STEM}.onnx").write_bytes(b"the old model")
+        (out / f"{STEM}.onnx.json").write_text('{"old": true}')
+    before = snapshot(tmp_path)
+    rc, _, err = call(export_main, [*SMALL, "--out-dir", str(out), "--force"], capsys)
+    assert rc == 130 and err.strip() == "interrupted; no partial artifact was left behind"
+    assert snapshot(tmp_path) == before
+
+
+def test_the_same_export_interrupted_nowhere_installs_both_files(exported_graph, tmp_path, monkeypatch, capsys):
+    """The control for the test above: with no interruption the same run installs the pair."""
+    monkeypatch.setattr("twins_deploy.exporters.onnx_export.export_onnx", lambda *a, **k: exported_graph)
+    out = tmp_path / "out"
+    rc, _, err = call(export_main, [*SMALL, "--out-dir", str(out)], capsys)
+    assert rc == 0, err
+    assert sorted(p.name for p in out.iterdir()) == [f"{STEM}.onnx", f"{STEM}.onnx.json"]
+
+
+# -- two runs into one --out-dir ---------------------------------------------------------------------------
+def test_a_second_run_into_a_busy_out_dir_fails_at_once(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    with artifacts.output_dir(out):  # another run holds the directory
+        rc, _, err = call(export_main, [*SMALL, "--out-dir", str(out)], capsys)
+    assert_one_error(rc, err, 2, "another twins-deploy run is writing into")
+    assert list(out.iterdir()) == []
+    with artifacts.output_dir(out):  # and the lock was released by both
+        pass
+
+
+# -- the real console scripts ---------------------------------------------------------------------------
+def test_console_scripts_print_one_line_and_verbose_shows_the_traceback(tmp_path):
+    script = Path(sys.executable).parent / "twins-export"
+    res = subprocess.run([str(script), "--model", "svt_x", "--out-dir", str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()] and res.stderr.startswith("error: unknown model")
+    res = subprocess.run([str(script), "--model", "svt_x", "--verbose"], capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "Traceback" in res.stderr and "UnknownModelError" in res.stderr

@@ -1,0 +1,56 @@
+"""``twins-predict ARTIFACT IMAGE...``: top-5 classes of images from an exported model.
+
+Images are prepared exactly as the manifest beside the artifact says (timm's eval
+transform: resize, center crop, mean/std), then run in ONNX Runtime or TensorRT.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from twins_deploy.cli.common import Parser, number, run_cli
+
+EPILOG = """\
+examples:
+  twins-predict twins_out/svt_s_fp32.onnx photos/cat.jpg photos/dog.png
+  twins-predict twins_out/svt_s_fp16.plan photos/ --top-k 3 --json
+
+With seeded random weights (no --weights/--pretrained at export) the classes are
+meaningless; export with --pretrained or --weights for real predictions.
+The same in Python:
+  from twins_deploy.predict import predict
+  for p in predict("twins_out/svt_s_fp32.onnx", ["cat.jpg"]):
+      print(p.image, p.top[0])
+"""
+
+
+def _main(argv: list[str] | None) -> int:
+    p = Parser("twins-predict", __doc__, EPILOG)
+    p.add_argument("artifact", help="an .onnx model or TensorRT .plan written by twins-export (with its manifest)")
+    p.add_argument("images", nargs="+", help="image files or folders of images")
+    p.add_argument("--top-k", type=number(int, 1, 1000), default=5, help="classes per image (default: %(default)s)")
+    p.add_argument("--provider", choices=("cpu", "cuda"), default="cpu",
+                   help="ONNX Runtime provider for .onnx models (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    p.add_argument("-v", "--verbose", action="store_true", help="full tracebacks on errors")
+    args = p.parse_args(argv)
+    from twins_deploy.predict import predict
+
+    preds = predict(args.artifact, args.images, args.top_k, args.provider)
+    if args.json:
+        print(json.dumps([{"image": r.image, "top": [{"class": c, "probability": round(pr, 6), "label": lab}
+                                                      for c, pr, lab in r.top]} for r in preds], indent=2))
+        return 0
+    for r in preds:
+        print(r.image)
+        for c, pr, lab in r.top:
+            print(f"  {pr:7.2%}  {c:4d}  {lab}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

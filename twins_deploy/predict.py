@@ -1,0 +1,82 @@
+"""Run an exported classifier on images: the manifest's preprocessing, top-k classes.
+
+The artifact's manifest says how images become its input (timm's eval transform with the
+model's mean/std, interpolation and crop), so a deployed model is used exactly as the
+PyTorch model was; ImageNet-1k class names are shipped for 1000-class heads.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from twins_deploy.errors import InputShapeError
+from twins_deploy.manifest import read_manifest
+from twins_deploy.pipeline import open_runner
+from twins_deploy.preprocess import IMAGE_SUFFIXES, check_image_folder, preprocess_image
+
+
+@dataclass(frozen=True)
+class Prediction:
+    image: str
+    top: list[tuple[int, float, str]]  # (class index, probability, label)
+
+
+@lru_cache(maxsize=1)
+def imagenet_labels() -> list[str]:
+    """The 1000 ImageNet-1k class names (lemmas), in classifier order."""
+    text = resources.files("twins_deploy").joinpath("data/imagenet1k_labels.tsv").read_text()
+    rows = [line.split("\t") for line in text.splitlines() if line and not line.startswith("#")]
+    return [r[2] for r in rows]
+
+
+def image_paths(items: list[str | os.PathLike[str]]) -> list[Path]:
+    """Files as given, folders expanded to their images (sorted); all must be readable."""
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            out += check_image_folder(p)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise InputShapeError(f"{str(p)!r} is neither an image nor a folder of images "
+                                  f"({', '.join(IMAGE_SUFFIXES)})")
+    if not out:
+        raise InputShapeError("no images given")
+    return out
+
+
+def predict(artifact: str | os.PathLike[str], images: list[str | os.PathLike[str]], top_k: int = 5,
+            provider: str = "cpu") -> list[Prediction]:
+    """Top-``top_k`` classes of every image, from an ONNX model or TensorRT engine."""
+    manifest = read_manifest(artifact)
+    if manifest.model.features:
+        raise InputShapeError(f"{Path(artifact).name} is a backbone (it outputs feature maps): "
+                              "predict needs a classifier artifact")
+    if not 1 <= top_k <= manifest.model.num_classes:
+        raise InputShapeError(f"--top-k must be 1..{manifest.model.num_classes}, got {top_k}")
+    paths = image_paths(images)
+    batches = [preprocess_image(p, manifest.spec.img_size, manifest.preprocess) for p in paths]
+    labels = imagenet_labels() if manifest.model.num_classes == 1000 else None
+    batch = manifest.spec.batch
+    logits: list[np.ndarray] = []
+    with open_runner(artifact, manifest, provider=provider) as runner:
+        for k in range(0, len(batches), batch.max):
+            x = np.concatenate(batches[k:k + batch.max])
+            n = len(x)
+            if not batch.contains(n):  # a fixed-batch artifact: fill up with copies, drop them after
+                x = np.concatenate([x, np.repeat(x[:1], batch.min - n, axis=0)])
+            logits.append(runner.infer(x)[0][:n])
+    out = []
+    for path, row in zip(paths, np.concatenate(logits)):
+        z = row.astype(np.float64) - row.max()
+        prob = np.exp(z) / np.exp(z).sum()
+        idx = np.argsort(-prob)[:top_k]
+        out.append(Prediction(str(path), [(int(i), float(prob[i]), labels[i] if labels else f"class {i}")
+                                          for i in idx]))
+    return out
