@@ -20,8 +20,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Line coverage of the TensorRT modules, all of which run under the TensorRT test doubles.
+TRT_COV := --cov=twins_deploy.engines.trt --cov=twins_deploy.engines.runners.trt --cov-report=term-missing:skip-covered --cov-fail-under=95
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(TRT_COV)
 
 export: $(STAMP)
 	$(BIN)/twins-export --model svt_s --fmt onnx --force

@@ -294,7 +294,9 @@ def parse_chain(s: Surface, src: str, pos: int, target: str, lambdas: dict[str, 
 
 
 def parse_file(s: Surface, src: str) -> None:
-    src = strip_comments(src)
+    # preprocessor lines may split a binding chain (`#if ENABLE_INETWORK_SERIALIZE`): drop
+    # the directives, keep what they guard
+    src = re.sub(r"(?m)^\s*#\s*(if|ifdef|ifndef|else|elif|endif)\b.*$", "", strip_comments(src))
     lambdas = find_lambdas(src)
     var_to_class: dict[str, str] = {}
     for m in re.finditer(r"py::(class_|enum_)<", src):

@@ -66,6 +66,8 @@ def parse_params(text: str, drop_self: bool) -> dict[str, Any]:
             optional = True
         elif not optional:
             required += 1
+    if names and all(re.match(r"arg\d+$", n) for n in names):  # pybind11's names for unannotated arguments
+        return {"params": names, "required": required, "positional_only": True}
     return {"params": names, "required": required}
 
 
