@@ -24,6 +24,7 @@ from twins_deploy.errors import BackendUnavailableError, ExportError
 from twins_deploy.manifest import read_manifest
 
 LINES = ["8.6", "10", "11"]
+RUNTIME_LINES = ["8.6", "11"]  # the oldest binding source and the real 11.4 runtime module
 MODEL = ["--model", "svt_s", "--img-size", "64", "--min-batch", "1", "--opt-batch", "2", "--max-batch", "4"]
 
 
@@ -128,7 +129,7 @@ def test_weak_fp16_where_offered(doubles, onnx_cache, tmp_path, capsys):
 def test_dynamic_hw_profile(doubles, onnx_cache, tmp_path):
     rc, out = _export(doubles, onnx_cache, tmp_path, "fp32", "--min-hw", "32", "--max-hw", "96", dynamic_hw=True)
     assert rc == 0
-    plan = read_plan((out / "svt_s_fp32_64x64.plan").read_bytes())
+    plan = read_plan((out / "svt_s_fp32_64x64_dynhw.plan").read_bytes())
     assert plan["profiles"] == [{"input": [[1, 3, 32, 32], [2, 3, 64, 64], [4, 3, 96, 96]]}]
     assert plan["inputs"][0]["shape"][2:] != [64, 64]  # symbolic H/W in the graph
 
@@ -158,6 +159,7 @@ def test_timing_cache_is_per_tensorrt_version_and_reused(doubles, onnx_cache, tm
     assert all(c["ignore_mismatch"] is False for c in doubles.calls("IBuilderConfig.set_timing_cache"))
 
 
+@pytest.mark.parametrize("line", RUNTIME_LINES)
 def test_timing_cache_none_and_explicit_path(doubles, onnx_cache, tmp_path):
     assert timing_cache_path(TrtBuildOptions(timing_cache=None), "10.13.0.35") is None
     assert timing_cache_path(TrtBuildOptions(timing_cache="/x/c"), "10.13.0.35") == Path("/x/c")
@@ -167,6 +169,7 @@ def test_timing_cache_none_and_explicit_path(doubles, onnx_cache, tmp_path):
     assert not doubles.calls("ITimingCache.combine")
 
 
+@pytest.mark.parametrize("line", RUNTIME_LINES)
 def test_parser_failure_is_one_clear_error(doubles, onnx_cache, tmp_path, capsys, monkeypatch):
     from trt_doubles.fake_trt import OnnxParserB
 
@@ -188,7 +191,7 @@ def test_build_failure_quotes_tensorrt(doubles, tmp_path):
     shapes = Profile("input", (1, 3, 8, 8), (1, 3, 8, 8), (1, 3, 8, 8))
     data, info = build_engine(onnx, shapes, TrtBuildOptions(timing_cache=None), "fp32")
     assert data.startswith(PLAN_MAGIC) and info.trt_version == doubles.trt.__version__
-    BuilderB.build_serialized_network, real = (lambda self, n, c, *e: None), BuilderB.build_serialized_network
+    BuilderB.build_serialized_network, real = (lambda self, network, config, *e: None), BuilderB.build_serialized_network
     try:
         with pytest.raises(ExportError, match="could not build m.onnx"):
             build_engine(onnx, shapes, TrtBuildOptions(timing_cache=None), "fp32")
@@ -225,7 +228,6 @@ def test_hw_compat_level_missing_is_refused(doubles, tmp_path, monkeypatch):
     from twins_deploy.engines.trt.build import engine_loader
     from twins_deploy.engines.trt.profile import Profile
 
-    monkeypatch.delattr(doubles.trt.HardwareCompatibilityLevel, "AMPERE_PLUS", raising=False)
     monkeypatch.setattr(doubles.trt, "HardwareCompatibilityLevel", type("H", (), {}))
     with pytest.raises(BackendUnavailableError, match="no hardware compatibility level AMPERE_PLUS"):
         engine_loader("m.onnx", Profile("input", (1, 3, 8, 8), (1, 3, 8, 8), (1, 3, 8, 8)),
@@ -240,6 +242,7 @@ def engine(doubles, onnx_cache, tmp_path):
     return out / "svt_s_fp32_64x64.plan"
 
 
+@pytest.mark.parametrize("line", RUNTIME_LINES)
 def test_runner_infer_numpy(doubles, engine):
     from twins_deploy.pipeline import open_runner
 
@@ -257,6 +260,7 @@ def test_runner_infer_numpy(doubles, engine):
     assert not doubles.device.memory and not doubles.device.streams  # everything freed
 
 
+@pytest.mark.parametrize("line", RUNTIME_LINES)
 def test_runner_refuses_a_shape_tensorrt_refuses(doubles, engine, monkeypatch):
     from trt_doubles.fake_trt import IExecutionContextB
     from twins_deploy.pipeline import open_runner
@@ -266,6 +270,7 @@ def test_runner_refuses_a_shape_tensorrt_refuses(doubles, engine, monkeypatch):
         r.infer(np.zeros((2, 3, 64, 64), np.float32))
 
 
+@pytest.mark.parametrize("line", RUNTIME_LINES)
 def test_plan_sha256_checked_on_load(doubles, engine):
     from twins_deploy.pipeline import open_runner
 
@@ -276,6 +281,7 @@ def test_plan_sha256_checked_on_load(doubles, engine):
         open_runner(engine)
 
 
+@pytest.mark.parametrize("line", RUNTIME_LINES)
 def test_foreign_plan_is_refused_before_tensorrt_sees_it(doubles, engine, monkeypatch):
     from twins_deploy.pipeline import open_runner
 
@@ -285,6 +291,7 @@ def test_foreign_plan_is_refused_before_tensorrt_sees_it(doubles, engine, monkey
     assert not doubles.calls("Runtime.deserialize_cuda_engine")
 
 
+@pytest.mark.parametrize("line", RUNTIME_LINES)
 def test_bench_loop_with_cuda_graph_and_rebind(doubles, engine):
     from twins_deploy.pipeline import open_runner
 
@@ -304,6 +311,7 @@ def test_bench_loop_with_cuda_graph_and_rebind(doubles, engine):
         assert doubles.device.launches[-1]["replayed"] == 1
 
 
+@pytest.mark.parametrize("line", RUNTIME_LINES)
 def test_failed_capture_falls_back_and_says_so(doubles, engine):
     from twins_deploy.pipeline import open_runner
 
@@ -316,6 +324,7 @@ def test_failed_capture_falls_back_and_says_so(doubles, engine):
         assert "graph" not in doubles.device.launches[-1] and not doubles.device.captures
 
 
+@pytest.mark.parametrize("line", RUNTIME_LINES)
 def test_include_copies_uses_pinned_host_memory(doubles, engine):
     from twins_deploy.pipeline import open_runner
 
