@@ -22,7 +22,7 @@ setup: $(STAMP)
 
 # Line coverage of the TensorRT modules, all of which run under the TensorRT test doubles
 # (paths, not module names: --cov=twins_deploy.engines.trt imports torch too early and breaks it).
-TRT_COV := --cov=engines/trt --cov=engines/runners/trt.py --cov-report=term-missing:skip-covered --cov-fail-under=95
+TRT_COV := --cov=engines/trt --cov-report=term-missing:skip-covered --cov-fail-under=95
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(TRT_COV)
