@@ -24,7 +24,9 @@ FEATURE_NAMES = ("stage1", "stage2", "stage3", "stage4")
 # FP16 engines) and it is the newest opset TensorRT 8.6's parser accepts.
 DEFAULT_OPSET = 17
 MIN_OPSET = 17
-MAX_OPSET = 20  # what the TorchScript exporter emits reliably and TRT 10.0 parses
+# The TorchScript exporter's newest opset; every TensorRT line's parser takes it except 8.6
+# (17, see trt_ops.PROFILES: 10.x parses up to 24, 11.x up to 25).
+MAX_OPSET = 20
 
 
 def parse_hw(text: str | int) -> tuple[int, int]:

@@ -4,7 +4,10 @@ From onnx-tensorrt ``docs/operators.md`` (github.com/onnx/onnx-tensorrt, branche
 10.1 and 10.15) and NVIDIA's ONNX opset guide for 11.x (docs.nvidia.com/deeplearning/
 tensorrt/latest/reference/onnx-opset-guide.html). Ops not listed
 for a version are reported as unsupported there; constraints that depend on a node's
-inputs (e.g. Pad's ``axes`` must be constant) are checked in :mod:`inspect`.
+inputs (e.g. Pad's ``axes`` must be constant) are checked in :mod:`inspect`. Each line's
+opset cap is the documented one of its newest release (8.6: 17, onnx-tensorrt 8.6-GA
+operators.md; 10.x: 24, "TensorRT 10.15 supports ... opset 9 to opset 24"; 11.x: 25, the
+ONNX opset guide and the 11.5 release notes), with the older releases' caps in the note.
 """
 from __future__ import annotations
 
@@ -44,9 +47,10 @@ class TrtParserProfile:
 PROFILES: tuple[TrtParserProfile, ...] = (
     TrtParserProfile("8.6", 9, 17, _COMMON,
                      "opset <= 17; no Gelu (opset 20); Einsum without ellipsis/broadcast"),
-    TrtParserProfile("10.x", 9, 20, _COMMON | {"Gelu", "GroupNormalization", "DeformConv"},
-                     "opset 9-20 from 10.0 (9-24 from 10.15); Attention (opset 23) from 10.14"),
+    TrtParserProfile("10.x", 9, 24, _COMMON | {"Gelu", "GroupNormalization", "DeformConv"},
+                     "opset 9-24 on 10.15 and later (9-20 on 10.0-10.14); Attention (opset 23) from 10.14"),
     TrtParserProfile("11.x", 9, 24, _COMMON | {"Gelu", "GroupNormalization", "DeformConv",
                                                 "Attention", "RMSNormalization"},
-                     "opset <= 24 (25 from 11.5); strongly typed: precision comes from the graph"),
+                     "opset 9-25 (NVIDIA's ONNX opset guide; opset 25 from 11.5); strongly typed: precision "
+                     "comes from the graph"),
 )

@@ -137,13 +137,14 @@ def test_profile_shapes_and_range_errors():
     assert Profile.from_dict(p.to_dict()) == p
 
 
-def _cmd(major, route, **kw):
+def _cmd(major, route, cache=None, **kw):
     p = profile_for(ExportSpec(model="svt_s", batch=BatchRange(1, 8, 32)))
-    return shlex.split(trtexec_command("svt_s_fp16.onnx", "svt_s_fp16.plan", p, TrtBuildOptions(**kw), major, route))
+    return shlex.split(trtexec_command("svt_s_fp16.onnx", "svt_s_fp16.plan", p, TrtBuildOptions(**kw), major, route,
+                                       cache))
 
 
 def test_trtexec_command_per_version():
-    ten = _cmd(10, "strong", timing_cache="/c/t.cache")
+    ten = _cmd(10, "strong", "/c/t.cache")
     assert ten[:3] == ["trtexec", "--onnx=svt_s_fp16.onnx", "--saveEngine=svt_s_fp16.plan"]
     assert "--minShapes=input:1x3x224x224" in ten and "--maxShapes=input:32x3x224x224" in ten
     assert "--stronglyTyped" in ten and "--noTF32" in ten and "--fp16" not in ten
@@ -189,12 +190,23 @@ def test_engine_from_other_gpu_architecture_is_refused():
 
 
 def test_compatible_builds_are_accepted_where_they_apply():
+    """NVIDIA's rule (Version Compatibility, 10.16.1; Engine Compatibility, 11.1.0): a
+    version-compatible plan runs on the same or a later release of its major, built with
+    8.x on 9.x/10.x, built with 10.x on 11.x; never on an older runtime, never 8.x -> 11.x."""
     vc = _engine_manifest(version_compat=True)
     assert check_engine_compat(vc, "10.16.1.11", H100) == []
-    with pytest.raises(ArtifactError, match="runs on 10.x"):
-        check_engine_compat(vc, "11.4.0.106", H100)
-    with pytest.raises(ArtifactError, match="runs on 10.x"):
+    assert check_engine_compat(vc, "11.4.0.106", H100) == []  # 10.x -> 11.x is supported
+    with pytest.raises(ArtifactError, match=r"NVIDIA supports it on 10.x >= 10.13.0.35 or 11.x"):
         check_engine_compat(vc, "10.12.0.36", H100)
+    vc86 = _engine_manifest(version="8.6.1.6", version_compat=True)
+    assert check_engine_compat(vc86, "10.13.0.35", H100) == []
+    assert check_engine_compat(vc86, "9.3.0.1", H100) == []
+    with pytest.raises(ArtifactError, match="not on the installed 11.4.0.106"):
+        check_engine_compat(vc86, "11.4.0.106", H100)
+    with pytest.raises(ArtifactError, match="not on the installed 8.6.1.6"):
+        check_engine_compat(_engine_manifest(version="11.1.0", version_compat=True), "8.6.1.6", H100)
+    with pytest.raises(ArtifactError, match="not on the installed"):  # VC needs 8.6+ at both ends
+        check_engine_compat(_engine_manifest(version="8.5.3.1", version_compat=True), "8.6.1.6", H100)
     hw = _engine_manifest(hw_compat="ampere+")
     assert check_engine_compat(hw, "10.13.0.35", {"name": "NVIDIA A10", "compute_capability": "8.6"}) == []
     with pytest.raises(ArtifactError, match="Ampere and newer"):

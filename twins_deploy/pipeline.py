@@ -275,11 +275,11 @@ def _engine_stage(req: ArtifactRequest, plan: PrecisionPlan, model: torch.nn.Mod
     with staged_file(path) as tmp:  # becomes `path` (with its manifest) only once complete
         with steps.step(f"build TensorRT {env.version} engine ({plan.requested}, route {plan.route}) "
                         f"on {env.gpu['name']}"):
-            data, info = build_engine(onnx.path, profile, req.trt, plan.route)
+            data, info = build_engine(onnx.path, profile, req.trt, plan.route, gpu=env.gpu)
             tmp.write_bytes(data)
             steps.note(f"{len(data) / 2**20:.1f} MiB in {info.build_seconds} s")
         engine = replace(engine, build=info.to_dict(), trtexec=trtexec_command(
-            onnx.path.name, path.name, profile, req.trt, env.major, plan.route))
+            onnx.path.name, path.name, profile, req.trt, env.major, plan.route, info.timing_cache))
         manifest = replace(planned, sha256=file_sha256(tmp), size_bytes=len(data), engine=engine)
         manifest.validation = _validate(req, model, open_runner(tmp, manifest), manifest, steps,
                                         "validate TensorRT vs PyTorch FP32")

@@ -12,9 +12,11 @@ that builds the engine, and decides which ONNX graph is exported:
   opt-in on 9.x/10.x; never offered on 11.
 * ``fp32``: the FP32 graph, nothing else.
 
-TensorRT 9.x (the LLM-oriented releases 9.0-9.3) already had ``STRONGLY_TYPED``
-(introduced in 9.0 alongside ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``), so it takes
-the strong route by default like 10.x.
+TensorRT 9.x (the LLM-oriented releases 9.x) already binds
+``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` (github.com/NVIDIA/TensorRT,
+``python/src/infer/pyCore.cpp`` at tags v9.1.0 and v9.3.0, beside ``EXPLICIT_BATCH``;
+v8.6.1 binds only ``EXPLICIT_BATCH``/``EXPLICIT_PRECISION``), so 9.x takes the strong route
+by default like 10.x (and still gets ``EXPLICIT_BATCH``, which only 10.0 made implicit).
 """
 from __future__ import annotations
 

@@ -5,8 +5,10 @@ TensorRT and the GPU (:mod:`twins_deploy.engines.trt.compat`), so a foreign engi
 with a clear message instead of TensorRT's "Version tag does not match". torch CUDA
 tensors are accepted without copies through :meth:`TrtRunner.infer_torch`.
 
-Conformance convention (see :mod:`twins_deploy.engines.trt.build`): TensorRT objects
-live in variables named ``runtime``, ``engine`` and ``context``.
+Why not Polygraphy's ``TrtRunner`` (the builder does use Polygraphy): its ``infer`` copies
+through its own host buffers on every call and times with the host clock, it has no
+CUDA-graph replay or trtexec-like timing loop, and it imports the full ``tensorrt``
+module, while a version-compatible plan may have only the lean runtime to run on.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from twins_deploy.engines.runners.base import Runner, as_numpy
 from twins_deploy.engines.trt.compat import check_engine_compat
 from twins_deploy.engines.trt.env import gpu_info, import_tensorrt
 from twins_deploy.engines.trt.profile import Profile
-from twins_deploy.errors import ArtifactError
+from twins_deploy.errors import ArtifactError, InputShapeError
 
 if TYPE_CHECKING:
     from twins_deploy.manifest import Manifest
@@ -68,33 +70,65 @@ class TrtRunner(Runner):
         self.np_dtype = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in self.inputs + self.output_names}
         self.stream = Stream()
         self._buffers: dict[str, Any] = {}
-        self._graph = None
+        self._bound: dict[str, tuple[int, tuple[int, ...]]] = {}  # name -> (address, shape) set in the context
+        self._graph: Any = None
+        self._pinned: list[Any] = []
+        self.graph_fallback: str | None = None
 
     def _deactivate(self) -> None:
-        if self._graph is not None:
-            self._graph.destroy()
+        self._drop_graph()
+        self._free_pinned()
         for buf in self._buffers.values():
             buf.free()
         self.stream.destroy()
         del self.context, self.engine, self.runtime
+
+    def _drop_graph(self) -> None:
+        """A graph replays the addresses and shapes it captured: it must go whenever the
+        context's bindings change, or it would run on freed or foreign memory."""
+        if self._graph is not None:
+            self._graph.destroy()
+            self._graph = None
+
+    def _free_pinned(self) -> None:
+        for arr in self._pinned:
+            arr.free()
+        self._pinned = []
+
+    def _set_address(self, name: str, ptr: int, shape: tuple[int, ...]) -> None:
+        if not self.context.set_tensor_address(name, ptr):
+            raise ArtifactError(f"TensorRT refused the address of tensor {name!r} (it must be 256-byte aligned)")
+        if self._bound.get(name) != (ptr, shape):
+            self._drop_graph()
+        self._bound[name] = (ptr, shape)
 
     # -- shapes and memory --------------------------------------------------------------------
     def _bind(self, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
         """Set the input shape, (re)allocate device buffers, set every tensor address."""
         from twins_deploy.engines.trt.cuda import DeviceBuffer
 
-        self.shapes.check(shape)
-        if not self.context.set_input_shape(self.input_name, tuple(shape)):
-            raise ArtifactError(f"TensorRT refused input shape {tuple(shape)}")
-        shapes = {self.input_name: tuple(shape)}
-        shapes.update({n: tuple(self.context.get_tensor_shape(n)) for n in self.output_names})
+        shapes = self._set_shape(tuple(shape))
         for name, shp in shapes.items():
             nbytes = int(np.prod(shp)) * self.np_dtype[name].itemsize
             if name not in self._buffers or self._buffers[name].nbytes < nbytes:
+                self._drop_graph()  # before the memory it replays onto is freed
                 if name in self._buffers:
                     self._buffers[name].free()
                 self._buffers[name] = DeviceBuffer(nbytes)
-            self.context.set_tensor_address(name, self._buffers[name].ptr)
+            self._set_address(name, self._buffers[name].ptr, shp)
+        return shapes
+
+    def _set_shape(self, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        """Set the input shape (checked against the profile, and TensorRT's answer checked)
+        and return every I/O tensor's shape."""
+        self.shapes.check(shape)
+        if not self.context.set_input_shape(self.input_name, shape):
+            raise InputShapeError(f"TensorRT refused input shape {shape} for {self.input_name!r}")
+        shapes = {self.input_name: shape}
+        shapes.update({n: tuple(self.context.get_tensor_shape(n)) for n in self.output_names})
+        bad = [n for n, s in shapes.items() if any(d < 0 for d in s)]
+        if bad:
+            raise ArtifactError(f"TensorRT could not infer the shape of {', '.join(bad)} for input {shape}")
         return shapes
 
     def _execute(self) -> None:
@@ -118,49 +152,73 @@ class TrtRunner(Runner):
         return [o.astype(np.float32, copy=False) for o in outs]
 
     def infer_torch(self, x: Any) -> list[Any]:
-        """torch CUDA tensor in, torch CUDA tensors out, no host copies."""
+        """torch CUDA tensor in, torch CUDA tensors out, no host copies.
+
+        The tensor must live on this runner's GPU (device 0); TensorRT's answer to the
+        input shape is checked; afterwards the context points at this runner's own buffers
+        again (or at nothing it will use unbound), never at the caller's tensors, which may
+        be freed as soon as this returns."""
         import torch
 
+        if not getattr(x, "is_cuda", False) or x.device.index not in (None, 0):
+            raise InputShapeError(f"infer_torch needs a CUDA tensor on GPU 0 (the engine's device), got one on {x.device}")
         dtype = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}
         x = x.to(dtype[self.np_dtype[self.input_name]]).contiguous()
-        self.shapes.check(tuple(x.shape))
-        self.context.set_input_shape(self.input_name, tuple(x.shape))
-        outs = [torch.empty(tuple(self.context.get_tensor_shape(n)), dtype=dtype[self.np_dtype[n]], device=x.device)
-                for n in self.output_names]
-        self.context.set_tensor_address(self.input_name, x.data_ptr())
-        for name, t in zip(self.output_names, outs):
-            self.context.set_tensor_address(name, t.data_ptr())
-        stream = torch.cuda.Stream(device=x.device)
-        stream.wait_stream(torch.cuda.current_stream(x.device))
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise ArtifactError("TensorRT execute_async_v3 failed (see the TensorRT log)")
-        torch.cuda.current_stream(x.device).wait_stream(stream)
-        stream.synchronize()  # keeps x alive until TensorRT has read it
+        shapes = self._set_shape(tuple(x.shape))
+        outs = [torch.empty(shapes[n], dtype=dtype[self.np_dtype[n]], device=x.device) for n in self.output_names]
+        try:
+            for name, t in zip([self.input_name, *self.output_names], [x, *outs]):
+                self._set_address(name, t.data_ptr(), shapes[name])
+            stream = torch.cuda.Stream(device=x.device)
+            stream.wait_stream(torch.cuda.current_stream(x.device))
+            if not self.context.execute_async_v3(stream.cuda_stream):
+                raise ArtifactError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+            torch.cuda.current_stream(x.device).wait_stream(stream)
+            stream.synchronize()  # keeps x alive until TensorRT has read it
+        finally:
+            self._unbind_foreign()
         return outs
+
+    def _unbind_foreign(self) -> None:
+        """Point the context back at this runner's buffers; forget bindings it cannot restore."""
+        for name in list(self._bound):
+            buf = self._buffers.get(name)
+            if buf is not None and self._bound[name][0] != buf.ptr:
+                shape = self._bound[name][1]
+                if int(np.prod(shape)) * self.np_dtype[name].itemsize <= buf.nbytes:
+                    self._set_address(name, buf.ptr, shape)
+                    continue
+            if buf is None or self._bound[name][0] != buf.ptr:
+                del self._bound[name]
+                self._drop_graph()
 
     # -- timing path ------------------------------------------------------------------------------
     def prepare(self, x: np.ndarray, include_copies: bool = False) -> None:
-        from twins_deploy.engines.trt.cuda import CudaGraph, copy_htod
+        """Stage ``x`` on the device, run once, and (with CUDA graphs) capture one inference.
+
+        With ``include_copies`` the host side lives in pinned memory, as trtexec's, and no
+        graph is captured (the copies are timed as plain async copies). A failed capture
+        falls back to plain launches and says why in :meth:`describe`, as trtexec does."""
+        from twins_deploy.engines.trt.cuda import CudaGraph, PinnedHostArray, copy_htod
 
         self._include_copies = include_copies
-        self._host_in = np.ascontiguousarray(as_numpy(x).astype(self.np_dtype[self.input_name], copy=False))
-        shapes = self._bind(self._host_in.shape)
-        self._host_out = [np.empty(shapes[n], dtype=self.np_dtype[n]) for n in self.output_names]
+        host = np.ascontiguousarray(as_numpy(x).astype(self.np_dtype[self.input_name], copy=False))
+        shapes = self._bind(host.shape)
+        self._free_pinned()
+        if include_copies:
+            self._pinned = [PinnedHostArray(shapes[n], self.np_dtype[n]) for n in [self.input_name, *self.output_names]]
+            self._pinned[0].array[...] = host
+            self._host_in, self._host_out = self._pinned[0].array, [p.array for p in self._pinned[1:]]
+        else:
+            self._host_in, self._host_out = host, []
         copy_htod(self._buffers[self.input_name], self._host_in, self.stream)
         self._execute()  # first run outside any capture: TensorRT's lazy initialisation
         self.stream.synchronize()
-        if self._graph is not None:
-            self._graph.destroy()
-            self._graph = None
+        self._drop_graph()
+        self.graph_fallback = None
         if self.use_cuda_graph and not include_copies:
-            graph = CudaGraph(self.stream)
-            graph.begin()
-            ok = self.context.execute_async_v3(self.stream.handle)
-            graph.end()
-            if ok:
-                self._graph = graph
-            else:  # some engines cannot be captured: fall back to plain launches
-                graph.destroy()
+            self._graph, self.graph_fallback = CudaGraph.capture(
+                self.stream, lambda: self.context.execute_async_v3(self.stream.handle))
 
     def step(self) -> None:
         from twins_deploy.engines.trt.cuda import copy_dtoh, copy_htod
@@ -186,5 +244,8 @@ class TrtRunner(Runner):
         return torch.cuda.ExternalStream(self.stream.handle)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "path": str(self.path), "cuda_graph": self._graph is not None
-                if self.active else self.use_cuda_graph}
+        info = {**super().describe(), "path": str(self.path),
+                "cuda_graph": self._graph is not None if self.active else self.use_cuda_graph}
+        if self.active and self.graph_fallback:
+            info["cuda_graph_fallback"] = self.graph_fallback
+        return info

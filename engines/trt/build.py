@@ -1,38 +1,42 @@
-"""ONNX -> serialized TensorRT engine, one code path for TensorRT 8.6, 10.x and 11.x.
+"""ONNX -> serialized TensorRT engine through Polygraphy's loaders, for TensorRT 8.6, 10.x, 11.x.
 
-Branches on the installed major version only where the API differs (TensorRT's
-10.x -> 11.x migration guide and the Python bindings of each release):
+Polygraphy (NVIDIA's, kept in step with each TensorRT release) owns the TensorRT calls:
+``NetworkFromOnnxPath`` creates the network (``EXPLICIT_BATCH`` below 10, ``STRONGLY_TYPED``
+on request) and parses the ONNX file, ``CreateConfig`` sets flags, memory pool, profile,
+optimization level, compatibility and the timing cache, ``EngineBytesFromNetwork`` builds
+the plan and merges the timing cache back to disk. The loaders are lazy: building the
+chain (:func:`engine_loader`) imports no TensorRT, so its arguments are checked on CPU.
+What stays ours: the precision route (decided once, in :mod:`twins_deploy.precision`),
+the manifest facts (:class:`BuildInfo`), compatibility checks and the trtexec line.
 
-* below 10: the ONNX parser needs ``EXPLICIT_BATCH``; 8.x has no strong typing, so FP16
-  means the FP32 graph plus ``BuilderFlag.FP16`` (the "weak" route);
-* 9.x/10.x: FP16 comes from the mixed FP16 ONNX built as a ``STRONGLY_TYPED`` network (the
-  "strong" route); the weak flag stays available on request (``--weak-fp16``);
-* 11.x: every network is strongly typed and ``BuilderFlag.FP16``/``EXPLICIT_BATCH`` are
-  gone, so the strong route is built with no precision flags at all.
+Per route, as NVIDIA's docs and bindings have it:
 
-Which route a precision takes is decided once, in :mod:`twins_deploy.precision`.
-
-TF32 is cleared unless asked for: an FP32 engine computes in FP32.
-
-Conformance convention: TensorRT objects live in variables named ``builder``,
-``network``, ``parser``, ``config``, ``profile``, ``cache``, ``plan`` and ``err``; the
-test suite checks every attribute used on them against TensorRT's API descriptions.
+* ``fp32``: the FP32 graph, no precision flag; TF32 cleared unless asked for;
+* ``strong``: the mixed FP16 graph as a strongly typed network. 9.x and 10.x need the
+  ``STRONGLY_TYPED`` creation flag; 11.x is strongly typed only and deprecates the flag
+  (pyCore.cpp, NVIDIA/TensorRT v11.1: "Deprecated: always enabled"), so none is set;
+* ``weak``: the FP32 graph plus ``BuilderFlag.FP16`` (8.6-10.x; removed in 11.0).
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from twins_deploy.artifacts import write_bytes_atomic
 from twins_deploy.engines.trt.env import import_tensorrt, trt_major
-from twins_deploy.engines.trt.options import TrtBuildOptions
+from twins_deploy.engines.trt.options import TrtBuildOptions, timing_cache_path
 from twins_deploy.engines.trt.profile import Profile
 from twins_deploy.errors import BackendUnavailableError, ExportError
 from twins_deploy.precision import ROUTES
+
+HW_LEVELS = {"ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
+
 
 @dataclass
 class BuildInfo:
@@ -44,105 +48,116 @@ class BuildInfo:
     timing_cache: str | None = None
     timing_cache_loaded: bool = False
     warnings: list[str] = field(default_factory=list)
+    builder: str = "polygraphy"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _make_logger(trt: ModuleType) -> Any:
-    """A logger that prints warnings and keeps errors, so failures can quote them."""
-
-    class _Logger(trt.ILogger):  # type: ignore[misc,name-defined]
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-            self.warnings: list[str] = []
-
-        def log(self, severity: Any, msg: str) -> None:
-            if severity in (trt.Logger.INTERNAL_ERROR, trt.Logger.ERROR):
-                self.errors.append(msg)
-            elif severity == trt.Logger.WARNING:
-                self.warnings.append(msg)
-
-    return _Logger()
+def _polygraphy() -> ModuleType:
+    try:
+        import polygraphy.backend.trt as pg_trt
+    except ImportError:
+        raise BackendUnavailableError(
+            "Polygraphy is not installed (it builds the TensorRT engines); "
+            "install it with: pip install 'twins-deploy[trt]' or pip install polygraphy") from None
+    return pg_trt
 
 
-def parser_errors(parser: Any) -> list[str]:
-    """Each parser error as ``node <name> (<op>): <message>``."""
-    out = []
-    for i in range(parser.num_errors):
-        err = parser.get_error(i)
-        try:
-            out.append(f"node {err.node_name() or err.node()} ({err.node_operator() or '?'}): {err.desc()}")
-        except AttributeError:  # older parsers lack node_name/node_operator
-            out.append(str(err))
-    return out
+def engine_loader(onnx_path: str | os.PathLike[str], shapes: Profile, opts: TrtBuildOptions, route: str,
+                  trt: Any, cache_path: Path | None) -> tuple[Callable[[], bytes], BuildInfo]:
+    """The lazy Polygraphy chain that builds the plan, and what the manifest will say
+    about it. Nothing is imported from TensorRT here beyond the enum values in ``trt``."""
+    if route not in ROUTES:
+        raise ValueError(f"route must be one of {ROUTES}")
+    pg = _polygraphy()
+    major = trt_major(trt.__version__)
+    if route == "weak" and major >= 11:
+        raise BackendUnavailableError("TensorRT 11 has no weak typing (BuilderFlag.FP16 was removed in 11.0)")
+    info = BuildInfo(trt.__version__, route, [], [])
+    if major < 10:
+        info.network_flags.append("EXPLICIT_BATCH")  # Polygraphy sets it below 10.0
+    strongly_typed = route == "strong" and major < 11
+    if strongly_typed:
+        info.network_flags.append("STRONGLY_TYPED")
+    network = pg.NetworkFromOnnxPath(str(onnx_path), strongly_typed=strongly_typed)
+
+    profile = pg.Profile().add(shapes.input, min=shapes.min, opt=shapes.opt, max=shapes.max)
+    hw = None
+    if opts.hw_compat != "none":
+        hw = getattr(trt.HardwareCompatibilityLevel, HW_LEVELS[opts.hw_compat], None)
+        if hw is None:
+            raise BackendUnavailableError(f"TensorRT {trt.__version__} has no hardware compatibility level "
+                                          f"{HW_LEVELS[opts.hw_compat]}")
+    info.builder_flags += (["TF32"] if opts.tf32 else []) + (["FP16"] if route == "weak" else []) + (
+        ["VERSION_COMPATIBLE"] if opts.version_compat else [])
+    config = pg.CreateConfig(
+        tf32=opts.tf32,
+        fp16=route == "weak",
+        profiles=[profile],
+        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(opts.workspace_gib * 2**30)},
+        builder_optimization_level=opts.opt_level,
+        hardware_compatibility_level=hw,
+        version_compatible=opts.version_compat or None,
+        load_timing_cache=str(cache_path) if cache_path is not None else None,
+    )
+    if cache_path is not None:
+        info.timing_cache, info.timing_cache_loaded = str(cache_path), cache_path.is_file()
+    build = pg.EngineBytesFromNetwork(network, config=config,
+                                      save_timing_cache=str(cache_path) if cache_path is not None else None)
+    return build, info
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        (self.errors if record.levelno >= logging.ERROR else self.warnings).append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _polygraphy_log() -> Iterator[_Collect]:
+    """Route Polygraphy's (and through it TensorRT's) messages into Python logging for the
+    build: warnings and errors are kept for the manifest and the error message, nothing
+    else is printed between our progress lines."""
+    from polygraphy.logger import G_LOGGER
+
+    handler = _Collect()
+    logger = logging.getLogger("Polygraphy")
+    old = (G_LOGGER.use_python_logging_system, G_LOGGER.module_severity, logger.propagate, logger.level)
+    G_LOGGER.use_python_logging_system = True
+    G_LOGGER.module_severity = G_LOGGER.WARNING
+    logger.addHandler(handler)
+    logger.propagate, logger.level = False, logging.WARNING
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        G_LOGGER.use_python_logging_system, G_LOGGER.module_severity = old[0], old[1]
+        logger.propagate, logger.level = old[2], old[3]
 
 
 def build_engine(onnx_path: str | os.PathLike[str], shapes: Profile, opts: TrtBuildOptions,
-                 route: str) -> tuple[bytes, BuildInfo]:
+                 route: str, gpu: dict[str, Any] | None = None) -> tuple[bytes, BuildInfo]:
     """Parse ``onnx_path`` and build a serialized engine (a plain plan, no header)."""
-    if route not in ROUTES:
-        raise ValueError(f"route must be one of {ROUTES}")
+    from polygraphy.exception import PolygraphyException
+
     trt = import_tensorrt()
-    major = trt_major(trt.__version__)
-    log = _make_logger(trt)
-    info = BuildInfo(trt.__version__, route, [], [])
-
-    builder = trt.Builder(log)
-    flags = 0
-    if major < 10:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-        info.network_flags.append("EXPLICIT_BATCH")
-    if route == "strong" and major < 11:  # 11 is strongly typed only; the flag is ignored there
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-        info.network_flags.append("STRONGLY_TYPED")
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, log)
-    if not parser.parse_from_file(str(onnx_path)):
-        raise ExportError(f"TensorRT {trt.__version__} cannot parse {Path(onnx_path).name}:\n  "
-                          + "\n  ".join(parser_errors(parser) or log.errors or ["(no parser message)"]))
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(opts.workspace_gib * 2**30))
-    config.builder_optimization_level = opts.opt_level
-    if opts.tf32:
-        config.set_flag(trt.BuilderFlag.TF32)
-        info.builder_flags.append("TF32")
-    else:
-        config.clear_flag(trt.BuilderFlag.TF32)
-    if route == "weak":
-        config.set_flag(trt.BuilderFlag.FP16)
-        info.builder_flags.append("FP16")
-    if opts.hw_compat != "none":
-        level = {"ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}[opts.hw_compat]
-        if not hasattr(trt.HardwareCompatibilityLevel, level):
-            raise BackendUnavailableError(f"TensorRT {trt.__version__} has no hardware compatibility level {level}")
-        config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, level)
-    if opts.version_compat:
-        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-        info.builder_flags.append("VERSION_COMPATIBLE")
-
-    profile = builder.create_optimization_profile()
-    profile.set_shape(shapes.input, shapes.min, shapes.opt, shapes.max)
-    config.add_optimization_profile(profile)
-
-    cache_path = Path(opts.timing_cache) if opts.timing_cache else None
-    if cache_path is not None:
-        blob = cache_path.read_bytes() if cache_path.is_file() else b""
-        cache = config.create_timing_cache(blob)
-        config.set_timing_cache(cache, ignore_mismatch=True)
-        info.timing_cache, info.timing_cache_loaded = str(cache_path), bool(blob)
-
-    t0 = time.perf_counter()
-    plan = builder.build_serialized_network(network, config)
-    info.build_seconds = round(time.perf_counter() - t0, 1)
-    if plan is None:
-        raise ExportError(f"TensorRT {trt.__version__} failed to build the engine:\n  "
-                          + "\n  ".join(log.errors or ["(no error in the TensorRT log)"]))
+    cache_path = timing_cache_path(opts, trt.__version__, gpu)
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
-        cache = config.get_timing_cache()
-        write_bytes_atomic(cache_path, memoryview(cache.serialize()))
+    t0 = time.perf_counter()
+    with _polygraphy_log() as log:
+        build, info = engine_loader(onnx_path, shapes, opts, route, trt, cache_path)
+        try:
+            plan = build()
+        except PolygraphyException as e:
+            details = [m for m in log.errors if m.strip() != str(e).strip()]
+            raise ExportError(f"TensorRT {trt.__version__} could not build {Path(onnx_path).name}: {e}"
+                              + "".join(f"\n  {m}" for m in details[-10:])) from None
+    info.build_seconds = round(time.perf_counter() - t0, 1)
     info.warnings = log.warnings[-20:]
     return bytes(memoryview(plan)), info

@@ -10,13 +10,37 @@ from typing import Any
 from twins_deploy.engines.trt.env import trt_major, version_tuple
 from twins_deploy.errors import ArtifactError
 
+# NVIDIA's rule for version-compatible plans (BuilderFlag.VERSION_COMPATIBLE):
+# * "Version compatibility is supported from version 8.6; the plan must be built with a
+#   version at least 8.6 or higher, and the runtime must be 8.6 or higher."
+# * "engines built with TensorRT 8 work with TensorRT 9 and TensorRT 10 runtimes. However,
+#   engines built with newer versions (TensorRT 9 or 10) do not work with older runtimes"
+#   (docs.nvidia.com/deeplearning/tensorrt/10.16.1/inference-library/version-compatibility.html);
+# * "engines built with TensorRT 10 work with TensorRT 11 ... engines built with version
+#   compatibility enabled using TensorRT 11.0 will be compatible with TensorRT 11.1 and
+#   later 11.x versions" (.../tensorrt/11.1.0/inference-library/engine-compatibility.html);
+# * 8.x -> 11.x is not among the supported combinations (TensorRT 11.4 Support Matrix,
+#   "Engine Portability").
+FIRST_VC = (8, 6)
+VC_CROSS_MAJOR = {(8, 9), (8, 10), (9, 10), (10, 11)}  # (built, runtime) majors NVIDIA supports
+
+
+def version_compatible_runs(built: str, runtime: str) -> bool:
+    """Whether a plan built version-compatible with TensorRT ``built`` loads on ``runtime``."""
+    b, r = version_tuple(built), version_tuple(runtime)
+    if b[:2] < FIRST_VC or r[:2] < FIRST_VC:
+        return False
+    if b[0] == r[0]:
+        return r >= b  # within a major: the same or a later release
+    return (b[0], r[0]) in VC_CROSS_MAJOR
+
 
 def check_engine_compat(engine: Any, installed_version: str, gpu: dict[str, Any]) -> list[str]:
     """Refuse an engine built for another TensorRT or GPU; return warnings that do not block.
 
     ``engine`` is a manifest's :class:`~twins_deploy.manifest.EngineInfo`. Plans are tied
-    to the exact TensorRT version unless built version-compatible (then a later release
-    of the same major runs them), and to the compute capability unless built
+    to the exact TensorRT version unless built version-compatible (then NVIDIA's rule in
+    :func:`version_compatible_runs` applies), and to the compute capability unless built
     hardware-compatible (``ampere+``: any SM >= 8.0).
     """
     built = engine.trt_version
@@ -25,10 +49,12 @@ def check_engine_compat(engine: Any, installed_version: str, gpu: dict[str, Any]
     opts = engine.build_options or {}
     warnings: list[str] = []
     if opts.get("version_compat"):
-        if trt_major(built) != trt_major(installed_version) or version_tuple(installed_version) < version_tuple(built):
+        if not version_compatible_runs(built, installed_version):
+            later = sorted({r for b, r in VC_CROSS_MAJOR if b == trt_major(built)})
+            where = f"{trt_major(built)}.x >= {built}" + "".join(f" or {r}.x" for r in later)
             raise ArtifactError(
-                f"engine was built version-compatible with TensorRT {built}; it runs on {trt_major(built)}.x "
-                f">= {built}, not on the installed {installed_version}; rebuild it with twins-export --fmt trt")
+                f"engine was built version-compatible with TensorRT {built}; NVIDIA supports it on {where}, "
+                f"not on the installed {installed_version}; rebuild it with twins-export --fmt trt")
     elif version_tuple(built) != version_tuple(installed_version):
         raise ArtifactError(
             f"engine was built with TensorRT {built} but TensorRT {installed_version} is installed; "

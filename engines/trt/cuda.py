@@ -94,6 +94,33 @@ class Stream:
             self.obj = None
 
 
+class PinnedHostArray:
+    """A numpy array in page-locked host memory (cudaMallocHost), as trtexec stages its
+    copies: pageable memory makes cudaMemcpyAsync synchronous and slower, so copy timings
+    from it are not comparable with trtexec's."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        import ctypes
+
+        self.dtype = np.dtype(dtype)
+        nbytes = max(int(np.prod(shape)) * self.dtype.itemsize, 1)
+        self.ptr: int = int(cuda_check(cudart().cudaMallocHost(nbytes), f"cudaMallocHost({nbytes})"))
+        buf = (ctypes.c_byte * nbytes).from_address(self.ptr)
+        self.array = np.frombuffer(buf, dtype=self.dtype, count=int(np.prod(shape))).reshape(shape)
+
+    def free(self) -> None:
+        if self.ptr:
+            self.array = np.empty(0, self.dtype)
+            cuda_check(cudart().cudaFreeHost(self.ptr), "cudaFreeHost")
+            self.ptr = 0
+
+    def __del__(self) -> None:
+        try:
+            self.free()
+        except Exception:  # interpreter shutdown: nothing sensible left to do
+            pass
+
+
 def copy_htod(dst: DeviceBuffer, src: np.ndarray, stream: Stream) -> None:
     rt = cudart()
     src = np.ascontiguousarray(src)
@@ -117,12 +144,38 @@ class CudaGraph:
     def __init__(self, stream: Stream) -> None:
         self.stream, self.graph, self.exec = stream, None, None
 
+    @classmethod
+    def capture(cls, stream: Stream, work: Any) -> tuple[CudaGraph | None, str | None]:
+        """Capture ``work()`` (which returns False when it could not be enqueued) into an
+        instantiated graph; on any failure return (None, why), leaving the stream usable
+        for plain launches, as trtexec does when an engine cannot be captured."""
+        graph = cls(stream)
+        try:
+            graph.begin()
+        except CudaError as e:
+            return None, str(e)
+        try:
+            ok = work()
+        except Exception as e:  # noqa: BLE001 - the capture must be ended whatever happened
+            ok, why = False, f"enqueue raised {type(e).__name__}: {e}"
+        else:
+            why = None if ok else "execute_async_v3 returned False during capture"
+        try:
+            graph.end()
+        except CudaError as e:
+            why = why or str(e)
+        if why is not None or not ok:
+            graph.destroy()
+            return None, why or "capture failed"
+        return graph, None
+
     def begin(self) -> None:
         rt = cudart()
         cuda_check(rt.cudaStreamBeginCapture(self.stream.obj, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
                    "cudaStreamBeginCapture")
 
     def end(self) -> None:
+        """End the capture (always, so the stream leaves capture mode) and instantiate it."""
         rt = cudart()
         self.graph = cuda_check(rt.cudaStreamEndCapture(self.stream.obj), "cudaStreamEndCapture")
         self.exec = cuda_check(rt.cudaGraphInstantiate(self.graph, 0), "cudaGraphInstantiate")

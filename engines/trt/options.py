@@ -12,10 +12,27 @@ from twins_deploy.errors import OptionError
 HW_COMPAT_LEVELS = ("none", "ampere+", "same-cc")
 
 
-def default_timing_cache() -> Path:
-    """Shared across builds: ``$XDG_CACHE_HOME/twins-deploy/trt-timing.cache``."""
+DEFAULT_TIMING_CACHE = "auto"
+
+
+def timing_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/twins-deploy`` (``~/.cache/twins-deploy``)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "twins-deploy" / "trt-timing.cache"
+    return Path(base) / "twins-deploy"
+
+
+def timing_cache_path(opts: TrtBuildOptions, trt_version: str, gpu: dict[str, Any] | None = None) -> Path | None:
+    """Where a build reads and merges its timing cache: ``None`` (disabled), the user's
+    path, or by default one file per TensorRT version and GPU architecture. A timing cache
+    is only valid for the TensorRT version and device it was measured on, and TensorRT
+    rejects (or with ``ignore_mismatch`` silently drops) a foreign one, so sharing one file
+    across versions would throw the cache away at every switch."""
+    if opts.timing_cache is None:
+        return None
+    if opts.timing_cache != DEFAULT_TIMING_CACHE:
+        return Path(opts.timing_cache)
+    sm = f"-sm{gpu['sm']}" if gpu and gpu.get("sm") else ""
+    return timing_cache_dir() / f"trt-{trt_version}{sm}.timing-cache"
 
 
 @dataclass(frozen=True)
@@ -23,7 +40,7 @@ class TrtBuildOptions:
     workspace_gib: float = 4.0
     opt_level: int = 3
     tf32: bool = False          # off: an FP32 engine computes in FP32
-    timing_cache: str | None = str(default_timing_cache())
+    timing_cache: str | None = DEFAULT_TIMING_CACHE  # "auto": per TensorRT version and GPU; None: off
     hw_compat: str = "none"
     version_compat: bool = False
     weak_fp16: bool = False     # TensorRT 8.6-10.x only, never the only route

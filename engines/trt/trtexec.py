@@ -18,11 +18,12 @@ def _dims(shape: tuple[int, ...]) -> str:
 
 
 def trtexec_command(onnx_file: str, engine_file: str, profile: Profile, opts: TrtBuildOptions,
-                    major: int, route: str) -> str:
+                    major: int, route: str, cache_file: str | None = None) -> str:
     """One shell-quoted trtexec invocation reproducing the build for TensorRT ``major``.
 
     ``route`` is ``"strong"`` (precision from the ONNX graph) or ``"weak"`` (FP32 graph plus
-    the FP16 builder flag, TensorRT 8.6-10.x only).
+    the FP16 builder flag, TensorRT 8.6-10.x only); ``cache_file`` is the timing cache the
+    build used (see :func:`~twins_deploy.engines.trt.options.timing_cache_path`).
     """
     if route == "weak" and major >= 11:
         raise ValueError("TensorRT 11 has no weak typing: --fp16 does not exist there")
@@ -40,8 +41,8 @@ def trtexec_command(onnx_file: str, engine_file: str, profile: Profile, opts: Tr
         args.append("--stronglyTyped")
     if route == "weak":
         args.append("--fp16")
-    if opts.timing_cache:
-        args.append(f"--timingCacheFile={opts.timing_cache}")
+    if cache_file:
+        args.append(f"--timingCacheFile={cache_file}")
     if opts.hw_compat != "none":
         args.append(f"--hardwareCompatibilityLevel={_HW_FLAG[opts.hw_compat]}")
     if opts.version_compat:

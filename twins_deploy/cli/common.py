@@ -7,7 +7,7 @@ import re
 import sys
 from collections.abc import Callable
 
-from twins_deploy.engines.trt.options import HW_COMPAT_LEVELS, TrtBuildOptions, default_timing_cache
+from twins_deploy.engines.trt.options import DEFAULT_TIMING_CACHE, HW_COMPAT_LEVELS, TrtBuildOptions
 from twins_deploy.errors import TwinsDeployError
 from twins_deploy.exporters.spec import BatchRange, parse_hw
 
@@ -106,8 +106,9 @@ def add_trt_args(p: argparse.ArgumentParser) -> None:
                    help="builder optimization level; higher builds slower, may run faster (default: %(default)s)")
     g.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=False,
                    help="allow TF32 in FP32 layers (default: off, so FP32 means FP32)")
-    g.add_argument("--timing-cache", default=str(default_timing_cache()), metavar="PATH",
-                   help="timing cache reused across builds; 'none' to disable (default: %(default)s)")
+    g.add_argument("--timing-cache", default=DEFAULT_TIMING_CACHE, metavar="PATH",
+                   help="timing cache reused across builds; 'none' to disable (default: %(default)s, one file per "
+                        "TensorRT version and GPU architecture under ~/.cache/twins-deploy/)")
     g.add_argument("--hw-compat", choices=HW_COMPAT_LEVELS, default="none",
                    help="hardware compatibility level (TensorRT >= 8.6): ampere+ runs on any Ampere or newer GPU")
     g.add_argument("--version-compat", action="store_true",

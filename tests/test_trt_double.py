@@ -1,0 +1,349 @@
+"""Every TensorRT code path, executed under each supported version's test double.
+
+The doubles (tests/trt_doubles) carry NVIDIA's own API descriptions: TensorRT 8.6.1 and
+11.1 binding sources, the 10.13 stubs, the real 11.4 lean runtime module, and the real
+cuda-bindings signatures. An unknown name, an enum member the version lacks, a wrong
+arity or keyword raises there as it would on a GPU. The doubles compute nothing: these
+tests assert calls, flags, shapes, addresses and the artifacts written, never numbers.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trt_doubles import harness
+from trt_doubles.fake_trt import PLAN_MAGIC, read_plan
+from twins_deploy import ArtifactError, InputShapeError
+from twins_deploy.cli.export import main as export_main
+from twins_deploy.engines.trt.options import TrtBuildOptions, timing_cache_path
+from twins_deploy.errors import BackendUnavailableError, ExportError
+from twins_deploy.manifest import read_manifest
+
+LINES = ["8.6", "10", "11"]
+RUNTIME_LINES = ["8.6", "11"]  # the oldest binding source and the real 11.4 runtime module
+MODEL = ["--model", "svt_s", "--img-size", "64", "--min-batch", "1", "--opt-batch", "2", "--max-batch", "4"]
+
+
+@pytest.fixture(params=LINES)
+def line(request):
+    return request.param
+
+
+@pytest.fixture
+def doubles(monkeypatch, line, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    return harness.install(monkeypatch, line)
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    """The ONNX models the engines are built from, exported once (no TensorRT involved),
+    copied into each test's output directory, where the pipeline reuses them."""
+    made: dict[tuple, Path] = {}
+
+    def get(precision: str, dynamic_hw: bool, out: Path) -> None:
+        key = (precision, dynamic_hw)
+        if precision == "weak":  # made by the first weak-route engine export, kept from there
+            if key not in made:
+                made[key] = tmp_path_factory.mktemp("weak")
+                return
+            if out.exists():  # after the export: keep its ONNX
+                for f in out.glob("*.onnx*"):
+                    shutil.copy(f, made[key] / f.name)
+                return
+        elif key not in made:
+            d = tmp_path_factory.mktemp("onnx")
+            args = [*MODEL, "--fmt", "onnx", "--precision", precision, "--out-dir", str(d), "--no-validate", "-q"]
+            assert export_main(args + (["--dynamic-hw"] if dynamic_hw else [])) == 0
+            made[key] = d
+        out.mkdir(parents=True, exist_ok=True)
+        for f in made[key].iterdir():
+            shutil.copy(f, out / f.name)
+
+    return get
+
+
+def _export(doubles, onnx_cache, tmp_path, precision="fp32", *extra, dynamic_hw=False):
+    out = tmp_path / "o"
+    weak = "--weak-fp16" in extra or doubles.line == "8.6"
+    key = precision if precision == "fp32" or not weak else "weak"
+    fresh = key == "weak" and not list(out.glob("*.onnx"))
+    onnx_cache(key, dynamic_hw, out)
+    args = [*MODEL, "--fmt", "trt", "--precision", precision, "--out-dir", str(out), "--no-validate", "-q", *extra]
+    rc = export_main(args + (["--dynamic-hw"] if dynamic_hw else []))
+    if fresh and rc == 0:
+        onnx_cache(key, dynamic_hw, out)
+    return rc, out
+
+
+# -- twins-export --fmt trt ------------------------------------------------------------------
+def test_fp32_engine_end_to_end(doubles, onnx_cache, tmp_path, capsys):
+    rc, out = _export(doubles, onnx_cache, tmp_path, "fp32")
+    assert rc == 0, capsys.readouterr().err
+    plan_file = out / "svt_s_fp32_64x64.plan"
+    plan = read_plan(plan_file.read_bytes())
+    m = read_manifest(plan_file)
+    assert m.engine.trt_version == doubles.trt.__version__ and m.engine.gpu["name"] == doubles.device.name
+    assert plan["version"] == doubles.trt.__version__
+    # TF32 is on by default in TensorRT; an FP32 engine must have it cleared
+    assert "TF32" not in plan["builder_flags"] and "FP16" not in plan["builder_flags"]
+    assert plan["network_flags"] == (["EXPLICIT_BATCH"] if doubles.line == "8.6" else [])
+    assert plan["memory_pools"] == {"WORKSPACE": 4 * 2**30} and plan["opt_level"] == 3
+    assert plan["profiles"] == [{"input": [[1, 3, 64, 64], [2, 3, 64, 64], [4, 3, 64, 64]]}]
+    assert plan["inputs"][0]["dtype"] == "FLOAT" and plan["outputs"][0]["shape"][1] == 1000
+    assert m.engine.build["builder"] == "polygraphy" and m.engine.build["route"] == "fp32"
+    assert m.sha256 and m.engine.trtexec.startswith("trtexec --onnx=svt_s_fp32_64x64.onnx")
+    assert not list(out.glob("*.partial"))
+
+
+def test_fp16_strongly_typed(doubles, onnx_cache, tmp_path):
+    rc, out = _export(doubles, onnx_cache, tmp_path, "fp16")
+    assert rc == 0
+    plan = read_plan((out / "svt_s_fp16_64x64.plan").read_bytes())
+    m = read_manifest(out / "svt_s_fp16_64x64.plan")
+    if doubles.line == "8.6":  # no strong typing: the weak route is the only one
+        assert m.plan.route == "weak" and "FP16" in plan["builder_flags"] and not plan["strongly_typed"]
+    else:
+        assert m.plan.route == "strong" and "FP16" not in plan["builder_flags"] and plan["strongly_typed"]
+        # 10.x sets STRONGLY_TYPED; 11.x is strongly typed only and gets no flag
+        assert plan["network_flags"] == (["STRONGLY_TYPED"] if doubles.line == "10" else [])
+        assert "--stronglyTyped" in m.engine.trtexec if doubles.line == "10" else "--stronglyTyped" not in m.engine.trtexec
+
+
+def test_weak_fp16_where_offered(doubles, onnx_cache, tmp_path, capsys):
+    rc, out = _export(doubles, onnx_cache, tmp_path, "fp16", "--weak-fp16")
+    if doubles.line == "11":
+        assert rc == 3 and "TensorRT 11 removed BuilderFlag.FP16" in capsys.readouterr().err
+        assert not (out / "svt_s_fp16_64x64.plan").exists()
+        return
+    assert rc == 0
+    plan = read_plan((out / "svt_s_fp16_64x64.plan").read_bytes())
+    assert "FP16" in plan["builder_flags"] and "STRONGLY_TYPED" not in plan["network_flags"]
+    assert "--fp16" in read_manifest(out / "svt_s_fp16_64x64.plan").engine.trtexec
+
+
+def test_dynamic_hw_profile(doubles, onnx_cache, tmp_path):
+    rc, out = _export(doubles, onnx_cache, tmp_path, "fp32", "--min-hw", "32", "--max-hw", "96", dynamic_hw=True)
+    assert rc == 0
+    plan = read_plan((out / "svt_s_fp32_64x64_dynhw.plan").read_bytes())
+    assert plan["profiles"] == [{"input": [[1, 3, 32, 32], [2, 3, 64, 64], [4, 3, 96, 96]]}]
+    assert plan["inputs"][0]["shape"][2:] != [64, 64]  # symbolic H/W in the graph
+
+
+def test_compatible_builds(doubles, onnx_cache, tmp_path):
+    rc, out = _export(doubles, onnx_cache, tmp_path, "fp32", "--hw-compat", "ampere+", "--version-compat")
+    assert rc == 0
+    plan = read_plan((out / "svt_s_fp32_64x64.plan").read_bytes())
+    assert plan["hardware_compatibility_level"] == "AMPERE_PLUS" and "VERSION_COMPATIBLE" in plan["builder_flags"]
+    line = read_manifest(out / "svt_s_fp32_64x64.plan").engine.trtexec
+    assert "--hardwareCompatibilityLevel=ampere+" in line and "--versionCompatible" in line
+
+
+def test_timing_cache_is_per_tensorrt_version_and_reused(doubles, onnx_cache, tmp_path):
+    rc, out = _export(doubles, onnx_cache, tmp_path, "fp32")
+    assert rc == 0
+    info = read_manifest(out / "svt_s_fp32_64x64.plan").engine.build
+    cache = Path(info["timing_cache"])
+    assert cache.name == f"trt-{doubles.trt.__version__}-sm90.timing-cache" and cache.is_file()
+    assert not info["timing_cache_loaded"]
+    saved = json.loads(cache.read_bytes())
+    assert saved["version"] == doubles.trt.__version__ and saved["entries"]
+    rc, out = _export(doubles, onnx_cache, tmp_path, "fp32", "--force")
+    assert rc == 0 and read_manifest(out / "svt_s_fp32_64x64.plan").engine.build["timing_cache_loaded"]
+    loads = doubles.calls("IBuilderConfig.create_timing_cache")
+    assert any(bytes(c["serialized_timing_cache"]) for c in loads)  # the saved cache was read back
+    assert all(c["ignore_mismatch"] is False for c in doubles.calls("IBuilderConfig.set_timing_cache"))
+
+
+@pytest.mark.parametrize("line", RUNTIME_LINES)
+def test_timing_cache_none_and_explicit_path(doubles, onnx_cache, tmp_path):
+    assert timing_cache_path(TrtBuildOptions(timing_cache=None), "10.13.0.35") is None
+    assert timing_cache_path(TrtBuildOptions(timing_cache="/x/c"), "10.13.0.35") == Path("/x/c")
+    rc, out = _export(doubles, onnx_cache, tmp_path, "fp32", "--timing-cache", "none")
+    assert rc == 0
+    assert read_manifest(out / "svt_s_fp32_64x64.plan").engine.build["timing_cache"] is None
+    assert not doubles.calls("ITimingCache.combine")
+
+
+@pytest.mark.parametrize("line", RUNTIME_LINES)
+def test_parser_failure_is_one_clear_error(doubles, onnx_cache, tmp_path, capsys, monkeypatch):
+    from trt_doubles.fake_trt import OnnxParserB
+
+    monkeypatch.setattr(OnnxParserB, "_parse", lambda self, model: self._fail("Unsupported operator Foo"))
+    rc, out = _export(doubles, onnx_cache, tmp_path, "fp32")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[0].startswith("error: ") and "could not build svt_s_fp32_64x64.onnx" in err[0]
+    assert any("Unsupported operator Foo" in e for e in err)
+    assert not (out / "svt_s_fp32_64x64.plan").exists() and not list(out.glob("*.partial"))
+
+
+def test_build_failure_quotes_tensorrt(doubles, tmp_path):
+    from trt_doubles.fake_trt import BuilderB
+    from twins_deploy.engines.trt.build import build_engine
+    from twins_deploy.engines.trt.profile import Profile
+
+    onnx = tmp_path / "m.onnx"
+    _tiny_onnx(onnx)
+    shapes = Profile("input", (1, 3, 8, 8), (1, 3, 8, 8), (1, 3, 8, 8))
+    data, info = build_engine(onnx, shapes, TrtBuildOptions(timing_cache=None), "fp32")
+    assert data.startswith(PLAN_MAGIC) and info.trt_version == doubles.trt.__version__
+    BuilderB.build_serialized_network, real = (lambda self, network, config, *e: None), BuilderB.build_serialized_network
+    try:
+        with pytest.raises(ExportError, match="could not build m.onnx"):
+            build_engine(onnx, shapes, TrtBuildOptions(timing_cache=None), "fp32")
+    finally:
+        BuilderB.build_serialized_network = real
+    with pytest.raises(ValueError, match="route must be one of"):
+        build_engine(onnx, shapes, TrtBuildOptions(timing_cache=None), "int8")
+
+
+def _tiny_onnx(path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Identity", ["input"], ["logits"])], "g",
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 8, 8])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_chain_is_lazy_and_checked_on_cpu(doubles, tmp_path):
+    """Constructing the Polygraphy chain calls no TensorRT; calling it does."""
+    from twins_deploy.engines.trt.build import engine_loader
+    from twins_deploy.engines.trt.profile import Profile
+
+    before = len(doubles.trt.calls)
+    build, info = engine_loader(tmp_path / "m.onnx", Profile("input", (1, 3, 8, 8), (1, 3, 8, 8), (2, 3, 8, 8)),
+                                TrtBuildOptions(timing_cache=None), "strong" if doubles.line != "8.6" else "weak",
+                                doubles.trt, None)
+    assert len(doubles.trt.calls) == before and callable(build)
+    assert info.route in ("strong", "weak")
+
+
+def test_hw_compat_level_missing_is_refused(doubles, tmp_path, monkeypatch):
+    from twins_deploy.engines.trt.build import engine_loader
+    from twins_deploy.engines.trt.profile import Profile
+
+    monkeypatch.setattr(doubles.trt, "HardwareCompatibilityLevel", type("H", (), {}))
+    with pytest.raises(BackendUnavailableError, match="no hardware compatibility level AMPERE_PLUS"):
+        engine_loader("m.onnx", Profile("input", (1, 3, 8, 8), (1, 3, 8, 8), (1, 3, 8, 8)),
+                      TrtBuildOptions(hw_compat="ampere+"), "fp32", doubles.trt, None)
+
+
+# -- the runner --------------------------------------------------------------------------------
+@pytest.fixture
+def engine(doubles, onnx_cache, tmp_path):
+    rc, out = _export(doubles, onnx_cache, tmp_path, "fp32")
+    assert rc == 0
+    return out / "svt_s_fp32_64x64.plan"
+
+
+@pytest.mark.parametrize("line", RUNTIME_LINES)
+def test_runner_infer_numpy(doubles, engine):
+    from twins_deploy.pipeline import open_runner
+
+    with open_runner(engine) as r:
+        y = r.infer(np.ones((3, 3, 64, 64), np.float32))
+        assert [o.shape for o in y] == [(3, 1000)] and y[0].dtype == np.float32
+        launch = doubles.device.launches[-1]
+        assert launch["shapes"] == {"input": (3, 3, 64, 64), "logits": (3, 1000)}
+        assert all(addr % 256 == 0 for addr, _ in launch["addresses"].values())
+        copies = [c["kind"] for c in doubles.device.copies]
+        assert copies[-2:] == ["cudaMemcpyHostToDevice", "cudaMemcpyDeviceToHost"]
+        with pytest.raises(InputShapeError, match=r"batch 1\.\.4"):
+            r.infer(np.zeros((5, 3, 64, 64), np.float32))
+        assert r.describe()["cuda_graph"] is False
+    assert not doubles.device.memory and not doubles.device.streams  # everything freed
+
+
+@pytest.mark.parametrize("line", RUNTIME_LINES)
+def test_runner_refuses_a_shape_tensorrt_refuses(doubles, engine, monkeypatch):
+    from trt_doubles.fake_trt import IExecutionContextB
+    from twins_deploy.pipeline import open_runner
+
+    monkeypatch.setattr(IExecutionContextB, "set_input_shape", lambda self, name, shape: False)
+    with open_runner(engine) as r, pytest.raises(InputShapeError, match="TensorRT refused input shape"):
+        r.infer(np.zeros((2, 3, 64, 64), np.float32))
+
+
+@pytest.mark.parametrize("line", RUNTIME_LINES)
+def test_plan_sha256_checked_on_load(doubles, engine):
+    from twins_deploy.pipeline import open_runner
+
+    data = bytearray(engine.read_bytes())
+    data[-2] ^= 1
+    engine.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="sha256 differs"):
+        open_runner(engine)
+
+
+@pytest.mark.parametrize("line", RUNTIME_LINES)
+def test_foreign_plan_is_refused_before_tensorrt_sees_it(doubles, engine, monkeypatch):
+    from twins_deploy.pipeline import open_runner
+
+    monkeypatch.setattr(doubles.trt, "__version__", "7.2.3")
+    with pytest.raises(ArtifactError, match="built with TensorRT"):
+        open_runner(engine).activate()
+    assert not doubles.calls("Runtime.deserialize_cuda_engine")
+
+
+@pytest.mark.parametrize("line", RUNTIME_LINES)
+def test_bench_loop_with_cuda_graph_and_rebind(doubles, engine):
+    from twins_deploy.pipeline import open_runner
+
+    r = open_runner(engine, use_cuda_graph=True)
+    with r:
+        r.prepare(np.ones((2, 3, 64, 64), np.float32))
+        assert r.describe()["cuda_graph"] is True and "cuda_graph_fallback" not in r.describe()
+        r.step()
+        assert doubles.device.launches[-1]["replayed"] == 1
+        # a larger batch reallocates the buffers: the graph must not replay onto freed memory
+        r.infer(np.ones((4, 3, 64, 64), np.float32))
+        assert r.describe()["cuda_graph"] is False
+        r.step()  # plain launch on the current bindings
+        assert "graph" not in doubles.device.launches[-1]
+        r.prepare(np.ones((4, 3, 64, 64), np.float32))
+        r.step()
+        assert doubles.device.launches[-1]["replayed"] == 1
+
+
+@pytest.mark.parametrize("line", RUNTIME_LINES)
+def test_failed_capture_falls_back_and_says_so(doubles, engine):
+    from twins_deploy.pipeline import open_runner
+
+    doubles.device.capturable = False
+    with open_runner(engine, use_cuda_graph=True) as r:
+        r.prepare(np.ones((2, 3, 64, 64), np.float32))
+        info = r.describe()
+        assert info["cuda_graph"] is False and "returned False during capture" in info["cuda_graph_fallback"]
+        r.step()
+        assert "graph" not in doubles.device.launches[-1] and not doubles.device.captures
+
+
+@pytest.mark.parametrize("line", RUNTIME_LINES)
+def test_include_copies_uses_pinned_host_memory(doubles, engine):
+    from twins_deploy.pipeline import open_runner
+
+    with open_runner(engine, use_cuda_graph=True) as r:
+        r.prepare(np.ones((2, 3, 64, 64), np.float32), include_copies=True)
+        n = len(doubles.device.copies)
+        r.step()
+        step_copies = doubles.device.copies[n:]
+        assert [c["kind"] for c in step_copies] == ["cudaMemcpyHostToDevice", "cudaMemcpyDeviceToHost"]
+        assert all(c["pinned"] for c in step_copies)
+        assert len(doubles.device.pinned) == 2
+    assert not doubles.device.pinned  # freed with the runner
+
+
+def test_version_compatible_plan_loads_with_host_code_allowed(doubles, onnx_cache, tmp_path):
+    from twins_deploy.pipeline import open_runner
+
+    rc, out = _export(doubles, onnx_cache, tmp_path, "fp32", "--version-compat")
+    assert rc == 0
+    with open_runner(out / "svt_s_fp32_64x64.plan") as r:
+        r.infer(np.ones((1, 3, 64, 64), np.float32))
+    assert doubles.calls("Runtime.engine_host_code_allowed=") == [{"value": True}]

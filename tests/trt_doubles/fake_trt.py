@@ -1,0 +1,819 @@
+"""A TensorRT module double generated from a version's surface (see :mod:`surface`).
+
+The *surface* comes from NVIDIA: which classes, methods, properties, enum members and
+module functions exist, and each method's parameter names and required count. The
+generated module enforces it the way pybind11 does: an unknown attribute raises
+AttributeError, a read-only property refuses assignment, an enum member the version
+lacks raises AttributeError, a call that binds to no overload (wrong arity, unknown
+keyword, keyword to a positional-only parameter) raises TypeError.
+
+The *behaviour* is ours and minimal: the classes below (named after the TensorRT class)
+record what is asked and answer with shapes, flags and addresses — never numbers. A
+surface method without behaviour raises NotImplementedError, so a test never passes
+through something the double does not model. Behaviour for a name the version lacks is
+unreachable: the surface decides what exists.
+
+A "plan" built by the double is ``PLAN_MAGIC`` + JSON of what was built; the double's
+runtime deserializes only those. It can never be mistaken for a real engine.
+"""
+from __future__ import annotations
+
+import enum
+import inspect
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .fake_device import ALIGN, FakeDevice
+
+PLAN_MAGIC = b"TRT-TEST-DOUBLE-PLAN\x00"
+_UNSET = object()
+
+
+class TrtEnum(enum.Enum):
+    """A pybind11 enum: int() works, members compare by identity within one enum."""
+
+    def __int__(self) -> int:
+        return int(self.value)
+
+    __index__ = __int__
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.value))
+
+    def __str__(self) -> str:
+        return f"{type(self).__name__}.{self.name}"
+
+
+def _signature(params: list[str] | None, required: int | None, positional_only: bool) -> inspect.Signature | None:
+    if params is None:
+        return None
+    kind = inspect.Parameter.POSITIONAL_ONLY if positional_only else inspect.Parameter.POSITIONAL_OR_KEYWORD
+    out = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)]
+    for i, p in enumerate(params):
+        out.append(inspect.Parameter(p, kind, default=inspect.Parameter.empty if i < (required or 0) else _UNSET))
+    return inspect.Signature(out)
+
+
+def _bind(qual: str, overloads: list[dict[str, Any]], self: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The (positional, keyword) arguments of the first overload they bind to."""
+    for o in overloads:
+        sig = _signature(o["params"], o.get("required"), bool(o.get("positional_only")))
+        if sig is None:
+            if not kwargs:
+                return args, {}
+            continue
+        try:
+            bound = sig.bind(self, *args, **kwargs)
+        except TypeError:
+            continue
+        named = {k: v for k, v in list(bound.arguments.items())[1:]}
+        if o.get("positional_only"):
+            return tuple(named.values()), {}
+        return (), named
+    shown = "; ".join(f"({', '.join(o['params'])})" if o["params"] is not None else "(...)" for o in overloads)
+    raise TypeError(f"{qual}(): incompatible function arguments {args!r} {kwargs!r}; supported: {shown}")
+
+
+class Behaviour:
+    """Base of the behaviour objects behind generated instances."""
+
+    def __init__(self, mod: FakeTrtModule, **state: Any) -> None:
+        self.mod = mod
+        self.__dict__.update(state)
+
+
+class FakeTrtModule(ModuleType):
+    """The generated ``tensorrt`` module; ``calls`` records every surface call."""
+
+    def __init__(self, name: str, surface: dict[str, Any], version: str, device: FakeDevice,
+                 behaviours: dict[str, type[Behaviour]]) -> None:
+        super().__init__(name)
+        self.__version__ = version
+        self.__file__ = f"<TensorRT {version} test double>"
+        self._surface, self._device, self._behaviours = surface, device, behaviours
+        self._classes: dict[str, type] = {}
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        classes = surface["classes"]
+        for qual in sorted(classes, key=lambda q: q.count(".")):
+            self._make(qual, classes)
+        for qual, spec in classes.items():  # enum members exported onto a class (ILogger.WARNING)
+            for member in spec.get("exported") or []:
+                for owner in [qual] + spec["bases"]:
+                    sub = next((q for q in classes if q.rsplit(".", 1)[0] == owner and member in (classes[q]["enum"] or [])),
+                               None)
+                    if sub is not None:
+                        type.__setattr__(self._classes[qual], member, getattr(self._classes[sub], member))
+                        break
+            if "Severity" in spec.get("attrs", []):  # the package's __init__.py: Logger.Severity = ILogger.Severity
+                for b in spec["bases"]:
+                    if f"{b}.Severity" in self._classes:
+                        type.__setattr__(self._classes[qual], "Severity", self._classes[f"{b}.Severity"])
+        for fname, overloads in surface["functions"].items():
+            if fname in ("common_enter", "common_exit", "tensorrt"):
+                continue
+            setattr(self, fname, self._function(fname, overloads))
+        for attr, target in surface["module_attrs"].items():
+            if attr == "__version__":
+                continue
+            if target:
+                cls_name, member = target.split(".")
+                setattr(self, attr, getattr(self._classes[cls_name], member))
+
+    @property
+    def version_tuple(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in self.__version__.split(".")[:3])
+
+    @property
+    def major(self) -> int:
+        return self.version_tuple[0]
+
+    def has(self, qual: str, name: str | None = None) -> bool:
+        c = self._surface["classes"].get(qual)
+        if c is None or name is None:
+            return c is not None
+        return name in c["methods"] or name in c["properties"] or name in (c["enum"] or [])
+
+    # -- generation ------------------------------------------------------------------------------
+    def _make(self, qual: str, classes: dict[str, Any]) -> type:
+        if qual in self._classes:
+            return self._classes[qual]
+        spec = classes[qual]
+        short = qual.rsplit(".", 1)[-1]
+        if spec["enum"] is not None:
+            cls: type = TrtEnum(short, [(m, i) for i, m in enumerate(dict.fromkeys(spec["enum"]))])
+            cls.__qualname__ = qual
+            if "itemsize" in spec.get("attrs", []) + list(spec.get("properties", {})):
+                sizes = {"FLOAT": 4, "HALF": 2, "BF16": 2, "INT8": 1, "INT32": 4, "INT64": 8, "BOOL": 1, "UINT8": 1,
+                         "FP8": 1, "INT4": 0.5, "FP4": 0.5}
+                cls.itemsize = property(lambda self: sizes.get(self.name))  # type: ignore[attr-defined]
+        else:
+            bases = tuple(self._make(b, classes) for b in spec["bases"] if b in classes) or (
+                (bytes,) if short == "IHostMemory" else (object,))
+            ns: dict[str, Any] = {"__qualname__": qual, "_surface_spec": spec, "_double": self, "_qual": qual}
+            for m, overloads in spec["methods"].items():
+                if m != "__del__":  # pybind's doNothingDel: nothing to model
+                    ns[m] = self._method(qual, m, overloads)
+            for m, overloads in spec["static"].items():
+                ns[m] = staticmethod(self._function(f"{qual}.{m}", overloads))
+            for p, mode in spec["properties"].items():
+                ns[p] = self._property(qual, p, mode)
+            ns["__init__"] = self._init(qual, spec["init"])
+            if short == "IHostMemory":
+                ns["__new__"] = lambda cls, *a, **k: bytes.__new__(cls, k.pop("_data", b""))
+            if "__enter__" in spec.get("attrs", []):
+                ns["__enter__"] = lambda this: this
+                ns["__exit__"] = lambda this, *exc: None
+            ns["__setattr__"] = _strict_setattr
+            if short == "IHostMemory":
+                ns["__getattribute__"] = _surface_only_getattribute
+            cls = type(short, bases, ns)
+        self._classes[qual] = cls
+        if "." in qual:
+            owner_q, attr = qual.rsplit(".", 1)
+            type.__setattr__(self._classes[owner_q], attr, cls)
+        else:
+            setattr(self, qual, cls)
+        return cls
+
+    def _behaviour(self, qual: str, **state: Any) -> Behaviour:
+        return self._behaviours.get(qual, Behaviour)(self, **state)
+
+    def new(self, qual: str, **state: Any) -> Any:
+        """An instance made by TensorRT itself (no Python constructor involved)."""
+        cls = self._classes[qual]
+        obj = cls.__new__(cls, _data=state.pop("_data", b"")) if qual == "IHostMemory" else object.__new__(cls)
+        b = self._behaviour(qual, **state)
+        object.__setattr__(obj, "_b", b)
+        b.obj = obj
+        return obj
+
+    def _init(self, qual: str, overloads: list[dict[str, Any]]) -> Any:
+        double = self
+
+        def __init__(this: Any, *args: Any, **kwargs: Any) -> None:
+            if not overloads:
+                raise TypeError(f"{qual}: No constructor defined!")
+            pos, kw = _bind(f"{qual}.__init__", overloads, this, args, kwargs)
+            double.calls.append((f"{qual}.__init__", {**kw, **{f"arg{i}": a for i, a in enumerate(pos)}}))
+            b = double._behaviour(qual)
+            object.__setattr__(this, "_b", b)
+            b.obj = this
+            init = getattr(type(b), "init", None)
+            if init is not None:
+                init(b, *pos, **kw)
+
+        return __init__
+
+    def _method(self, qual: str, name: str, overloads: list[dict[str, Any]]) -> Any:
+        double = self
+
+        def method(this: Any, *args: Any, **kwargs: Any) -> Any:
+            pos, kw = _bind(f"{qual}.{name}", overloads, this, args, kwargs)
+            double.calls.append((f"{qual}.{name}", {**kw, **{f"arg{i}": a for i, a in enumerate(pos)}}))
+            b = this.__dict__.get("_b") if hasattr(this, "__dict__") else None
+            b = b if b is not None else object.__getattribute__(this, "_b")
+            impl = getattr(type(b), name, None)
+            if impl is None:
+                raise NotImplementedError(f"the TensorRT double does not model {qual}.{name}")
+            return impl(b, *pos, **kw)
+
+        method.__name__ = name
+        return method
+
+    def _function(self, qual: str, overloads: list[dict[str, Any]]) -> Any:
+        double = self
+
+        def function(*args: Any, **kwargs: Any) -> Any:
+            pos, kw = _bind(qual, overloads, None, args, kwargs)
+            double.calls.append((qual, {**kw, **{f"arg{i}": a for i, a in enumerate(pos)}}))
+            impl = getattr(ModuleFunctions, qual.replace(".", "__"), None)
+            if impl is None:
+                raise NotImplementedError(f"the TensorRT double does not model {qual}")
+            return impl(double, *pos, **kw)
+
+        function.__name__ = qual
+        return function
+
+    @staticmethod
+    def _property(qual: str, name: str, mode: str) -> property:
+        def fget(this: Any) -> Any:
+            if "r" not in mode:
+                raise AttributeError(f"{qual}.{name} is write-only")
+            b = object.__getattribute__(this, "_b")
+            if not hasattr(b, name):
+                raise NotImplementedError(f"the TensorRT double does not model {qual}.{name}")
+            return getattr(b, name)
+
+        def fset(this: Any, value: Any) -> None:
+            if "w" not in mode:
+                raise AttributeError(f"can't set attribute {qual}.{name} (read-only)")
+            b = object.__getattribute__(this, "_b")
+            b.mod.calls.append((f"{qual}.{name}=", {"value": value}))
+            setattr(b, name, value)
+
+        return property(fget, fset)
+
+
+def _strict_setattr(self: Any, name: str, value: Any) -> None:
+    """pybind11 objects refuse unknown attributes; Python subclasses of them have a dict."""
+    cls = type(self)
+    if "_surface_spec" in cls.__dict__ and not isinstance(getattr(cls, name, None), property):
+        raise AttributeError(f"'{cls._qual}' object has no attribute '{name}'")
+    object.__setattr__(self, name, value)
+
+
+def _surface_only_getattribute(self: Any, name: str) -> Any:
+    """IHostMemory is a ``bytes`` here (for the buffer protocol); hide the bytes methods."""
+    if not name.startswith("_") and name not in type(self)._surface_spec["methods"] and \
+            name not in type(self)._surface_spec["properties"]:
+        raise AttributeError(f"'IHostMemory' object has no attribute '{name}'")
+    return object.__getattribute__(self, name)
+
+
+# -- behaviour -----------------------------------------------------------------------------------
+def _enum(mod: FakeTrtModule, qual: str) -> type:
+    return mod._classes[qual]
+
+
+class ModuleFunctions:
+    @staticmethod
+    def init_libnvinfer_plugins(mod: FakeTrtModule, logger: Any = None, namespace: Any = None, *a: Any) -> bool:
+        return True
+
+    @staticmethod
+    def get_plugin_registry(mod: FakeTrtModule) -> None:
+        return None
+
+    @staticmethod
+    def volume(mod: FakeTrtModule, iterable: Any) -> int:
+        return int(np.prod(list(iterable))) if len(list(iterable)) else 1
+
+    @staticmethod
+    def nptype(mod: FakeTrtModule, trt_type: Any) -> type:
+        table = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
+                 "BOOL": np.bool_, "UINT8": np.uint8}
+        if getattr(trt_type, "name", None) in table and isinstance(trt_type, _enum(mod, "DataType")):
+            return table[trt_type.name]
+        raise TypeError("Could not resolve TensorRT datatype to an equivalent numpy datatype.")
+
+
+ONNX_DTYPES = {1: "FLOAT", 10: "HALF", 7: "INT64", 6: "INT32", 9: "BOOL"}
+
+
+class ILoggerB(Behaviour):
+    def log(self, severity: Any, msg: str) -> None:
+        raise NotImplementedError("ILogger.log is pure virtual: subclass ILogger")
+
+
+class LoggerB(Behaviour):
+    def init(self, min_severity: Any = None) -> None:
+        self.min_severity = min_severity
+        self.messages: list[tuple[Any, str]] = []
+
+    def log(self, severity: Any, msg: str) -> None:
+        self.messages.append((severity, msg))
+
+
+def _log(logger: Any, severity: str, msg: str) -> None:
+    if logger is not None:
+        logger.log(getattr(type(logger), severity), msg)
+
+
+class BuilderB(Behaviour):
+    def init(self, logger: Any) -> None:
+        self.logger = logger
+        self.max_DLA_batch_size, self.num_DLA_cores = 1, 0
+        self.platform_has_fast_fp16 = True
+        self.platform_has_tf32 = True
+
+    def create_network(self, flags: int = 0) -> Any:
+        return self.mod.new("INetworkDefinition", flags=int(flags), builder=self.obj)
+
+    def create_builder_config(self) -> Any:
+        return self.mod.new("IBuilderConfig", builder=self.obj)
+
+    def create_optimization_profile(self) -> Any:
+        return self.mod.new("IOptimizationProfile")
+
+    def build_serialized_network(self, network: Any, config: Any, *extra: Any) -> Any:
+        mod = self.mod
+        net, cfg = object.__getattribute__(network, "_b"), object.__getattribute__(config, "_b")
+        if not net.inputs:
+            _log(self.logger, "ERROR", "Network must have at least one output/input")
+            return None
+        strongly = mod.major >= 11 or net.has_flag("STRONGLY_TYPED")
+        weak = [f for f in ("FP16", "BF16", "INT8", "FP8") if f in cfg.flags]
+        if strongly and weak:
+            _log(self.logger, "ERROR", f"{weak[0]} builder flag is not compatible with a strongly typed network")
+            return None
+        dynamic = [t for t in net.inputs if any(d == -1 for d in t.shape)]
+        profile_names = set().union(*[set(p.shapes) for p in cfg.profiles]) if cfg.profiles else set()
+        missing = [t.name for t in dynamic if t.name not in profile_names]
+        if missing:
+            _log(self.logger, "ERROR", f"Network has dynamic or shape inputs, but no optimization profile for {missing}")
+            return None
+        gpu = mod._device
+        plan = {
+            "version": mod.__version__, "network_flags": sorted(net.flag_names()), "builder_flags": sorted(cfg.flags),
+            "strongly_typed": strongly, "memory_pools": {k: v for k, v in cfg.pools.items()},
+            "opt_level": cfg.builder_optimization_level,
+            "hardware_compatibility_level": getattr(cfg.hardware_compatibility_level, "name", None),
+            "compute_capability": list(gpu.compute_capability),
+            "inputs": [t.describe() for t in net.inputs], "outputs": [t.describe() for t in net.outputs],
+            "profiles": [{k: [list(s) for s in v] for k, v in p.shapes.items()} for p in cfg.profiles],
+            "timing_cache": cfg.timing_cache is not None,
+        }
+        if cfg.timing_cache is not None:
+            cache = object.__getattribute__(cfg.timing_cache, "_b")
+            cache.entries.add(f"{mod.__version__}/sm{gpu.compute_capability[0]}{gpu.compute_capability[1]}/"
+                              f"{json.dumps(plan['inputs'], sort_keys=True)}")
+        return mod.new("IHostMemory", _data=PLAN_MAGIC + json.dumps(plan, sort_keys=True).encode())
+
+
+class INetworkDefinitionB(Behaviour):
+    def init(self) -> None:  # networks come from Builder.create_network only
+        raise TypeError("INetworkDefinition: No constructor defined!")
+
+    def __init__(self, mod: FakeTrtModule, **state: Any) -> None:
+        super().__init__(mod, **state)
+        self.inputs: list[TensorB] = []
+        self.outputs: list[TensorB] = []
+        self.name = "network"
+        self.num_layers = 0
+
+    def flag_names(self) -> set[str]:
+        enum_cls = _enum(self.mod, "NetworkDefinitionCreationFlag")
+        return {m.name for m in enum_cls if self.flags & (1 << int(m))}
+
+    def has_flag(self, name: str) -> bool:
+        return name in self.flag_names()
+
+    def get_flag(self, flag: Any) -> bool:
+        return bool(self.flags & (1 << int(flag)))
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.inputs)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.outputs)
+
+    def get_input(self, index: int) -> Any:
+        return self.inputs[index].obj
+
+    def get_output(self, index: int) -> Any:
+        return self.outputs[index].obj
+
+    def __len__(self) -> int:
+        return 0
+
+    def __getitem__(self, index: int) -> Any:
+        raise IndexError(index)
+
+    def __iter__(self) -> Any:
+        return iter(())
+
+
+class TensorB(Behaviour):
+    """An ITensor: name, shape (-1 for a dynamic dimension, symbols kept aside), dtype."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.symbolic), "dtype": self.dtype.name}
+
+    @property
+    def is_shape_tensor(self) -> bool:
+        return False
+
+    @property
+    def is_execution_tensor(self) -> bool:
+        return True
+
+    @property
+    def is_network_input(self) -> bool:
+        return self.kind == "input"
+
+    @property
+    def is_network_output(self) -> bool:
+        return self.kind == "output"
+
+
+class OnnxParserB(Behaviour):
+    def init(self, network: Any, logger: Any) -> None:
+        self.network, self.logger, self.errors = network, logger, []
+        self.flags = 0
+
+    def _fail(self, desc: str) -> bool:
+        self.errors.append(self.mod.new("ParserError", desc_text=desc, node_index=-1, name="", op=""))
+        return False
+
+    def parse_from_file(self, model: str) -> bool:
+        import onnx
+
+        path = Path(model)
+        if not path.is_file():
+            return self._fail(f"Failed to open file: {model}")
+        return self._parse(onnx.load(str(path), load_external_data=False))
+
+    def parse(self, model: Any, path: Any = None) -> bool:
+        import onnx
+
+        return self._parse(onnx.load_from_string(bytes(model)))
+
+    def _parse(self, model: Any) -> bool:
+        net = object.__getattribute__(self.network, "_b")
+        if self.mod.major < 10 and not net.has_flag("EXPLICIT_BATCH"):
+            return self._fail("Network must have explicit batch dimension (create it with EXPLICIT_BATCH)")
+        inits = {i.name for i in model.graph.initializer}
+        for kind, values in (("input", [v for v in model.graph.input if v.name not in inits]),
+                             ("output", list(model.graph.output))):
+            for v in values:
+                tt = v.type.tensor_type
+                symbolic = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
+                dtype = getattr(_enum(self.mod, "DataType"), ONNX_DTYPES[tt.elem_type])
+                t = self.mod.new("ITensor", name=v.name, symbolic=symbolic, dtype=dtype, kind=kind,
+                                 shape=tuple(d if isinstance(d, int) else -1 for d in symbolic))
+                (net.inputs if kind == "input" else net.outputs).append(object.__getattribute__(t, "_b"))
+        return True
+
+    @property
+    def num_errors(self) -> int:
+        return len(self.errors)
+
+    def get_error(self, index: int) -> Any:
+        return self.errors[index]
+
+    def clear_errors(self) -> None:
+        self.errors.clear()
+
+    def clear_flag(self, flag: Any) -> None:
+        self.flags &= ~(1 << int(flag))
+
+    def set_flag(self, flag: Any) -> None:
+        self.flags |= 1 << int(flag)
+
+    def get_flag(self, flag: Any) -> bool:
+        return bool(self.flags & (1 << int(flag)))
+
+    def set_builder_config(self, builder_config: Any) -> bool:
+        return True
+
+
+class ParserErrorB(Behaviour):
+    def desc(self) -> str:
+        return self.desc_text
+
+    def node(self) -> int:
+        return self.node_index
+
+    def node_name(self) -> str:
+        return self.name
+
+    def node_operator(self) -> str:
+        return self.op
+
+    def code(self) -> Any:
+        return _enum(self.mod, "ErrorCode").UNSUPPORTED_NODE
+
+    def func(self) -> str:
+        return "parse"
+
+    def __str__(self) -> str:
+        return self.desc_text
+
+
+class IBuilderConfigB(Behaviour):
+    def __init__(self, mod: FakeTrtModule, **state: Any) -> None:
+        super().__init__(mod, **state)
+        self.flags = {"TF32"}  # TensorRT enables TF32 by default
+        self.pools: dict[str, int] = {}
+        self.profiles: list[Any] = []
+        self.timing_cache: Any = None
+        self.builder_optimization_level = 3
+        self.hardware_compatibility_level = _enum(mod, "HardwareCompatibilityLevel").NONE
+        self.profiling_verbosity = _enum(mod, "ProfilingVerbosity").LAYER_NAMES_ONLY
+        self.DLA_core = -1
+        self.default_device_type = _enum(mod, "DeviceType").GPU
+        self.engine_capability = list(_enum(mod, "EngineCapability"))[0]
+        self.avg_timing_iterations = 1
+        self.int8_calibrator = None
+        self.max_aux_streams = -1
+
+    def set_flag(self, flag: Any) -> None:
+        self.flags.add(flag.name)
+
+    def clear_flag(self, flag: Any) -> None:
+        self.flags.discard(flag.name)
+
+    def get_flag(self, flag: Any) -> bool:
+        return flag.name in self.flags
+
+    def set_memory_pool_limit(self, pool: Any, pool_size: int) -> None:
+        if int(pool_size) < 0:
+            raise ValueError("pool_size must be >= 0")
+        self.pools[pool.name] = int(pool_size)
+
+    def get_memory_pool_limit(self, pool: Any) -> int:
+        return self.pools.get(pool.name, 0)
+
+    def add_optimization_profile(self, profile: Any) -> int:
+        b = object.__getattribute__(profile, "_b")
+        if not b.shapes:
+            return -1
+        self.profiles.append(b)
+        return len(self.profiles) - 1
+
+    @property
+    def num_optimization_profiles(self) -> int:
+        return len(self.profiles)
+
+    def get_tactic_sources(self) -> int:
+        return 0
+
+    def get_preview_feature(self, feature: Any) -> bool:
+        return False
+
+    def get_quantization_flag(self, flag: Any) -> bool:
+        return False
+
+    def create_timing_cache(self, serialized_timing_cache: Any) -> Any:
+        blob = bytes(serialized_timing_cache)
+        entries: set[str] = set()
+        version = self.mod.__version__
+        if blob:
+            try:
+                data = json.loads(blob)
+                entries, version = set(data["entries"]), data["version"]
+            except (ValueError, KeyError):
+                return None
+        return self.mod.new("ITimingCache", entries=entries, version=version)
+
+    def set_timing_cache(self, cache: Any, ignore_mismatch: bool) -> bool:
+        b = object.__getattribute__(cache, "_b")
+        if b.version != self.mod.__version__:
+            if not ignore_mismatch:
+                return False
+            b.entries, b.version = set(), self.mod.__version__
+        self.timing_cache = cache
+        return True
+
+    def get_timing_cache(self) -> Any:
+        return self.timing_cache
+
+
+class IOptimizationProfileB(Behaviour):
+    def __init__(self, mod: FakeTrtModule, **state: Any) -> None:
+        super().__init__(mod, **state)
+        self.shapes: dict[str, tuple] = {}
+        self.extra_memory_target = 1.0
+
+    def set_shape(self, input: str, min: Any, opt: Any, max: Any) -> None:
+        shapes = tuple(tuple(int(d) for d in s) for s in (min, opt, max))
+        if len({len(s) for s in shapes}) != 1 or any(
+                not lo <= o <= hi for lo, o, hi in zip(*shapes)):
+            raise RuntimeError("Shape provided for min is inconsistent with other shapes.")
+        self.shapes[input] = shapes
+
+    def get_shape(self, input: str) -> list:
+        return list(self.shapes.get(input, ()))
+
+    def __bool__(self) -> bool:
+        return bool(self.shapes)
+
+    __nonzero__ = __bool__
+
+
+class ITimingCacheB(Behaviour):
+    def serialize(self) -> Any:
+        return self.mod.new("IHostMemory", _data=json.dumps({"version": self.version,
+                                                              "entries": sorted(self.entries)}).encode())
+
+    def combine(self, input_cache: Any, ignore_mismatch: bool) -> bool:
+        other = object.__getattribute__(input_cache, "_b")
+        if other.version != self.version and not ignore_mismatch:
+            return False
+        if other.version == self.version:
+            self.entries |= other.entries
+        return True
+
+    def reset(self) -> bool:
+        self.entries.clear()
+        return True
+
+
+class IHostMemoryB(Behaviour):
+    @property
+    def nbytes(self) -> int:
+        return len(bytes(self.obj))
+
+    @property
+    def dtype(self) -> Any:
+        return _enum(self.mod, "DataType").UINT8
+
+
+class RuntimeB(Behaviour):
+    def init(self, logger: Any) -> None:
+        self.logger = logger
+        self.engine_host_code_allowed = False
+        self.DLA_core = -1
+        self.max_threads = 1
+
+    def deserialize_cuda_engine(self, serialized_engine: Any) -> Any:
+        data = bytes(serialized_engine)
+        if not data.startswith(PLAN_MAGIC):
+            _log(self.logger, "ERROR", "1: [stdArchiveReader.cpp::StdArchiveReader] Error Code 1: Serialization "
+                                       "(Serialization assertion magicTagRead == kMAGIC_TAG failed.Magic tag does not match)")
+            return None
+        plan = json.loads(data[len(PLAN_MAGIC):])
+        mod = self.mod
+        vc = "VERSION_COMPATIBLE" in plan["builder_flags"]
+        if plan["version"] != mod.__version__ and not vc:
+            _log(self.logger, "ERROR", f"The engine plan file is not compatible with this version of TensorRT, "
+                                       f"expecting library version {mod.__version__} got {plan['version']}")
+            return None
+        if vc and not self.engine_host_code_allowed:
+            _log(self.logger, "ERROR", "Engine host code is not allowed: set Runtime.engine_host_code_allowed")
+            return None
+        cc = list(mod._device.compute_capability)
+        level = plan["hardware_compatibility_level"]
+        if (level == "AMPERE_PLUS" and cc[0] < 8) or (level in (None, "NONE") and cc != plan["compute_capability"]):
+            _log(self.logger, "ERROR", "The engine plan file is generated on an incompatible device")
+            return None
+        return mod.new("ICudaEngine", plan=plan)
+
+
+class ICudaEngineB(Behaviour):
+    def _tensors(self) -> list[dict[str, Any]]:
+        return [dict(t, mode="INPUT") for t in self.plan["inputs"]] + [dict(t, mode="OUTPUT")
+                                                                      for t in self.plan["outputs"]]
+
+    @property
+    def num_io_tensors(self) -> int:
+        return len(self._tensors())
+
+    @property
+    def num_optimization_profiles(self) -> int:
+        return len(self.plan["profiles"])
+
+    @property
+    def name(self) -> str:
+        return "double-engine"
+
+    def get_tensor_name(self, index: int) -> str:
+        return self._tensors()[index]["name"]
+
+    def _tensor(self, name: str) -> dict[str, Any]:
+        for t in self._tensors():
+            if t["name"] == name:
+                return t
+        raise RuntimeError(f"no tensor named {name}")
+
+    def get_tensor_mode(self, name: str) -> Any:
+        enum_cls = _enum(self.mod, "TensorIOMode")
+        try:
+            return getattr(enum_cls, self._tensor(name)["mode"])
+        except RuntimeError:
+            return enum_cls.NONE
+
+    def get_tensor_dtype(self, name: str) -> Any:
+        return getattr(_enum(self.mod, "DataType"), self._tensor(name)["dtype"])
+
+    def get_tensor_shape(self, name: str) -> tuple:
+        return tuple(d if isinstance(d, int) else -1 for d in self._tensor(name)["shape"])
+
+    def get_tensor_profile_shape(self, name: str, profile_index: int) -> list:
+        return [tuple(s) for s in self.plan["profiles"][profile_index][name]]
+
+    def create_execution_context(self, *args: Any, **kwargs: Any) -> Any:
+        return self.mod.new("IExecutionContext", engine_b=self)
+
+
+class IExecutionContextB(Behaviour):
+    def __init__(self, mod: FakeTrtModule, **state: Any) -> None:
+        super().__init__(mod, **state)
+        self.input_shapes: dict[str, tuple] = {}
+        self.addresses: dict[str, int] = {}
+        self.name = "context"
+        self.debug_sync = False
+
+    @property
+    def engine(self) -> Any:
+        return self.engine_b.obj
+
+    def set_input_shape(self, name: str, shape: Any) -> bool:
+        e = self.engine_b
+        shape = tuple(int(d) for d in shape)
+        if e.get_tensor_mode(name).name != "INPUT":
+            return False
+        lo, _, hi = e.plan["profiles"][0][name]
+        if len(shape) != len(lo) or any(not a <= s <= b for s, a, b in zip(shape, lo, hi)):
+            return False
+        self.input_shapes[name] = shape
+        return True
+
+    def _symbols(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self.engine_b.plan["inputs"]:
+            shape = self.input_shapes.get(t["name"])
+            if shape is not None:
+                out.update({d: s for d, s in zip(t["shape"], shape) if isinstance(d, str)})
+        return out
+
+    def get_tensor_shape(self, name: str) -> tuple:
+        t = self.engine_b._tensor(name)
+        if t["mode"] == "INPUT" and name in self.input_shapes:
+            return self.input_shapes[name]
+        sym = self._symbols()
+        return tuple(d if isinstance(d, int) else sym.get(d, -1) for d in t["shape"])
+
+    def infer_shapes(self) -> list[str]:
+        return [t["name"] for t in self.engine_b.plan["inputs"] if t["name"] not in self.input_shapes]
+
+    def set_tensor_address(self, name: str, memory: int) -> bool:
+        memory = int(memory)
+        if self.engine_b.get_tensor_mode(name).name == "NONE" or memory % ALIGN:
+            return False  # TensorRT: unknown name, or an address not 256-byte aligned
+        self.addresses[name] = memory
+        return True
+
+    def get_tensor_address(self, name: str) -> int:
+        return self.addresses.get(name, 0)
+
+    def execute_async_v3(self, stream_handle: int) -> bool:
+        e, dev = self.engine_b, self.mod._device
+        record: dict[str, Any] = {"stream": int(stream_handle), "shapes": {}, "addresses": {}}
+        if int(stream_handle) not in dev.streams and int(stream_handle) not in getattr(dev, "torch_streams", set()):
+            return False
+        for t in e._tensors():
+            shape = self.get_tensor_shape(t["name"])
+            addr = self.addresses.get(t["name"])
+            if addr is None or any(d < 0 for d in shape):
+                return False
+            nbytes = int(np.prod(shape)) * {"FLOAT": 4, "HALF": 2}.get(t["dtype"], 4)
+            if dev.device_span(addr, nbytes) is None:
+                return False  # an address that is not (or no longer) device memory of that size
+            record["shapes"][t["name"]] = shape
+            record["addresses"][t["name"]] = (addr, nbytes)
+        return dev.enqueue(int(stream_handle), record)
+
+
+BEHAVIOURS: dict[str, type[Behaviour]] = {
+    "ILogger": ILoggerB, "Logger": LoggerB, "Builder": BuilderB, "INetworkDefinition": INetworkDefinitionB,
+    "ITensor": TensorB, "OnnxParser": OnnxParserB, "ParserError": ParserErrorB, "IBuilderConfig": IBuilderConfigB,
+    "IOptimizationProfile": IOptimizationProfileB, "ITimingCache": ITimingCacheB, "IHostMemory": IHostMemoryB,
+    "Runtime": RuntimeB, "ICudaEngine": ICudaEngineB, "IExecutionContext": IExecutionContextB,
+}
+
+
+def make_tensorrt(surface: dict[str, Any], version: str, device: FakeDevice, name: str = "tensorrt") -> FakeTrtModule:
+    return FakeTrtModule(name, surface, version, device, BEHAVIOURS)
+
+
+def read_plan(data: bytes) -> dict[str, Any]:
+    """What a double-built plan says it is (for assertions)."""
+    assert data.startswith(PLAN_MAGIC), "not a plan built by the TensorRT double"
+    return json.loads(data[len(PLAN_MAGIC):])
