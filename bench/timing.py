@@ -29,7 +29,7 @@ class Timing:
 
     @property
     def images_per_s(self) -> float:
-        return self.batch * self.iterations / self.total_s if self.total_s > 0 else 0.0
+        return self.batch * self.iterations / self.total_s if self.total_s > 0 else float("nan")  # nothing timed
 
     def percentile(self, q: float) -> float:
         return percentile(self.latency_ms, q)

@@ -9,6 +9,7 @@ tests assert calls, flags, shapes, addresses and the artifacts written, never nu
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def onnx_cache(tmp_path_factory):
                 return
             if out.exists():  # after the export: keep its ONNX
                 for f in out.glob("*.onnx*"):
-                    shutil.copy(f, made[key] / f.name)
+                    _link(f, made[key] / f.name)
                 return
         elif key not in made:
             d = tmp_path_factory.mktemp("onnx")
@@ -62,9 +63,17 @@ def onnx_cache(tmp_path_factory):
             made[key] = d
         out.mkdir(parents=True, exist_ok=True)
         for f in made[key].iterdir():
-            shutil.copy(f, out / f.name)
+            _link(f, out / f.name)
 
     return get
+
+
+def _link(src: Path, dst: Path) -> None:
+    """A hard link: the pipeline replaces files (temp + rename), never writes into them."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy(src, dst)
 
 
 def _export(doubles, onnx_cache, tmp_path, precision="fp32", *extra, dynamic_hw=False):
@@ -347,3 +356,103 @@ def test_version_compatible_plan_loads_with_host_code_allowed(doubles, onnx_cach
     with open_runner(out / "svt_s_fp32_64x64.plan") as r:
         r.infer(np.ones((1, 3, 64, 64), np.float32))
     assert doubles.calls("Runtime.engine_host_code_allowed=") == [{"value": True}]
+
+
+# -- torch CUDA tensors in and out (zero-copy) --------------------------------------------------
+@pytest.fixture
+def torch_cuda(doubles, monkeypatch):
+    from trt_doubles import fake_torch_cuda
+
+    fake_torch_cuda.install(monkeypatch, doubles.device)
+    return fake_torch_cuda
+
+
+@pytest.mark.parametrize("line", RUNTIME_LINES)
+def test_infer_torch_binds_the_callers_tensors_and_lets_go_of_them(doubles, engine, torch_cuda):
+    import torch
+
+    from twins_deploy.pipeline import open_runner
+
+    with open_runner(engine) as r:
+        r.infer(np.ones((2, 3, 64, 64), np.float32))  # the runner's own buffers, bound first
+        own = r.context.get_tensor_address("input")
+        x = torch_cuda.CudaTensor(doubles.device, (3, 3, 64, 64), torch.float16)  # converted to the engine's FP32
+        (y,) = r.infer_torch(x)
+        launch = doubles.device.launches[-1]
+        assert tuple(y.shape) == (3, 1000) and y.dtype == torch.float32 and y.is_cuda
+        assert launch["shapes"] == {"input": (3, 3, 64, 64), "logits": (3, 1000)}
+        assert launch["addresses"]["logits"][0] == y.data_ptr()
+        assert launch["addresses"]["input"][0] not in (x.data_ptr(), own)  # the FP32 copy of x
+        assert launch["stream"] in doubles.device.torch_streams
+        # afterwards the context no longer points at the caller's tensors
+        assert r.context.get_tensor_address("input") == own
+        assert r.context.get_tensor_address("logits") != y.data_ptr()
+
+
+@pytest.mark.parametrize("line", RUNTIME_LINES)
+def test_infer_torch_refuses_what_it_cannot_run(doubles, engine, torch_cuda, monkeypatch):
+    import torch
+
+    from trt_doubles.fake_trt import IExecutionContextB
+    from twins_deploy.pipeline import open_runner
+
+    with open_runner(engine) as r:
+        with pytest.raises(InputShapeError, match="needs a CUDA tensor on GPU 0"):
+            r.infer_torch(torch.zeros(1, 3, 64, 64))
+        with pytest.raises(InputShapeError, match="got one on cuda:1"):
+            r.infer_torch(torch_cuda.CudaTensor(doubles.device, (1, 3, 64, 64), index=1))
+        with pytest.raises(InputShapeError, match=r"batch 1\.\.4"):
+            r.infer_torch(torch_cuda.CudaTensor(doubles.device, (5, 3, 64, 64)))
+        monkeypatch.setattr(IExecutionContextB, "set_input_shape", lambda self, name, shape: False)
+        with pytest.raises(InputShapeError, match="TensorRT refused input shape"):
+            r.infer_torch(torch_cuda.CudaTensor(doubles.device, (2, 3, 64, 64)))
+    assert not doubles.device.launches
+
+
+# -- twins-bench with the TensorRT backends ----------------------------------------------------
+@pytest.fixture(scope="module")
+def bench_onnx(tmp_path_factory):
+    """The ONNX models twins-bench makes for svt_s at 64x64, batch 1..4 (no TensorRT involved)."""
+    from twins_deploy.bench.backends import subject_artifact, twins_subject
+
+    cache = tmp_path_factory.mktemp("bench_cache")
+    subject = twins_subject("svt_s", (64, 64), 4, cache)
+    subject_artifact(subject, "ort-cpu")  # the FP32 graph
+    from twins_deploy.exporters.spec import BatchRange, ExportSpec
+    from twins_deploy.pipeline import ArtifactRequest, make_artifacts
+
+    make_artifacts(ArtifactRequest(spec=ExportSpec(model="svt_s", img_size=(64, 64), batch=BatchRange(1, 4, 4)),
+                                   precision="fp16", out_dir=cache, on_existing="reuse", validate=False, quiet=True),
+                   model=subject.model())  # the FP16 graph the strong route builds from
+    return cache
+
+
+@pytest.mark.parametrize("line", ["10"])
+@pytest.mark.parametrize("flags", [[], ["--cuda-graphs"], ["--cuda-graphs", "--include-copies"]],
+                         ids=["plain", "cuda-graphs", "graphs+copies"])
+def test_bench_runs_the_tensorrt_backends(doubles, torch_cuda, bench_onnx, tmp_path, flags):
+    """The whole benchmark path: the pipeline builds (or reuses) both engines, the runner is
+    timed with CUDA events; the doubles measure nothing, so every rate is empty (NaN)."""
+    from twins_deploy.cli.bench import main as bench_main
+
+    out = tmp_path / "bench"
+    (out / ".artifacts").mkdir(parents=True)
+    for f in bench_onnx.iterdir():  # the pipeline reuses these ONNX models from the cache
+        _link(f, out / ".artifacts" / f.name)
+    rc = bench_main(["--model", "svt_s", "--backends", "trt-fp32,trt-fp16", "--batch", "1,4", "--img-size", "64",
+                     "--min-iters", "3", "--min-time", "0", "--warmup", "1", "--warmup-time", "0", "--out", str(out),
+                     "--name", "t", "-q", *flags])
+    assert rc == 0
+    rows = json.loads((out / "t.json").read_text())["rows"]
+    assert [(r["backend"], r["infer_batch_size"], r["status"]) for r in rows] == \
+        [("trt-fp32", 1, "ok"), ("trt-fp32", 4, "ok"), ("trt-fp16", 1, "ok"), ("trt-fp16", 4, "ok")]
+    assert all(r["infer_samples_per_sec"] is None and r["iterations"] >= 3 for r in rows)  # nothing measured
+    graphs = "--cuda-graphs" in flags and "--include-copies" not in flags  # copies are timed as plain launches
+    assert {r["runner"]["cuda_graph"] for r in rows} == {graphs}
+    plans = sorted(p.name for p in (out / ".artifacts").glob("*.plan"))
+    assert plans == ["svt_s_fp16_64x64.plan", "svt_s_fp32_64x64.plan"]
+    assert read_manifest(out / ".artifacts" / "svt_s_fp16_64x64.plan").engine.profile["max"] == [4, 3, 64, 64]
+    replays = [launch for launch in doubles.device.launches if launch.get("replayed")]
+    assert bool(replays) == graphs
+    if "--include-copies" in flags:
+        assert doubles.device.copies and all(c["pinned"] for c in doubles.device.copies[-2:])

@@ -73,6 +73,8 @@ class TrtRunner(Runner):
         self._bound: dict[str, tuple[int, tuple[int, ...]]] = {}  # name -> (address, shape) set in the context
         self._graph: Any = None
         self._pinned: list[Any] = []
+        self._prepared_shape: tuple[int, ...] | None = None  # the input prepare() staged for step()
+        self._step_ready = False  # the context is bound as prepare() left it
         self.graph_fallback: str | None = None
 
     def _deactivate(self) -> None:
@@ -142,6 +144,7 @@ class TrtRunner(Runner):
         if type(x).__module__.startswith("torch") and getattr(x, "is_cuda", False):
             return [as_numpy(t) for t in self.infer_torch(x)]
         host = as_numpy(x).astype(self.np_dtype[self.input_name], copy=False)
+        self._step_ready = False
         shapes = self._bind(host.shape)
         copy_htod(self._buffers[self.input_name], host, self.stream)
         self._execute()
@@ -164,6 +167,7 @@ class TrtRunner(Runner):
             raise InputShapeError(f"infer_torch needs a CUDA tensor on GPU 0 (the engine's device), got one on {x.device}")
         dtype = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}
         x = x.to(dtype[self.np_dtype[self.input_name]]).contiguous()
+        self._step_ready = False
         shapes = self._set_shape(tuple(x.shape))
         outs = [torch.empty(shapes[n], dtype=dtype[self.np_dtype[n]], device=x.device) for n in self.output_names]
         try:
@@ -180,17 +184,16 @@ class TrtRunner(Runner):
         return outs
 
     def _unbind_foreign(self) -> None:
-        """Point the context back at this runner's buffers; forget bindings it cannot restore."""
+        """After :meth:`infer_torch`: the context must not keep the caller's addresses (the
+        tensors may be freed as soon as it returns). Every tensor with a buffer of this
+        runner points back at it; the rest is bound again before anything runs (:meth:`infer`
+        always binds, :meth:`step` binds the prepared input again after any other call)."""
         for name in list(self._bound):
             buf = self._buffers.get(name)
-            if buf is not None and self._bound[name][0] != buf.ptr:
-                shape = self._bound[name][1]
-                if int(np.prod(shape)) * self.np_dtype[name].itemsize <= buf.nbytes:
-                    self._set_address(name, buf.ptr, shape)
-                    continue
-            if buf is None or self._bound[name][0] != buf.ptr:
+            if buf is None:
                 del self._bound[name]
-                self._drop_graph()
+            else:
+                self._set_address(name, buf.ptr, self._bound[name][1])
 
     # -- timing path ------------------------------------------------------------------------------
     def prepare(self, x: np.ndarray, include_copies: bool = False) -> None:
@@ -204,6 +207,7 @@ class TrtRunner(Runner):
         self._include_copies = include_copies
         host = np.ascontiguousarray(as_numpy(x).astype(self.np_dtype[self.input_name], copy=False))
         shapes = self._bind(host.shape)
+        self._prepared_shape = tuple(host.shape)
         self._free_pinned()
         if include_copies:
             self._pinned = [PinnedHostArray(shapes[n], self.np_dtype[n]) for n in [self.input_name, *self.output_names]]
@@ -219,10 +223,16 @@ class TrtRunner(Runner):
         if self.use_cuda_graph and not include_copies:
             self._graph, self.graph_fallback = CudaGraph.capture(
                 self.stream, lambda: self.context.execute_async_v3(self.stream.handle))
+        self._step_ready = True
 
     def step(self) -> None:
         from twins_deploy.engines.trt.cuda import copy_dtoh, copy_htod
 
+        if not self._step_ready:  # infer()/infer_torch() ran since prepare(): bind its input again
+            if self._prepared_shape is None:
+                raise RuntimeError("TrtRunner.step() needs prepare() first")
+            self._bind(self._prepared_shape)
+            self._step_ready = True
         if self._include_copies:
             copy_htod(self._buffers[self.input_name], self._host_in, self.stream)
         if self._graph is not None:

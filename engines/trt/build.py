@@ -143,6 +143,7 @@ def _polygraphy_log() -> Iterator[_Collect]:
 def build_engine(onnx_path: str | os.PathLike[str], shapes: Profile, opts: TrtBuildOptions,
                  route: str, gpu: dict[str, Any] | None = None) -> tuple[bytes, BuildInfo]:
     """Parse ``onnx_path`` and build a serialized engine (a plain plan, no header)."""
+    _polygraphy()  # a clear BackendUnavailableError when Polygraphy is missing
     from polygraphy.exception import PolygraphyException
 
     trt = import_tensorrt()

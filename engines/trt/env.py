@@ -90,6 +90,11 @@ def probe_build_env() -> BuildEnv:
     missing piece means (``twins-export --fmt trt`` still writes the ONNX model)."""
     try:
         trt = import_tensorrt()
+        try:
+            import polygraphy  # noqa: F401 - builds the engines (engines.trt.build)
+        except ImportError:
+            raise BackendUnavailableError("Polygraphy is not installed (it builds the TensorRT engines); "
+                                          "pip install 'twins-deploy[trt]'") from None
         if not has_builder(trt):
             raise BackendUnavailableError("the installed TensorRT has no builder (lean runtime only); "
                                           "pip install 'twins-deploy[trt]'")

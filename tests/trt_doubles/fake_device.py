@@ -35,6 +35,7 @@ class FakeDevice:
     pinned: dict[int, Any] = field(default_factory=dict)  # address -> ctypes buffer (kept alive)
     external: dict[int, int] = field(default_factory=dict)  # torch double tensors: address -> nbytes
     streams: set[int] = field(default_factory=set)
+    torch_streams: set[int] = field(default_factory=set)  # handles of the torch.cuda double's streams
     next_handle: int = 0x1000
     captures: dict[int, Capture] = field(default_factory=dict)  # stream -> active capture
     graphs: dict[int, Capture] = field(default_factory=dict)
