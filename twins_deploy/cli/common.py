@@ -52,8 +52,9 @@ def batch_from_args(args: argparse.Namespace) -> BatchRange:
 def add_threshold_args(p: argparse.ArgumentParser) -> None:
     """The validation thresholds (defaults per precision live in engines.validation)."""
     p.add_argument("--atol", type=float, help="FP32 max-abs threshold on logits (default: 1e-4)")
-    p.add_argument("--min-cosine", type=float, help="FP16 cosine threshold (default: 0.999)")
-    p.add_argument("--min-top1", type=float, help="FP16 top-1 agreement threshold, 0..1 (default: 0.99)")
+    p.add_argument("--min-cosine", type=float, help="FP16 and BF16 cosine threshold (default: 0.999)")
+    p.add_argument("--min-top1", type=float,
+                   help="FP16 top-1 agreement threshold, 0..1 (default: 0.99; BF16: reported, gated only if given)")
 
 
 def thresholds_from_args(args: argparse.Namespace) -> dict[str, float | None]:
