@@ -276,3 +276,79 @@ def test_a_plan_runs_in_tensorrt_only(dyn_onnx):
         open_runner(dyn_onnx, plan, backend="openvino-f32")
     assert isinstance(open_runner(dyn_onnx, m, backend="openvino-bf16"), OpenVinoRunner)
     assert isinstance(open_runner(dyn_onnx, m), OrtRunner)
+
+
+# -- twins-bench ---------------------------------------------------------------------------------------
+def test_bench_rows_record_the_precision_used(tmp_path):
+    from twins_deploy.cli.bench import main as bench_main
+
+    fast = ["--min-iters", "2", "--min-time", "0", "--warmup", "1", "--warmup-time", "0", "-q"]
+    assert bench_main(["--model", "pcpvt_s", "--backends", "ort-cpu,openvino-f32,openvino-bf16", "--batch", "1",
+                       "--img-size", "64", "--threads", "1", "--out", str(tmp_path), "--name", "ov", *fast]) == 0
+    rows = {r["backend"]: r for r in json.loads((tmp_path / "ov.json").read_text())["rows"]}
+    f32 = rows["openvino-f32"]
+    assert f32["status"] == "ok" and f32["precision"] == "fp32" and rows["ort-cpu"]["precision"] == "fp32"
+    assert f32["runner"]["config"]["INFERENCE_PRECISION_HINT"] == "f32"
+    assert f32["runner"]["config"]["INFERENCE_NUM_THREADS"] == "1"
+    bf16 = rows["openvino-bf16"]
+    if NATIVE_BF16:
+        assert bf16["status"] == "ok" and bf16["precision"] == "bf16"
+    else:
+        assert bf16["status"] == "skipped" and "no native BF16" in bf16["reason"]
+    # one artifact serves ONNX Runtime and OpenVINO
+    assert len(list((tmp_path / ".artifacts").glob("*.onnx"))) == 1
+    assert "openvino-f32,fp32," in (tmp_path / "ov.csv").read_text()
+
+
+# -- the interleaved CPU comparison ------------------------------------------------------------------
+def _route(label: str, img_s: float, precision: str = "fp32", passed: bool | None = True, skipped: str | None = None):
+    from twins_deploy.bench.cpu_compare import Route
+
+    r = Route(label, label, lambda: None, precision=precision, skipped=skipped)
+    if not skipped:
+        r.validation = {"passed": passed, "thresholds": precision, "runner": {"precision": precision}}
+        r.samples = {1: [img_s / 2, img_s / 2], 8: [img_s * 0.9, img_s, img_s * 1.5]}
+    return r
+
+
+def test_cpu_compare_speedups_and_verdict():
+    from twins_deploy.bench.cpu_compare import BASELINE, summarise
+
+    routes = [_route(BASELINE, 10), _route("ort", 11), _route("openvino-f32", 14),
+              _route("openvino-bf16", 25, "bf16"), _route("torch", 6), _route("broken", 99, passed=False)]
+    rows, verdict = summarise(routes, [1, 8])
+    by = {r["route"]: r for r in rows}
+    assert by[BASELINE]["b8_vs_baseline"] == 1.0 and by["openvino-f32"]["b8_img_s"] == 14
+    assert by["openvino-bf16"]["b8_vs_baseline"] == 2.5 and by["openvino-bf16"]["precision"] == "bf16"
+    assert verdict["batch"] == 8
+    assert verdict["best_validated"] == {"route": "openvino-bf16", "speedup": 2.5, "target": 2.0, "met": True}
+    assert verdict["best_fp32"] == {"route": "openvino-f32", "speedup": 1.4, "target": 1.3, "met": True}
+    routes[3] = _route("openvino-bf16", 0, "bf16", skipped="no native BF16")
+    rows, verdict = summarise(routes, [1, 8])
+    assert verdict["best_validated"]["route"] == "openvino-f32" and not verdict["best_validated"]["met"]
+    assert {r["route"]: r for r in rows}["openvino-bf16"] == {
+        "route": "openvino-bf16", "what": "openvino-bf16", "judged_as": "bf16", "status": "skipped",
+        "reason": "no native BF16"}
+
+
+def test_cpu_compare_end_to_end_with_tiny_settings(tmp_path):
+    from twins_deploy.bench.cpu_compare import BASELINE, run_comparison, to_markdown, write_results
+
+    result = run_comparison("pcpvt_s", batches=(1, 2), hw=(64, 64), threads=1, rounds=1, min_time_s=0,
+                            min_iters=1, note="test run")
+    rows = {r["route"]: r for r in result["rows"]}
+    assert list(rows) == [BASELINE, "ort", "openvino-f32", "openvino-bf16", "torch"]
+    for label, r in rows.items():
+        if r["status"] == "skipped":
+            assert label == "openvino-bf16" and not NATIVE_BF16 and "no native BF16" in r["reason"]
+            continue
+        assert r["validation"]["passed"], (label, r["validation"]["failures"])
+        assert len(r["b1_rounds"]) == len(r["b2_rounds"]) == 1 and r["b2_img_s"] > 0
+    assert rows[BASELINE]["b2_vs_baseline"] == 1.0
+    assert rows["openvino-f32"]["validation"]["runner"]["config"]["INFERENCE_NUM_THREADS"] == "1"
+    assert result["graphs"]["timm"]["nodes"] > result["graphs"]["ours"]["nodes"]
+    assert result["tools"]["openvino"] and result["machine"]["cpu"] and result["verdict"]["batch"] == 2
+    paths = write_results(result, tmp_path, "cc")
+    assert [p.name for p in paths] == ["cc.json", "cc.md"]
+    md = to_markdown(result)
+    assert "timm's ONNX export, ONNX Runtime" in md and "## Targets (batch 2" in md and "test run" in md
