@@ -4,7 +4,8 @@ A backend turns a *subject* (a Twins variant, or timm's Swin-T for comparison) i
 Runner: PyTorch backends run the model itself; the others run an artifact that the
 pipeline makes once into the output directory's cache (``.artifacts/``), or reuses from
 there when every input that shapes it matches, and opens through the same checks as any
-user's load.
+user's load. ONNX Runtime and OpenVINO (``openvino-f32``, ``openvino-bf16``) run the same
+FP32 ONNX file.
 """
 from __future__ import annotations
 
@@ -24,7 +25,12 @@ from twins_deploy.pipeline import open_runner
 if TYPE_CHECKING:
     from twins_deploy.pipeline import Artifact
 
-BACKENDS = ("torch", "torch-fp16", "torch-compile", "ort-cpu", "ort-cuda", "trt-fp32", "trt-fp16")
+BACKENDS = ("torch", "torch-fp16", "torch-compile", "ort-cpu", "ort-cuda", "trt-fp32", "trt-fp16",
+            "openvino-f32", "openvino-bf16")
+# What each backend computes in, for the rows of runners that do not say it themselves
+# (OpenVINO's runner reports the precision it read back from its compiled model).
+PRECISION = {"torch": "fp32", "torch-fp16": "fp16", "torch-compile": "fp32", "ort-cpu": "fp32",
+             "ort-cuda": "fp32", "trt-fp32": "fp32", "trt-fp16": "fp16"}
 BASELINE = "torch"
 SWIN_T = "swin_tiny_patch4_window7_224"
 
@@ -130,8 +136,9 @@ def make_runner(backend: str, subject: Subject, *, cuda_graphs: bool = False, th
         if provider == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise BackendUnavailableError("onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
     art = subject_artifact(subject, backend, quiet=quiet)
-    runner = open_runner(art.path, art.manifest, provider="cuda" if backend == "ort-cuda" else "cpu",
-                         threads=threads, use_cuda_graph=cuda_graphs)
+    runner = open_runner(art.path, art.manifest, backend=backend if backend.startswith("openvino") else None,
+                         provider="cuda" if backend == "ort-cuda" else "cpu", threads=threads,
+                         use_cuda_graph=cuda_graphs)
     runner.name = backend
     return runner
 

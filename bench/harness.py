@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from twins_deploy.bench.backends import BASELINE, Subject, describe_skip, make_runner, torch_threads
+from twins_deploy.bench.backends import BASELINE, PRECISION, Subject, describe_skip, make_runner, torch_threads
 from twins_deploy.bench.timing import Timing, time_runner
 from twins_deploy.errors import BackendUnavailableError, OptionError
 from twins_deploy.progress import Steps
@@ -81,7 +81,7 @@ def timing_row(subject: Subject, backend: str, t: Timing, runner_info: dict[str,
                peak_mem_mib: float | None) -> dict[str, Any]:
     s = t.summary()
     gflops = (2 * subject.gmacs * t.images_per_s) if subject.gmacs else None
-    return _row(subject, backend, t.batch,
+    return _row(subject, backend, t.batch, precision=runner_info.get("precision") or PRECISION.get(backend),
                 infer_samples_per_sec=round(t.images_per_s, 2),
                 infer_step_time=round(statistics.median(t.latency_ms), 4),
                 latency_ms_p90=s["latency_ms_p90"], latency_ms_p99=s["latency_ms_p99"],

@@ -7,7 +7,7 @@ from typing import Any
 
 from twins_deploy.artifacts import write_bytes_atomic, write_json_atomic
 
-CSV_COLUMNS = ["model", "backend", "infer_samples_per_sec", "infer_step_time", "infer_batch_size",
+CSV_COLUMNS = ["model", "backend", "precision", "infer_samples_per_sec", "infer_step_time", "infer_batch_size",
                "infer_img_size", "param_count", "infer_gmacs", "latency_ms_p90", "latency_ms_p99",
                "speedup_vs_torch", "achieved_gflops", "peak_memory_mib", "iterations", "status", "reason"]
 

@@ -7,7 +7,12 @@ max/mean abs error, cosine similarity and top-1 agreement, with
   stream's magnitude, get ``atol * max(1, max|ref|)``);
 * FP16: cosine >= ``min_cosine`` per sample and output, top-1 agreement >= ``min_top1``
   over all samples (judged against FP32 PyTorch, never against itself);
+* BF16 (OpenVINO on CPUs with native BF16): cosine only, see :meth:`Thresholds.for_precision`;
 * any NaN/Inf fails.
+
+The candidate runs every case in sequence on one activation (one compiled model), and
+artifacts with dynamic H/W are run at their smallest size first: an engine that goes
+wrong after a small input (OpenVINO's snippets do, see ``runners/openvino.py``) fails.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import numpy as np
 from twins_deploy.engines.runners.base import Runner
 from twins_deploy.exporters.spec import ExportSpec
 from twins_deploy.preprocess import load_image_folder, normalise
-from twins_deploy.registry import Preprocess
+from twins_deploy.registry import MIN_IMAGE_SIDE, Preprocess
 
 VALIDATION_SEED = 20240422
 
@@ -27,13 +32,27 @@ VALIDATION_SEED = 20240422
 @dataclass(frozen=True)
 class Thresholds:
     atol: float | None = 1e-4        # FP32 gate
-    min_cosine: float | None = None  # FP16 gate
+    min_cosine: float | None = None  # FP16 and BF16 gate
     min_top1: float | None = None    # FP16 gate, logits only
 
     @classmethod
     def for_precision(cls, precision: str) -> Thresholds:
         if precision == "fp16":
             return cls(atol=None, min_cosine=0.999, min_top1=0.99)
+        if precision == "bf16":
+            # BF16 (8-bit mantissa, 8x coarser than FP16), decided from measurements of BF16
+            # arithmetic against FP32 PyTorch (torch 2.14 CPU, seeded random weights with
+            # non-zero biases; autocast and a fully bf16 model; 224x224, 32 random inputs and
+            # 3 photographs): logits max abs error 0.030-0.053 (the issue measured 3e-2 for
+            # OpenVINO BF16 itself), per-sample cosine >= 0.99989 (svt_s, pcpvt_s; svt_s
+            # backbone maps >= 0.9999). So cosine >= 0.999, as for FP16, holds with about 9x
+            # headroom on 1 - cosine, while a wrong engine fails it by far (OpenVINO's snippets
+            # bug: cosine 0.05). Top-1 agreement is reported but not gated by default: the
+            # random head's top-2 logits are often closer than BF16's error (svt_s: median
+            # margin 0.1; 1 of 32 and 2 of 16 samples flipped, all at margins < 0.02), so a
+            # 99% gate would judge the random weights' ties, not the deployment. With a real
+            # checkpoint and photographs, gate it with --min-top1.
+            return cls(atol=None, min_cosine=0.999, min_top1=None)
         return cls(atol=1e-4)
 
     def override(self, atol: float | None = None, min_cosine: float | None = None,
@@ -69,6 +88,8 @@ class ValidationReport:
     thresholds: Thresholds
     stats: list[OutputStats] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    # what the candidate ran with (its describe(), e.g. the precision OpenVINO used)
+    candidate_info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -94,7 +115,8 @@ class ValidationReport:
             "passed": self.passed, "reference": self.reference, "candidate": self.candidate,
             "precision": self.precision, "thresholds": asdict(self.thresholds),
             "top1_agreement": self.top1_agreement(), "failures": self.failures,
-            "summary": self.summary(), "stats": [asdict(s) for s in self.stats],
+            "summary": self.summary(), "candidate_info": self.candidate_info,
+            "stats": [asdict(s) for s in self.stats],
         }
 
 
@@ -158,6 +180,8 @@ def validate(reference: Runner, candidate: Runner, cases: list[tuple[str, np.nda
     report = ValidationReport(reference.name, candidate.name, precision,
                               thresholds or Thresholds.for_precision(precision))
     with reference, candidate:
+        # its path is the caller's business (during an export, a temporary name)
+        report.candidate_info = {k: v for k, v in candidate.describe().items() if k != "path"}
         for case, x in cases:
             refs, gots = reference.infer(x), candidate.infer(x)
             names = candidate.output_names or reference.output_names
@@ -176,16 +200,28 @@ def random_batch(batch: int, hw: tuple[int, int], pre: Preprocess, seed: int) ->
     return normalise(rng.random((batch, 3, *hw), dtype=np.float32), pre)
 
 
+def validation_sizes(spec: ExportSpec, min_hw: tuple[int, int] | None = None) -> list[tuple[int, int]]:
+    """The H/W sizes to validate at, in the order they run: for dynamic H/W the smallest
+    the artifact accepts (``min_hw``, e.g. a TensorRT profile's; by default the model's
+    minimum, where the last stage is 1x1), then the export size, then larger sizes that
+    need window padding at every stage."""
+    h, w = spec.img_size
+    if not spec.dynamic_hw:
+        return [(h, w)]
+    small = min_hw or (MIN_IMAGE_SIDE, MIN_IMAGE_SIDE)
+    sizes = [small, (h, w), (h + 32, w + 64), (h + 37, w + 13)]
+    return list(dict.fromkeys(sizes))  # in order, without repeats (an export at the minimum size)
+
+
 def validation_cases(spec: ExportSpec, pre: Preprocess, batches: list[int] | None = None,
-                     images: str | None = None, seed: int = VALIDATION_SEED) -> list[tuple[str, np.ndarray]]:
-    """Seeded random batches at each batch size (and at padded sizes for dynamic H/W),
-    plus the user's photographs."""
-    sizes = [spec.img_size]
-    if spec.dynamic_hw:  # sizes other than the export size, needing window padding
-        sizes += [(spec.img_size[0] + 32, spec.img_size[1] + 64), (spec.img_size[0] + 37, spec.img_size[1] + 13)]
+                     images: str | None = None, seed: int = VALIDATION_SEED,
+                     min_hw: tuple[int, int] | None = None) -> list[tuple[str, np.ndarray]]:
+    """Seeded random batches at each batch size (and, small before large, at other sizes
+    for dynamic H/W), plus the user's photographs."""
+    sizes = validation_sizes(spec, min_hw)
     cases = []
     for i, b in enumerate(batches or spec.batch.validation_batches()):
-        for j, hw in enumerate(sizes if i == 0 else sizes[:1]):
+        for j, hw in enumerate(sizes if i == 0 else [spec.img_size]):
             cases.append((f"random b={b} {hw[0]}x{hw[1]}", random_batch(b, hw, pre, seed + 97 * i + j)))
     if images:
         arr, names = load_image_folder(images, spec.img_size, pre)

@@ -60,6 +60,9 @@ CHECKER = textwrap.dedent('''
 ''')
 
 
+# bench/ scripts that compare our artifacts with timm's export, run as ``python -m``
+MEASUREMENT_SCRIPTS = ("onnx_compare.py", "cpu_compare.py")
+
 # The installed package's roots: twins_deploy and the folders mapped into it.
 ROOTS = ("twins_deploy", "twins_deploy.exporters", "twins_deploy.engines", "twins_deploy.bench")
 
@@ -129,7 +132,7 @@ def test_data_flows_one_way():
             assert not bad, f"{f} imports {sorted(bad)}: data flows CLI -> pipeline -> exporters/engines"
             assert "argparse" not in _imports(f), f"{f}: argparse belongs in twins_deploy/cli"
     for f in _files(bench_pkg):
-        if f.name == "onnx_compare.py":  # a measurement script with its own command line
+        if f.name in MEASUREMENT_SCRIPTS:  # measurement scripts with their own command line
             continue
         assert "argparse" not in _imports(f), f"{f}: argparse belongs in twins_deploy/cli"
         assert "twins_deploy.cli" not in " ".join(_imports(f))
@@ -139,7 +142,7 @@ def test_the_benchmark_builds_no_artifact_of_its_own():
     building = ("twins_deploy.exporters.onnx_export", "twins_deploy.exporters.fp16", "twins_deploy.engines.trt.build",
                 "torch.onnx")
     for f in _files(bench_pkg):
-        if f.name == "onnx_compare.py":  # compares our export with timm's on purpose
+        if f.name in MEASUREMENT_SCRIPTS:  # export timm's graph on purpose: the baseline they compare with
             continue
         assert not {n for n in _imports(f) if n.startswith(building)}, f"{f} exports or builds by itself"
         assert "torch.onnx.export" not in f.read_text()

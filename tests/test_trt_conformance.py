@@ -8,7 +8,6 @@ CUDA layer against the installed cuda-bindings.
 from __future__ import annotations
 
 import ast
-import re
 from pathlib import Path
 
 import pytest

@@ -41,6 +41,9 @@ from twins_deploy.twins import Twins
 from twins_deploy.weights import WeightsInfo
 
 FORMATS = ("onnx", "trt")
+# What can run an ONNX artifact: ONNX Runtime, or OpenVINO on the CPU in an explicit precision.
+# A TensorRT plan runs in TensorRT only.
+ONNX_BACKENDS = ("ort", "openvino-f32", "openvino-bf16")
 ON_EXISTING = ("refuse", "overwrite", "reuse")
 ENGINE_SUFFIX = ".plan"
 
@@ -213,13 +216,22 @@ def _fail_unless_passed(manifest: Manifest, path: Path) -> None:
             f"(report in {manifest_path(path)})")
 
 
+def smallest_hw(manifest: Manifest) -> tuple[int, int] | None:
+    """The smallest H/W an artifact accepts when it is less than any image (a TensorRT
+    profile's minimum); None: any H/W the model takes."""
+    if manifest.engine is not None and manifest.spec.dynamic_hw and manifest.engine.profile.get("min"):
+        lo = manifest.engine.profile["min"]
+        return int(lo[2]), int(lo[3])
+    return None
+
+
 def _validate(req: ArtifactRequest, model: torch.nn.Module, candidate: Runner, manifest: Manifest,
               steps: Steps, label: str) -> dict[str, Any] | None:
     """The validation report of ``candidate``, the artifact ``manifest`` describes."""
     if not req.validate:
         return None
     with steps.step(label):
-        cases = validation_cases(req.spec, manifest.preprocess, images=req.images)
+        cases = validation_cases(req.spec, manifest.preprocess, images=req.images, min_hw=smallest_hw(manifest))
         report = validate_against_pytorch(model, candidate, manifest.precision, cases, req.thresholds)
         steps.note(report.summary())
     return report.to_dict()
@@ -329,23 +341,41 @@ def make_artifacts(req: ArtifactRequest, model: torch.nn.Module | None = None) -
 
 
 # -- opening and re-checking artifacts ---------------------------------------------------------------
-def open_runner(path: str | os.PathLike[str], manifest: Manifest | None = None, *, provider: str = "cpu",
-                threads: int | None = None, use_cuda_graph: bool = False) -> Runner:
+def open_runner(path: str | os.PathLike[str], manifest: Manifest | None = None, *, backend: str | None = None,
+                provider: str = "cpu", threads: int | None = None, use_cuda_graph: bool = False) -> Runner:
     """The Runner for an artifact, after the checks every load goes through: the manifest
     is read and (for TensorRT plans, which TensorRT may crash on) the file must have its sha256;
-    the TensorRT runner then checks the plan's TensorRT version and GPU before loading it."""
+    the TensorRT runner then checks the plan's TensorRT version and GPU before loading it.
+
+    ``backend`` chooses what runs an ONNX artifact (one of :data:`ONNX_BACKENDS`; default
+    ONNX Runtime with ``provider``); a plan always runs in TensorRT."""
     path = Path(path)
     manifest = manifest or read_manifest(path)
+    if backend is not None and backend not in ONNX_BACKENDS:
+        raise OptionError(f"backend must be one of {', '.join(ONNX_BACKENDS)}, got {backend!r}")
     if manifest.kind == "trt":
+        if backend is not None:
+            raise OptionError(f"{path.name} is a TensorRT plan: it runs in TensorRT only; "
+                              f"--backend {backend} applies to ONNX artifacts")
         if manifest.sha256 and file_sha256(path) != manifest.sha256:
             raise ArtifactError(f"{path.name} is not the plan its manifest describes (sha256 differs): "
                                 "corrupt or replaced; rebuild it with twins-export --fmt trt")
         from twins_deploy.engines.runners.trt import TrtRunner
 
         return TrtRunner(path, manifest, use_cuda_graph=use_cuda_graph)
+    if backend in ("openvino-f32", "openvino-bf16"):
+        from twins_deploy.engines.runners.openvino import OpenVinoRunner
+
+        return OpenVinoRunner(path, precision="bf16" if backend == "openvino-bf16" else "fp32", threads=threads)
     from twins_deploy.engines.runners.onnxrt import OrtRunner
 
     return OrtRunner(path, provider=provider, threads=threads)
+
+
+def judged_precision(manifest: Manifest, backend: str | None) -> str:
+    """The precision whose thresholds judge ``manifest``'s artifact run by ``backend``: the
+    artifact's own, or BF16 when OpenVINO computes in BF16 (coarser than FP32 and FP16)."""
+    return "bf16" if backend == "openvino-bf16" else manifest.precision
 
 
 def weights_for_manifest(manifest: Manifest, weights: str | None, pretrained: bool) -> WeightsRequest:
@@ -373,8 +403,10 @@ def weights_for_manifest(manifest: Manifest, weights: str | None, pretrained: bo
 
 def revalidate(artifact: str | os.PathLike[str], weights: str | None = None, pretrained: bool = False,
                batches: list[int] | None = None, images: str | None = None,
-               thresholds: dict[str, float | None] | None = None, quiet: bool = False) -> ValidationReport:
-    """``twins-validate``: re-check an existing artifact against PyTorch, from its manifest."""
+               thresholds: dict[str, float | None] | None = None, quiet: bool = False,
+               backend: str | None = None, threads: int | None = None) -> ValidationReport:
+    """``twins-validate``: re-check an existing artifact against PyTorch, from its manifest,
+    in ``backend`` (see :func:`open_runner`), with the thresholds of what that computes in."""
     path = Path(artifact)
     manifest = read_manifest(path)
     spec = manifest.spec
@@ -383,15 +415,20 @@ def revalidate(artifact: str | os.PathLike[str], weights: str | None = None, pre
             raise InputShapeError(f"batch {b} is outside the artifact's range {spec.batch.min}..{spec.batch.max}")
     if images:
         check_image_folder(images)
-    runner = open_runner(path, manifest)
-    if manifest.kind == "onnx" and manifest.sha256 and file_sha256(path) != manifest.sha256 and not quiet:
-        print(f"warning: {path.name} differs from the file its manifest describes (sha256); "
-              "validating what is on disk", file=sys.stderr, flush=True)
-    steps = Steps(2, quiet=quiet)
-    with steps.step(f"build {spec.model} with the artifact's weights"):
-        model = build_model(spec.model, weights_for_manifest(manifest, weights, pretrained), spec.features)
-    with steps.step(f"validate {path.name} against PyTorch FP32"):
-        cases = validation_cases(spec, manifest.preprocess, batches, images)
-        report = validate_against_pytorch(model, runner, manifest.precision, cases, thresholds)
-        steps.note(report.summary())
+    runner = open_runner(path, manifest, backend=backend, threads=threads)
+    runner.activate()  # a missing backend or an unreadable file fails before the model is built
+    try:
+        precision = judged_precision(manifest, backend)
+        if manifest.kind == "onnx" and manifest.sha256 and file_sha256(path) != manifest.sha256 and not quiet:
+            print(f"warning: {path.name} differs from the file its manifest describes (sha256); "
+                  "validating what is on disk", file=sys.stderr, flush=True)
+        steps = Steps(2, quiet=quiet)
+        with steps.step(f"build {spec.model} with the artifact's weights"):
+            model = build_model(spec.model, weights_for_manifest(manifest, weights, pretrained), spec.features)
+        with steps.step(f"validate {path.name} in {runner.name} against PyTorch FP32 ({precision} thresholds)"):
+            cases = validation_cases(spec, manifest.preprocess, batches, images, min_hw=smallest_hw(manifest))
+            report = validate_against_pytorch(model, runner, precision, cases, thresholds)
+            steps.note(report.summary())
+    finally:
+        runner.deactivate()
     return report

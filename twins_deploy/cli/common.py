@@ -90,8 +90,10 @@ def add_threshold_args(p: argparse.ArgumentParser) -> None:
     """The validation thresholds (defaults per precision live in engines.validation)."""
     p.add_argument("--atol", type=number(float, 0, lo_open=True),
                    help="FP32 max-abs threshold on logits, > 0 (default: 1e-4)")
-    p.add_argument("--min-cosine", type=number(float, -1, 1), help="FP16 cosine threshold, -1..1 (default: 0.999)")
-    p.add_argument("--min-top1", type=number(float, 0, 1), help="FP16 top-1 agreement threshold, 0..1 (default: 0.99)")
+    p.add_argument("--min-cosine", type=number(float, -1, 1),
+                   help="FP16 and BF16 cosine threshold, -1..1 (default: 0.999)")
+    p.add_argument("--min-top1", type=number(float, 0, 1),
+                   help="FP16 top-1 agreement threshold, 0..1 (default: 0.99; BF16: reported, gated only if given)")
 
 
 def thresholds_from_args(args: argparse.Namespace) -> dict[str, float | None]:

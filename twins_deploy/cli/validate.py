@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import sys
 
-from twins_deploy.cli.common import Parser, add_threshold_args, int_list, run_cli, thresholds_from_args
+from twins_deploy.cli.common import Parser, add_threshold_args, int_list, number, run_cli, thresholds_from_args
+from twins_deploy.pipeline import ONNX_BACKENDS
 
 EPILOG = """\
 exit codes: 0 parity holds, 1 a check failed (report still written), 2 bad input,
 3 missing backend. Example CI step:
   twins-validate twins_out/svt_s_fp16.onnx --weights ckpt.safetensors --images tests/photos \\
       --report parity.json
+the same FP32 ONNX file deployed with OpenVINO on the CPU, in BF16:
+  twins-validate twins_out/svt_s_fp32.onnx --backend openvino-bf16 --report parity_bf16.json
 """
 
 
@@ -27,6 +30,13 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--images", metavar="DIR", help="also validate on the photographs in DIR")
     p.add_argument("--batch", type=int_list, metavar="N[,N...]",
                    help="batch sizes to check (default: min, opt and max of the artifact's range)")
+    p.add_argument("--backend", choices=ONNX_BACKENDS,
+                   help="what runs an ONNX artifact: ONNX Runtime (ort, the default), or OpenVINO on the CPU "
+                        "computing in FP32 (openvino-f32) or BF16 (openvino-bf16, judged with the BF16 "
+                        "thresholds; needs a CPU with native BF16); a TensorRT plan always runs in TensorRT")
+    p.add_argument("--threads", type=number(int, 1, 1024), metavar="N",
+                   help="CPU threads of the backend (default: ONNX Runtime's own choice; OpenVINO: "
+                        "every core this process may use)")
     add_threshold_args(p)
     p.add_argument("--report", metavar="FILE", help="write the full JSON report here")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -39,8 +49,8 @@ def _main(argv: list[str] | None) -> int:
     if args.report:
         check_report_path(args.report)  # before the work, not after it
     report = revalidate(args.artifact, args.weights, args.pretrained, args.batch, args.images,
-                        thresholds_from_args(args),
-                        quiet=args.quiet)
+                        thresholds_from_args(args), quiet=args.quiet, backend=args.backend,
+                        threads=args.threads)
     if args.report:
         write_json_atomic(args.report, report.to_dict())
     print(report.summary())

@@ -1,0 +1,354 @@
+"""OpenVINO on the CPU: the precision is always explicit and proven, dynamic-H/W artifacts
+are validated small before large on one compiled model, and OpenVINO is a backend of
+twins-validate and twins-bench. No timing assertions."""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+ov = pytest.importorskip("openvino", reason="OpenVINO is a test dependency (pip install .[test])")
+
+from twins_deploy import create_model  # noqa: E402
+from twins_deploy.engines.runners import openvino as ovr  # noqa: E402
+from twins_deploy.engines.runners.base import Runner  # noqa: E402
+from twins_deploy.engines.runners.onnxrt import OrtRunner  # noqa: E402
+from twins_deploy.engines.runners.openvino import OpenVinoRunner  # noqa: E402
+from twins_deploy.engines.validation import (Thresholds, validate_against_pytorch, validation_cases,  # noqa: E402
+                                             validation_sizes)
+from twins_deploy.errors import BackendUnavailableError, OptionError  # noqa: E402
+from twins_deploy.exporters.spec import BatchRange, ExportSpec  # noqa: E402
+from twins_deploy.manifest import EngineInfo, read_manifest  # noqa: E402
+from twins_deploy.pipeline import ArtifactRequest, make_artifacts, open_runner, smallest_hw  # noqa: E402
+
+# pcpvt_s is the quickest variant to export; 64 px keeps every inference cheap, and its
+# dynamic-H/W graph shows OpenVINO's snippets bug as the 224-px svt_s backbone does.
+DYN = ExportSpec(model="pcpvt_s", img_size=(64, 64), batch=BatchRange(1, 1, 2), dynamic_hw=True)
+REAL_CORE = ov.Core
+NATIVE_BF16 = "BF16" in REAL_CORE().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+@pytest.fixture(scope="module")
+def dyn_onnx(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ov")
+    return make_artifacts(ArtifactRequest(spec=DYN, out_dir=out, validate=False, quiet=True)).final.path
+
+
+@pytest.fixture(scope="module")
+def model():
+    return create_model("pcpvt_s")
+
+
+class SnippetsOn(OpenVinoRunner):
+    """OpenVINO as it runs without this runner's guard: snippets left on."""
+
+    def compile_config(self, dynamic_hw: bool) -> dict[str, Any]:
+        config = super().compile_config(dynamic_hw)
+        config.pop("SNIPPETS_MODE", None)
+        return config
+
+
+class FakeCore:
+    """A real ov.Core that answers as a CPU whose default is BF16 would, and records what
+    the runner compiles with (optionally claiming a compiled precision of its own)."""
+
+    compiled_as: str | None = None
+    configs: list[dict[str, Any]] = []
+
+    def __init__(self) -> None:
+        self.core = REAL_CORE()
+
+    def get_property(self, device: str, name: str) -> Any:
+        if name == "INFERENCE_PRECISION_HINT":
+            return "bf16"
+        if name == "OPTIMIZATION_CAPABILITIES":
+            return ["FP32", "BF16", "INT8"]
+        return self.core.get_property(device, name)
+
+    def read_model(self, path: str) -> Any:
+        return self.core.read_model(path)
+
+    def compile_model(self, model: Any, device: str, config: dict[str, Any]) -> Any:
+        FakeCore.configs.append(dict(config))
+        compiled = self.core.compile_model(model, device, config)
+        if FakeCore.compiled_as is None:
+            return compiled
+        claimed = FakeCore.compiled_as
+
+        class Claimed:  # the compiled model, reading back another precision
+            def __getattr__(self, name: str) -> Any:
+                return getattr(compiled, name)
+
+            def get_property(self, name: str) -> Any:
+                return claimed if name == "INFERENCE_PRECISION_HINT" else compiled.get_property(name)
+
+        return Claimed()
+
+
+@pytest.fixture
+def fake_core(monkeypatch):
+    FakeCore.configs, FakeCore.compiled_as = [], None
+    monkeypatch.setattr(ov, "Core", FakeCore)
+    return FakeCore
+
+
+# -- precision ---------------------------------------------------------------------------------
+def test_precision_is_explicit_whatever_the_device_default(dyn_onnx, fake_core):
+    """On a CPU whose default is BF16, an FP32 runner still compiles, and runs, in FP32."""
+    with OpenVinoRunner(dyn_onnx, "fp32", threads=1) as r:
+        info = r.describe()
+    config = fake_core.configs[-1]
+    assert config["INFERENCE_PRECISION_HINT"] == "f32" and config["EXECUTION_MODE_HINT"] == "PERFORMANCE"
+    assert config["INFERENCE_NUM_THREADS"] == 1 and config["NUM_STREAMS"] == 1
+    assert config["ENABLE_CPU_PINNING"] is False
+    assert info["device_default_precision"] == "bf16" and info["precision"] == "fp32"
+    assert info["runtime_precisions"].get("fp32", 0) > 100 and "bf16" not in info["runtime_precisions"]
+
+
+def test_a_precision_the_compiled_model_does_not_report_is_refused(dyn_onnx, fake_core):
+    fake_core.compiled_as = "f32"  # what OpenVINO reads back when it ignored a bf16 request
+    with pytest.raises(BackendUnavailableError, match="compiled the model in fp32, not the requested bf16"):
+        OpenVinoRunner(dyn_onnx, "bf16").activate()
+    assert fake_core.configs[-1]["INFERENCE_PRECISION_HINT"] == "bf16"
+
+
+@pytest.mark.skipif(NATIVE_BF16, reason="this CPU has native BF16")
+def test_bf16_without_native_bf16_is_refused_not_run_in_fp32(dyn_onnx):
+    # what the runner guards against: OpenVINO itself silently compiles a bf16 request in f32
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(dyn_onnx)), "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
+    assert ovr._ov_precision_name(compiled.get_property("INFERENCE_PRECISION_HINT")) == "fp32"
+    with pytest.raises(BackendUnavailableError, match="no native BF16"):
+        OpenVinoRunner(dyn_onnx, "bf16").activate()
+
+
+@pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no native BF16 (AVX-512 BF16 or AMX)")
+def test_bf16_on_a_bf16_cpu_computes_in_bf16_and_validates(dyn_onnx, model):
+    runner = OpenVinoRunner(dyn_onnx, "bf16")
+    report = validate_against_pytorch(model, runner, "bf16", validation_cases(DYN, read_manifest(dyn_onnx).preprocess))
+    assert report.candidate_info["precision"] == "bf16"
+    assert report.candidate_info["runtime_precisions"].get("bf16", 0) > 0
+    assert report.passed, report.failures
+    assert report.thresholds == Thresholds.for_precision("bf16")
+
+
+def test_bf16_thresholds_gate_on_cosine():
+    th = Thresholds.for_precision("bf16")
+    assert th.atol is None and th.min_cosine == 0.999 and th.min_top1 is None
+    assert th.override(min_top1=0.99).min_top1 == 0.99
+
+
+def test_missing_openvino_says_how_to_install(dyn_onnx, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(BackendUnavailableError, match=r"twins-deploy\[openvino\]"):
+        OpenVinoRunner(dyn_onnx).activate()
+
+
+# -- dynamic H/W: small before large on one compiled model ---------------------------------------
+def test_validation_runs_the_smallest_size_first():
+    assert validation_sizes(DYN)[0] == (32, 32) and validation_sizes(DYN)[1] == (64, 64)
+    assert validation_sizes(DYN, min_hw=(48, 40))[0] == (48, 40)
+    cases = [c for c, _ in validation_cases(DYN, read_pre())]
+    assert cases[0] == "random b=1 32x32" and cases.index("random b=1 96x128") > 0
+    static = replace(DYN, dynamic_hw=False)
+    assert validation_sizes(static) == [(64, 64)]
+
+
+def read_pre():
+    from twins_deploy.registry import get_config
+
+    return get_config("pcpvt_s").preprocess
+
+
+def test_engine_validation_starts_at_the_profiles_smallest_size(dyn_onnx):
+    m = read_manifest(dyn_onnx)
+    assert smallest_hw(m) is None  # an ONNX file takes any size the model takes
+    engine = EngineInfo("10.13", {}, {"input": "input", "min": [1, 3, 40, 48], "opt": [1, 3, 64, 64],
+                                      "max": [2, 3, 128, 128]}, {}, {})
+    assert smallest_hw(replace(m, kind="trt", engine=engine)) == (40, 48)
+
+
+class WrongAfterSmall(Runner):
+    """ONNX Runtime, but once it has seen an input whose last stage is 1x1 (H or W < 64),
+    every larger input comes out scaled: the failure mode OpenVINO's snippets have."""
+
+    name = "wrong-after-small"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.ort = OrtRunner(path)
+        self.seen_small = False
+
+    def _activate(self) -> None:
+        self.ort.activate()
+        self.output_names = self.ort.output_names
+        self.seen_small = False  # a fresh compile is correct
+
+    def _deactivate(self) -> None:
+        self.ort.deactivate()
+
+    def infer(self, x: np.ndarray) -> list[np.ndarray]:
+        small = min(x.shape[2:]) < 64
+        outs = self.ort.infer(x)
+        if self.seen_small and not small:
+            outs = [o * 1.5 for o in outs]
+        self.seen_small |= small
+        return outs
+
+
+def test_validation_catches_an_engine_that_goes_wrong_after_a_small_input(dyn_onnx, model):
+    """Fails if validation stopped running every case on one activation, or stopped
+    running the smallest size first."""
+    cases = validation_cases(DYN, read_pre(), batches=[1])
+    report = validate_against_pytorch(model, WrongAfterSmall(dyn_onnx), "fp32", cases)
+    assert not report.passed
+    assert any("96x128" in f for f in report.failures)
+    assert not any("32x32" in f for f in report.failures)
+
+
+def test_installed_openvino_still_has_the_snippets_bug_and_validation_catches_it(dyn_onnx, model):
+    cases = validation_cases(DYN, read_pre(), batches=[1])
+    report = validate_against_pytorch(model, SnippetsOn(dyn_onnx), "fp32", cases)
+    if report.passed:
+        pytest.skip(f"OpenVINO {ov.__version__} no longer computes wrong results after a small input with "
+                    "snippets on: the runner's SNIPPETS_MODE=DISABLE for dynamic H/W may be lifted")
+    assert report.candidate_info["snippets"] == "default"
+    assert any("96x128" in f for f in report.failures)
+
+
+def test_the_runner_is_correct_small_then_large_on_one_compiled_model(dyn_onnx, model):
+    report = validate_against_pytorch(model, OpenVinoRunner(dyn_onnx), "fp32",
+                                      validation_cases(DYN, read_pre()))
+    assert report.passed, report.failures
+    assert report.candidate_info["snippets"] == "disabled (dynamic H/W)"
+    assert report.candidate_info["config"]["SNIPPETS_MODE"] == "DISABLE"
+    assert [s.case for s in report.stats][0] == "random b=1 32x32"
+    # and a 224-px input after a 32-px one, on the same compiled model, as the issue saw
+    ref = OrtRunner(dyn_onnx)
+    with OpenVinoRunner(dyn_onnx) as r, ref:
+        r.infer(np.zeros((1, 3, 32, 32), np.float32))
+        x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+        got, want = r.infer(x)[0], ref.infer(x)[0]
+    assert np.abs(got - want).max() <= 1e-4
+
+
+def test_static_hw_models_keep_snippets(tmp_path):
+    spec = replace(DYN, dynamic_hw=False, batch=BatchRange(1, 2, 2))
+    path = make_artifacts(ArtifactRequest(spec=spec, out_dir=tmp_path, validate=False, quiet=True)).final.path
+    with OpenVinoRunner(path) as r:
+        info = r.describe()
+        outs = [r.infer(np.ones((b, 3, 64, 64), np.float32))[0] for b in (1, 2, 1)]
+    assert info["snippets"] == "default" and "SNIPPETS_MODE" not in info["config"]
+    np.testing.assert_allclose(outs[0], outs[2], atol=1e-5)
+    np.testing.assert_allclose(outs[1][0], outs[0][0], atol=1e-4)
+
+
+# -- twins-validate and open_runner ------------------------------------------------------------------
+def test_twins_validate_with_openvino(dyn_onnx, tmp_path, capsys):
+    from twins_deploy.cli.validate import main as validate_main
+
+    report = tmp_path / "r.json"
+    assert validate_main([str(dyn_onnx), "--backend", "openvino-f32", "--batch", "1", "--threads", "1",
+                          "--report", str(report), "-q"]) == 0
+    rep = json.loads(report.read_text())
+    assert rep["passed"] and rep["candidate"] == "openvino-f32" and rep["precision"] == "fp32"
+    assert rep["candidate_info"]["precision"] == "fp32" and rep["candidate_info"]["threads"] == 1
+    assert rep["stats"][0]["case"] == "random b=1 32x32"
+    rc = validate_main([str(dyn_onnx), "--backend", "openvino-bf16", "--batch", "1", "--report", str(report), "-q"])
+    if NATIVE_BF16:
+        assert rc == 0 and json.loads(report.read_text())["precision"] == "bf16"
+    else:
+        assert rc == 3 and "no native BF16" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        validate_main([str(dyn_onnx), "--backend", "openvino-fp64", "-q"])
+    assert e.value.code == 2
+
+
+def test_a_plan_runs_in_tensorrt_only(dyn_onnx):
+    m = read_manifest(dyn_onnx)
+    plan = replace(m, kind="trt", engine=EngineInfo("10.13", {}, {}, {}, {}))
+    with pytest.raises(OptionError, match="runs in TensorRT only"):
+        open_runner(dyn_onnx, plan, backend="openvino-f32")
+    assert isinstance(open_runner(dyn_onnx, m, backend="openvino-bf16"), OpenVinoRunner)
+    assert isinstance(open_runner(dyn_onnx, m), OrtRunner)
+
+
+# -- twins-bench ---------------------------------------------------------------------------------------
+def test_bench_rows_record_the_precision_used(tmp_path):
+    from twins_deploy.cli.bench import main as bench_main
+
+    fast = ["--min-iters", "2", "--min-time", "0", "--warmup", "1", "--warmup-time", "0", "-q"]
+    assert bench_main(["--model", "pcpvt_s", "--backends", "ort-cpu,openvino-f32,openvino-bf16", "--batch", "1",
+                       "--img-size", "64", "--threads", "1", "--out", str(tmp_path), "--name", "ov", *fast]) == 0
+    rows = {r["backend"]: r for r in json.loads((tmp_path / "ov.json").read_text())["rows"]}
+    f32 = rows["openvino-f32"]
+    assert f32["status"] == "ok" and f32["precision"] == "fp32" and rows["ort-cpu"]["precision"] == "fp32"
+    assert f32["runner"]["config"]["INFERENCE_PRECISION_HINT"] == "f32"
+    assert f32["runner"]["config"]["INFERENCE_NUM_THREADS"] == "1"
+    bf16 = rows["openvino-bf16"]
+    if NATIVE_BF16:
+        assert bf16["status"] == "ok" and bf16["precision"] == "bf16"
+    else:
+        assert bf16["status"] == "skipped" and "no native BF16" in bf16["reason"]
+    # one artifact serves ONNX Runtime and OpenVINO
+    assert len(list((tmp_path / ".artifacts").glob("*.onnx"))) == 1
+    assert "openvino-f32,fp32," in (tmp_path / "ov.csv").read_text()
+
+
+# -- the interleaved CPU comparison ------------------------------------------------------------------
+def _route(label: str, img_s: float, precision: str = "fp32", passed: bool | None = True, skipped: str | None = None):
+    from twins_deploy.bench.cpu_compare import Route
+
+    r = Route(label, label, lambda: None, precision=precision, skipped=skipped)
+    if not skipped:
+        r.validation = {"passed": passed, "thresholds": precision, "runner": {"precision": precision}}
+        r.samples = {1: [img_s / 2, img_s / 2], 8: [img_s * 0.9, img_s, img_s * 1.5]}
+    return r
+
+
+def test_cpu_compare_speedups_and_verdict():
+    from twins_deploy.bench.cpu_compare import BASELINE, summarise
+
+    routes = [_route(BASELINE, 10), _route("ort", 11), _route("openvino-f32", 14),
+              _route("openvino-bf16", 25, "bf16"), _route("torch", 6), _route("broken", 99, passed=False)]
+    rows, verdict = summarise(routes, [1, 8])
+    by = {r["route"]: r for r in rows}
+    assert by[BASELINE]["b8_vs_baseline"] == 1.0 and by["openvino-f32"]["b8_img_s"] == 14
+    assert by["openvino-bf16"]["b8_vs_baseline"] == 2.5 and by["openvino-bf16"]["precision"] == "bf16"
+    assert verdict["batch"] == 8
+    assert verdict["best_validated"] == {"route": "openvino-bf16", "speedup": 2.5, "target": 2.0, "met": True}
+    assert verdict["best_fp32"] == {"route": "openvino-f32", "speedup": 1.4, "target": 1.3, "met": True}
+    routes[3] = _route("openvino-bf16", 0, "bf16", skipped="no native BF16")
+    rows, verdict = summarise(routes, [1, 8])
+    assert verdict["best_validated"]["route"] == "openvino-f32" and not verdict["best_validated"]["met"]
+    assert {r["route"]: r for r in rows}["openvino-bf16"] == {
+        "route": "openvino-bf16", "what": "openvino-bf16", "judged_as": "bf16", "status": "skipped",
+        "reason": "no native BF16"}
+
+
+def test_cpu_compare_end_to_end_with_tiny_settings(tmp_path):
+    from twins_deploy.bench.cpu_compare import BASELINE, run_comparison, to_markdown, write_results
+
+    result = run_comparison("pcpvt_s", batches=(1, 2), hw=(64, 64), threads=1, rounds=1, min_time_s=0,
+                            min_iters=1, note="test run")
+    rows = {r["route"]: r for r in result["rows"]}
+    assert list(rows) == [BASELINE, "ort", "openvino-f32", "openvino-bf16", "torch"]
+    for label, r in rows.items():
+        if r["status"] == "skipped":
+            assert label == "openvino-bf16" and not NATIVE_BF16 and "no native BF16" in r["reason"]
+            continue
+        assert r["validation"]["passed"], (label, r["validation"]["failures"])
+        assert len(r["b1_rounds"]) == len(r["b2_rounds"]) == 1 and r["b2_img_s"] > 0
+    assert rows[BASELINE]["b2_vs_baseline"] == 1.0
+    assert rows["openvino-f32"]["validation"]["runner"]["config"]["INFERENCE_NUM_THREADS"] == "1"
+    assert result["graphs"]["timm"]["nodes"] > result["graphs"]["ours"]["nodes"]
+    assert result["tools"]["openvino"] and result["machine"]["cpu"] and result["verdict"]["batch"] == 2
+    paths = write_results(result, tmp_path, "cc")
+    assert [p.name for p in paths] == ["cc.json", "cc.md"]
+    md = to_markdown(result)
+    assert "timm's ONNX export, ONNX Runtime" in md and "## Targets (batch 2" in md and "test run" in md
