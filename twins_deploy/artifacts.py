@@ -120,22 +120,6 @@ def refuse_overwrite(paths: list[Path], force: bool) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only on success."""
-    final = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; use what open() would
-        os.replace(tmp_path, final)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
-
-
-@contextlib.contextmanager
 def staged_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary file beside ``path`` for an artifact in the making; removed if the body
     fails or the file is never installed (see :func:`install_artifact`)."""
@@ -148,6 +132,15 @@ def staged_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place only on success."""
+    with staged_file(path) as tmp:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; use what open() would
+        os.replace(tmp, path)
 
 
 def install_artifact(staged: Path, final: Path, manifest: dict[str, Any]) -> None:

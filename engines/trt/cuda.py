@@ -58,7 +58,20 @@ def native_handle(obj: Any) -> int:
         return int(obj)
 
 
-class DeviceBuffer:
+class _FreedWhenCollected:
+    """Memory that is freed when its owner forgets it (``free`` may also be called early)."""
+
+    def free(self) -> None:
+        raise NotImplementedError
+
+    def __del__(self) -> None:
+        try:
+            self.free()
+        except Exception:  # interpreter shutdown: nothing sensible left to do
+            pass
+
+
+class DeviceBuffer(_FreedWhenCollected):
     """``nbytes`` of device memory from cudaMalloc (256-byte aligned, as TensorRT needs)."""
 
     def __init__(self, nbytes: int) -> None:
@@ -70,11 +83,6 @@ class DeviceBuffer:
             cuda_check(cudart().cudaFree(self.ptr), "cudaFree")
             self.ptr = 0
 
-    def __del__(self) -> None:
-        try:
-            self.free()
-        except Exception:  # interpreter shutdown: nothing sensible left to do
-            pass
 
 
 class Stream:
@@ -94,7 +102,7 @@ class Stream:
             self.obj = None
 
 
-class PinnedHostArray:
+class PinnedHostArray(_FreedWhenCollected):
     """A numpy array in page-locked host memory (cudaMallocHost), as trtexec stages its
     copies: pageable memory makes cudaMemcpyAsync synchronous and slower, so copy timings
     from it are not comparable with trtexec's."""
@@ -114,11 +122,6 @@ class PinnedHostArray:
             cuda_check(cudart().cudaFreeHost(self.ptr), "cudaFreeHost")
             self.ptr = 0
 
-    def __del__(self) -> None:
-        try:
-            self.free()
-        except Exception:  # interpreter shutdown: nothing sensible left to do
-            pass
 
 
 def copy_htod(dst: DeviceBuffer, src: np.ndarray, stream: Stream) -> None:
