@@ -270,3 +270,27 @@ def test_export_refuses_triton_options_before_any_work(tmp_path, capsys, args, m
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and message in err[-1]
     assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
+
+
+# -- serving commands in an environment that cannot serve ---------------------------------------------
+@pytest.mark.parametrize("argv", [["serve", "{repo}"], ["bench", "--serve", "{repo}", "--requests", "2",
+                                                       "--concurrency", "1"]])
+def test_numpy_2_environment_is_refused_with_the_fix(tmp_path, monkeypatch, capsys, argv):
+    from twins_deploy.cli.bench import main as bench_main
+    from twins_deploy.cli.serve import main as serve_main
+    from twins_deploy.serving import server
+
+    monkeypatch.setattr(server.np, "__version__", "2.3.0")
+    main = serve_main if argv[0] == "serve" else bench_main
+    code = main([a.format(repo=tmp_path) for a in argv[1:]])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and err[-1].startswith("error: ") and "numpy 2.3.0" in err[-1] and "twins-deploy[serve]" in err[-1]
+
+
+def test_load_test_options_are_checked(tmp_path):
+    from twins_deploy.bench.serve_load import LoadConfig
+
+    with pytest.raises(OptionError, match="fewer than the highest concurrency 16"):
+        LoadConfig(target=tmp_path, requests=8)
+    with pytest.raises(OptionError, match="modes must be among"):
+        LoadConfig(target=tmp_path, modes=("fast",))

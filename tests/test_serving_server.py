@@ -8,13 +8,12 @@ shared-memory region behind. Needs the serving environment (numpy<2, nvidia-pytr
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,65 +38,30 @@ MODEL = "svt_s_fp32"
 START_TIMEOUT_S = 300  # a failure deadline on a loaded machine, not a measurement
 
 
-def free_ports(n: int = 3) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+def Server(tmp: Path, *args: str, ignore_sigint: bool = False) -> srv.ServerProcess:
+    """``twins-serve ARGS`` in a subprocess, as a user runs it, once it says 'ready'."""
+    s = srv.ServerProcess(list(args[:1]), list(args[1:]), tmp, ignore_sigint=ignore_sigint)
+    try:
+        return s.wait_ready(START_TIMEOUT_S)
+    except BackendUnavailableError as e:
+        pytest.fail(f"{e}\n{s.err.read_text()[-3000:]}")
 
 
-class Server:
-    """``twins-serve ARGS`` in a subprocess, as a user runs it; ``ready`` when it says so."""
-
-    def __init__(self, tmp: Path, *args: str, ignore_sigint: bool = False) -> None:
-        self.http, self.grpc, self.metrics = free_ports()
-        self.out, self.err = tmp / "serve.out", tmp / "serve.err"
-        cmd = [sys.executable, "-m", "twins_deploy.cli.serve", *args, "--http-port", str(self.http),
-               "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics), "--workspace", str(tmp)]
-        # a job started with `&` by a non-interactive shell inherits SIGINT ignored
-        preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
-        with open(self.out, "w") as out, open(self.err, "w") as err:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, preexec_fn=preexec)
-        self.workspace_root = tmp
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while "ready (pid" not in self.out.read_text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.proc.kill()
-                pytest.fail(f"twins-serve did not become ready (exit {self.proc.poll()}):\n{self.err.read_text()[-3000:]}")
-            time.sleep(0.3)
-        self.children = srv.server_processes(self.proc.pid)
-
-    def http_client(self) -> httpclient.InferenceServerClient:
-        return httpclient.InferenceServerClient(f"127.0.0.1:{self.http}")
-
-    def grpc_client(self) -> grpcclient.InferenceServerClient:
-        return grpcclient.InferenceServerClient(f"127.0.0.1:{self.grpc}")
-
-    def metric(self, name: str) -> float:
-        import urllib.request
-
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics}/metrics", timeout=30).read().decode()
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith(name + "{") and f'model="{MODEL}"' in line)
-
-    def stop(self, sig: int) -> int:
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=START_TIMEOUT_S)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
+def http(server: srv.ServerProcess) -> httpclient.InferenceServerClient:
+    return httpclient.InferenceServerClient(f"127.0.0.1:{server.http}")
 
 
-def assert_nothing_left(server: Server) -> None:
+def grpc(server: srv.ServerProcess) -> grpcclient.InferenceServerClient:
+    return grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc}")
+
+
+def metric(server: srv.ServerProcess, name: str) -> float:
+    return server.metric(name, MODEL)
+
+
+def assert_nothing_left(server: srv.ServerProcess) -> None:
     assert server.children, "the server had tritonserver and stub processes while it ran"
-    alive = [p for p in server.children if srv._alive(p)]
-    assert not alive, f"processes left running: {alive}"
-    assert not list(Path("/dev/shm").glob(f"{srv.SHM_PREFIX}{server.proc.pid}-*"))
-    assert not list(server.workspace_root.glob("twins-serve-*")), "workspace left behind"
+    assert not server.leftovers()
 
 
 @pytest.fixture(scope="module")
@@ -148,10 +112,10 @@ def test_http_and_grpc_answer_with_validated_logits(server, reference):
     x = random_batch(3, manifest.spec.img_size, manifest.preprocess, seed=5)
     inp = httpclient.InferInput("input", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
-    got_http = server.http_client().infer(MODEL, [inp]).as_numpy("logits")
+    got_http = http(server).infer(MODEL, [inp]).as_numpy("logits")
     ginp = grpcclient.InferInput("input", list(x.shape), "FP32")
     ginp.set_data_from_numpy(x)
-    got_grpc = server.grpc_client().infer(MODEL, [ginp]).as_numpy("logits")
+    got_grpc = grpc(server).infer(MODEL, [ginp]).as_numpy("logits")
     assert got_http.shape == got_grpc.shape == (3, 1000) and got_http.dtype == np.float32
     for got in (got_http, got_grpc):
         report = judged(reference, x, got)
@@ -160,7 +124,7 @@ def test_http_and_grpc_answer_with_validated_logits(server, reference):
 
 
 def test_served_config_is_the_repositorys(server):
-    cfg = server.http_client().get_model_config(MODEL)
+    cfg = http(server).get_model_config(MODEL)
     assert cfg["max_batch_size"] == 4
     assert cfg["input"][0]["name"] == "input" and cfg["input"][0]["dims"] == [3, 224, 224]
     assert cfg["output"][0]["name"] == "logits" and cfg["output"][0]["dims"] == [1000]
@@ -169,7 +133,7 @@ def test_served_config_is_the_repositorys(server):
 
 
 def test_bad_requests_get_clear_errors_and_the_server_stays_up(server, reference):
-    client = server.http_client()
+    client = http(server)
 
     def infer(x: np.ndarray, dtype: str = "FP32", name: str = "input") -> np.ndarray:
         inp = httpclient.InferInput(name, list(x.shape), dtype)
@@ -193,7 +157,7 @@ def test_bad_requests_get_clear_errors_and_the_server_stays_up(server, reference
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server, reference):
     _, manifest = reference
     xs = [random_batch(1, manifest.spec.img_size, manifest.preprocess, seed=100 + i) for i in range(24)]
-    client = server.grpc_client()
+    client = grpc(server)
 
     def one(x: np.ndarray) -> np.ndarray:
         inp = grpcclient.InferInput("input", list(x.shape), "FP32")
@@ -201,7 +165,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server, re
         return client.infer(MODEL, [inp]).as_numpy("logits")
 
     alone = [one(x) for x in xs[:2]]
-    count0, exec0 = server.metric("nv_inference_count"), server.metric("nv_inference_exec_count")
+    count0, exec0 = metric(server, "nv_inference_count"), metric(server, "nv_inference_exec_count")
     results: dict[int, np.ndarray] = {}
     start = threading.Barrier(8)
 
@@ -219,8 +183,8 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server, re
     for i in range(2):  # the same request, batched with others or alone, gets the same logits
         np.testing.assert_allclose(results[i], alone[i], rtol=0, atol=1e-4)
     assert judged(reference, np.concatenate(xs), np.concatenate([results[i] for i in range(24)])).passed
-    inferences = server.metric("nv_inference_count") - count0
-    executions = server.metric("nv_inference_exec_count") - exec0
+    inferences = metric(server, "nv_inference_count") - count0
+    executions = metric(server, "nv_inference_exec_count") - exec0
     assert inferences == 24
     assert executions < inferences, "8 concurrent clients never shared an execution: dynamic batching is off"
 
@@ -252,17 +216,17 @@ def test_background_server_stops_on_sigint_and_serves_batch_1(svt_s_triton_repo,
     s = Server(short_tmp, str(repo / MODEL), "--max-batch", "1", "--instances", "2", ignore_sigint=True)
     try:
         assert "max batch 1, no dynamic batching, 2 CPU instances" in s.out.read_text()
-        cfg = s.http_client().get_model_config(MODEL)
+        cfg = http(s).get_model_config(MODEL)
         assert cfg["max_batch_size"] == 1 and "dynamic_batching" not in cfg
         assert sum(g["count"] for g in cfg["instance_group"]) == 2
         x = np.zeros((1, 3, 224, 224), np.float32)
         inp = httpclient.InferInput("input", [1, 3, 224, 224], "FP32")
         inp.set_data_from_numpy(x)
-        assert s.http_client().infer(MODEL, [inp]).as_numpy("logits").shape == (1, 1000)
+        assert http(s).infer(MODEL, [inp]).as_numpy("logits").shape == (1, 1000)
         with pytest.raises(InferenceServerException, match=r"batch.size must be <= 1"):
             inp2 = httpclient.InferInput("input", [2, 3, 224, 224], "FP32")
             inp2.set_data_from_numpy(np.zeros((2, 3, 224, 224), np.float32))
-            s.http_client().infer(MODEL, [inp2])
+            http(s).infer(MODEL, [inp2])
         assert s.stop(signal.SIGINT) == 0
     finally:
         if s.proc.poll() is None:
@@ -306,3 +270,35 @@ def test_bad_input_is_one_error_line_and_no_server(svt_s_triton_repo, capsys, ar
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("error: ") and message in err[-1], err
     assert not srv.server_processes(os.getpid())
+
+
+# -- the bounded load test (twins-bench --serve), briefly -----------------------------------------------
+def test_load_test_runs_to_the_end_with_no_errors(svt_s_triton_repo, tmp_path, capsys):
+    from twins_deploy.cli.bench import main as bench_main
+
+    _, repo = svt_s_triton_repo
+    code = bench_main(["--serve", str(repo), "--concurrency", "1,3", "--requests", "6", "--serve-modes", "dynamic",
+                       "--out", str(tmp_path), "--name", "load", "-q"])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((tmp_path / "load.json").read_text())
+    assert [(r["mode"], r["concurrency"], r["requests"], r["ok"], r["errors"]) for r in result["rows"]] == [
+        ("dynamic", 1, 6, 6, 0), ("dynamic", 3, 6, 6, 0)]
+    for r in result["rows"]:
+        assert 1 <= r["executions"] <= 6 and r["avg_batch"] == round(6 / r["executions"], 2)
+        assert r["latency_ms_p50"] <= r["latency_ms_p99"] and r["throughput_ips"] > 0
+    assert result["servers"]["dynamic"]["exit_code"] == 0 and result["servers"]["dynamic"]["leftovers"] == []
+    assert result["servers"]["dynamic"]["artifact"]["sha256"] == read_manifest(repo / MODEL / "1/model.onnx").sha256
+    assert result["environment"]["tools"]["tritonserver"] == "2.51.0" and result["environment"]["tools"]["nvidia-pytriton"]
+    assert "twins-bench --serve" in (tmp_path / "load.md").read_text()
+    assert not srv.server_processes(os.getpid())
+
+
+def test_gain_is_dynamic_over_batch_1_at_the_same_concurrency():
+    from twins_deploy.bench.serve_load import gains
+
+    rows = [{"mode": m, "concurrency": c, "throughput_ips": ips, "latency_ms_p99": p99}
+            for m, c, ips, p99 in [("dynamic", 1, 10.0, 100), ("batch1", 1, 10.0, 90), ("dynamic", 8, 30.0, 400),
+                                   ("batch1", 8, 12.0, 900), ("dynamic", 16, 31.0, 700)]]
+    assert gains(rows) == [
+        {"concurrency": 1, "dynamic_ips": 10.0, "batch1_ips": 10.0, "gain": 1.0, "dynamic_p99_ms": 100, "batch1_p99_ms": 90},
+        {"concurrency": 8, "dynamic_ips": 30.0, "batch1_ips": 12.0, "gain": 2.5, "dynamic_p99_ms": 400, "batch1_p99_ms": 900}]

@@ -426,3 +426,84 @@ def main_entry(targets: list[Path], opts: ServeOptions) -> int:
     got = serve(targets, opts, on_ready=ready)
     print(f"stopped ({', '.join(got) or 'server exit'}); nothing left running", file=sys.stderr, flush=True)
     return 0
+
+
+# -- a server in a subprocess (the load test and the tests start it as a user does) ---------------------
+def free_ports(n: int = 3, host: str = "127.0.0.1") -> list[int]:
+    """``n`` ports nothing listens on now (the kernel's choice; a race with another process
+    is possible but then the server refuses the port with a clear error)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class ServerProcess:
+    """``twins-serve TARGETS ARGS`` in a subprocess on free localhost ports, its output in
+    ``workdir``; ``ignore_sigint`` starts it as a shell's ``&`` does (SIGINT ignored)."""
+
+    def __init__(self, targets: list[str | os.PathLike[str]], args: list[str], workdir: Path,
+                 ignore_sigint: bool = False) -> None:
+        import subprocess
+
+        self.http, self.grpc, self.metrics = free_ports(3)
+        self.workdir = workdir
+        self.out, self.err = workdir / "serve.out", workdir / "serve.err"
+        cmd = [sys.executable, "-m", "twins_deploy.cli.serve", *map(str, targets), *args,
+               "--http-port", str(self.http), "--grpc-port", str(self.grpc),
+               "--metrics-port", str(self.metrics), "--workspace", str(workdir)]
+        preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
+        with open(self.out, "w") as out, open(self.err, "w") as err:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, preexec_fn=preexec)
+        self.children: list[int] = []
+
+    def wait_ready(self, timeout_s: float = 300.0) -> ServerProcess:
+        """Block until the server prints 'ready'; a deadline for failure, not a measurement."""
+        deadline = time.monotonic() + timeout_s
+        while "ready (pid" not in self.out.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                tail = self.err.read_text(errors="replace").strip().splitlines()[-3:]
+                raise BackendUnavailableError(f"twins-serve did not become ready (exit {self.proc.returncode}): "
+                                              + " | ".join(tail))
+            time.sleep(0.3)
+        self.children = server_processes(self.proc.pid)
+        return self
+
+    def metric(self, name: str, model: str) -> float:
+        """A Prometheus counter of ``model`` (e.g. nv_inference_count, nv_inference_exec_count)."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics}/metrics", timeout=30) as r:
+            text = r.read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name + "{") and f'model="{model}"' in line)
+
+    def stop(self, sig: int = signal.SIGINT, timeout_s: float = 300.0) -> int:
+        """Ask the server to stop with ``sig``; its exit code (0 for a clean stop)."""
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return int(self.proc.returncode)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        _kill_leftovers(self.children, grace_s=0)
+
+    def leftovers(self) -> list[str]:
+        """What a clean stop must not leave: live server processes, the workspace, shm regions."""
+        left = [f"process {p}" for p in self.children if _alive(p)]
+        left += [str(p) for p in Path("/dev/shm").glob(f"{SHM_PREFIX}{self.proc.pid}-*")]
+        left += [str(p) for p in self.workdir.glob(f"{WORKSPACE_PREFIX}*")]
+        return left
