@@ -226,7 +226,8 @@ def gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def to_markdown(result: dict[str, Any]) -> str:
     env, cfg = result["environment"], result["config"]
     lines = [f"# twins-serve load test: {result['title']}", "",
-             f"- machine: {env['machine']['cpu']} ({env['machine']['cores']} cores); clients and server on the same machine",
+             f"- machine: {env['machine']['cpu']} ({env['machine']['cores']} cores); "
+             "clients and server on the same machine",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in env["tools"].items() if v),
              f"- method: {result['method']}", f"- created: {result['created']}", "",
              "| mode | concurrency | requests | errors | img/s | p50 ms | p90 ms | p99 ms | executions | avg batch |",
@@ -263,7 +264,8 @@ def run_load_test(cfg: LoadConfig) -> tuple[list[Path], dict[str, Any]]:
     result = {
         "title": f"{next(iter(servers.values())).get('served')} over {cfg.protocol}, batch-1 requests",
         "created": now_iso(),
-        "method": (f"{cfg.requests} single-image requests per level, concurrency {list(cfg.concurrency)} client threads "
+        "method": (f"{cfg.requests} single-image requests per level, concurrency {list(cfg.concurrency)} "
+                   "client threads "
                    f"(one tritonclient {cfg.protocol} connection each, next request as soon as the answer arrives), "
                    f"{cfg.warmup} warm-up requests per server; throughput = answered requests / wall time; "
                    "executions and avg batch from Triton's nv_inference_count / nv_inference_exec_count"),

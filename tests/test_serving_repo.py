@@ -51,7 +51,8 @@ def manifest_of(kind: str = "onnx", *, model: str = "svt_s", batch: BatchRange =
         kind=kind, artifact=f"{stem}.{'plan' if kind == 'trt' else 'onnx'}",
         model=ModelInfo(model, features, 1000, cfg.paper_name, cfg.timm_name, cfg.to_dict()),
         weights=WeightsInfo("random", seed=0), spec=spec, plan=plan,
-        input=InputInfo("input", spec.input_shape(), plan.io_dtype(kind), axes, {"min": batch.min, "opt": batch.opt, "max": batch.max}),
+        input=InputInfo("input", spec.input_shape(), plan.io_dtype(kind), axes,
+                        {"min": batch.min, "opt": batch.opt, "max": batch.max}),
         outputs=spec.output_names, preprocess=Preprocess(), tools={}, created="", sha256=None)
 
 
@@ -246,7 +247,8 @@ def test_export_refuses_an_existing_entry_before_any_work(svt_s_triton_repo, tmp
     _, repo = svt_s_triton_repo
     before = {p: p.stat().st_mtime_ns for p in repo.rglob("*")}
     out = tmp_path / "fresh"
-    code = export_main(["--model", "svt_s", "--opt-batch", "2", "--max-batch", "4", "--out-dir", str(out), "--triton-repo", str(repo), "-q"])
+    code = export_main(["--model", "svt_s", "--opt-batch", "2", "--max-batch", "4", "--out-dir", str(out),
+                        "--triton-repo", str(repo), "-q"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert err[0].startswith("error: Triton model repository entry") and "svt_s_fp32 already exists" in err[0]

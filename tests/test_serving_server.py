@@ -102,7 +102,8 @@ def judged(reference, x: np.ndarray, got: np.ndarray) -> ValidationReport:
 
 def test_ready_lines_say_what_is_served(server):
     text = server.out.read_text()
-    assert f"serving {MODEL} (onnx, max batch 4, dynamic batching preferred [2, 4], queue delay 100 us, 1 CPU instance)" in text
+    assert (f"serving {MODEL} (onnx, max batch 4, dynamic batching preferred [2, 4], queue delay 100 us, "
+            "1 CPU instance)") in text
     assert f"HTTP http://127.0.0.1:{server.http}  gRPC 127.0.0.1:{server.grpc}" in text
     assert "Failed to initialize NVML" not in text  # the server's console noise stays in its log
 
@@ -238,7 +239,8 @@ def test_background_server_stops_on_sigint_and_serves_batch_1(svt_s_triton_repo,
 # -- refused before a server starts -------------------------------------------------------------------
 def test_numpy_2_is_refused_with_the_fix(monkeypatch):
     monkeypatch.setattr(srv.np, "__version__", "2.1.0")
-    with pytest.raises(BackendUnavailableError, match=r"empty outputs with numpy 2.1.0.*numpy<2.*twins-deploy\[serve\]"):
+    with pytest.raises(BackendUnavailableError,
+                       match=r"empty outputs with numpy 2.1.0.*numpy<2.*twins-deploy\[serve\]"):
         srv.check_environment()
 
 
@@ -288,7 +290,8 @@ def test_load_test_runs_to_the_end_with_no_errors(svt_s_triton_repo, tmp_path, c
         assert r["latency_ms_p50"] <= r["latency_ms_p99"] and r["throughput_ips"] > 0
     assert result["servers"]["dynamic"]["exit_code"] == 0 and result["servers"]["dynamic"]["leftovers"] == []
     assert result["servers"]["dynamic"]["artifact"]["sha256"] == read_manifest(repo / MODEL / "1/model.onnx").sha256
-    assert result["environment"]["tools"]["tritonserver"] == "2.51.0" and result["environment"]["tools"]["nvidia-pytriton"]
+    tools = result["environment"]["tools"]
+    assert tools["tritonserver"] == "2.51.0" and tools["nvidia-pytriton"]
     assert "twins-bench --serve" in (tmp_path / "load.md").read_text()
     assert not srv.server_processes(os.getpid())
 
@@ -300,5 +303,7 @@ def test_gain_is_dynamic_over_batch_1_at_the_same_concurrency():
             for m, c, ips, p99 in [("dynamic", 1, 10.0, 100), ("batch1", 1, 10.0, 90), ("dynamic", 8, 30.0, 400),
                                    ("batch1", 8, 12.0, 900), ("dynamic", 16, 31.0, 700)]]
     assert gains(rows) == [
-        {"concurrency": 1, "dynamic_ips": 10.0, "batch1_ips": 10.0, "gain": 1.0, "dynamic_p99_ms": 100, "batch1_p99_ms": 90},
-        {"concurrency": 8, "dynamic_ips": 30.0, "batch1_ips": 12.0, "gain": 2.5, "dynamic_p99_ms": 400, "batch1_p99_ms": 900}]
+        {"concurrency": 1, "dynamic_ips": 10.0, "batch1_ips": 10.0, "gain": 1.0,
+         "dynamic_p99_ms": 100, "batch1_p99_ms": 90},
+        {"concurrency": 8, "dynamic_ips": 30.0, "batch1_ips": 12.0, "gain": 2.5,
+         "dynamic_p99_ms": 400, "batch1_p99_ms": 900}]

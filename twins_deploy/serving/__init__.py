@@ -5,6 +5,6 @@ batch and dims, data types, dynamic batching, instance groups), written as a rep
 ``REPO/<name>/config.pbtxt`` + ``REPO/<name>/1/model.onnx|model.plan`` + the manifest, never
 half-overwritten, and read back with Triton's own ``ModelConfig`` schema.
 ``server``: ``twins-serve``, the same models served through PyTriton's bundled ``tritonserver``
-(python backend) by the project's Runners, with a clean shutdown on SIGINT/SIGTERM/SIGHUP.
-``env``: what the serving environment needs (numpy<2, the interpreter's own libpython).
+(python backend) by the project's Runners, with what that environment needs checked or set
+(numpy<2, the interpreter's own libpython) and a clean shutdown on SIGINT/SIGTERM/SIGHUP.
 """

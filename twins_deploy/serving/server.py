@@ -175,7 +175,8 @@ def _checked_manifest(entry: RepoEntry) -> Manifest:
     manifest = read_manifest(entry.artifact)
     derived = model_for(manifest, TritonRepoOptions(repo=entry.artifact.parent), name=entry.model.name)
     m = entry.model
-    for what, a, b in (("platform", m.platform, derived.platform), ("max_batch_size", m.max_batch_size, derived.max_batch_size),
+    for what, a, b in (("platform", m.platform, derived.platform),
+                       ("max_batch_size", m.max_batch_size, derived.max_batch_size),
                        ("inputs", m.inputs, derived.inputs), ("outputs", m.outputs, derived.outputs)):
         if a != b:
             raise ArtifactError(f"{entry.artifact.parent.parent / CONFIG_FILE}: {what} {a} disagrees with the "
@@ -192,7 +193,8 @@ def with_overrides(model: TritonModel, opts: ServeOptions) -> TritonModel:
         if model.max_batch_size == 0:
             raise OptionError(f"{model.name} is a fixed-batch model (max_batch_size 0): --max-batch does not apply")
         if opts.max_batch > model.max_batch_size:
-            raise OptionError(f"--max-batch {opts.max_batch} exceeds {model.name}'s max_batch_size {model.max_batch_size}")
+            raise OptionError(f"--max-batch {opts.max_batch} exceeds {model.name}'s max_batch_size "
+                              f"{model.max_batch_size}")
         changes["max_batch_size"] = opts.max_batch
         changes["preferred_batch"] = tuple(b for b in model.preferred_batch if b <= opts.max_batch)
     if opts.queue_delay_us is not None and model.dynamic_batching:

@@ -121,7 +121,8 @@ class TritonModel:
                   f"max_batch_size: {self.max_batch_size}",
                   f"input {tensors(self.inputs, image=True)}", f"output {tensors(self.outputs, image=False)}"]
         if self.dynamic_batching:
-            pref = f"  preferred_batch_size: [ {', '.join(map(str, self.preferred_batch))} ]\n" if self.preferred_batch else ""
+            sizes = ", ".join(map(str, self.preferred_batch))
+            pref = f"  preferred_batch_size: [ {sizes} ]\n" if self.preferred_batch else ""
             lines.append(f"dynamic_batching {{\n{pref}  max_queue_delay_microseconds: {self.queue_delay_us}\n}}")
         lines.append(f"instance_group [\n  {{\n    count: {self.instances}\n    kind: {self.instance_kind}\n  }}\n]")
         if self.ort_trt_precision:
@@ -195,7 +196,8 @@ def feature_dims(spec: ExportSpec, embed_dims: list[int] | tuple[int, ...]) -> l
 def check_request(options: TritonRepoOptions, kind: str, spec: ExportSpec) -> None:
     """Refuse what Triton could not serve, before any export work is done."""
     if kind == "trt" and options.device == "cpu":
-        raise OptionError("a TensorRT plan runs on a GPU only: Triton instance kind must be GPU (drop --triton-device cpu)")
+        raise OptionError("a TensorRT plan runs on a GPU only: Triton instance kind must be GPU "
+                          "(drop --triton-device cpu)")
     if options.ort_trt and (kind != "onnx" or options.device != "gpu"):
         raise OptionError("ONNX Runtime's TensorRT accelerator applies to ONNX models on a GPU: "
                           "use it with --triton-device gpu and --fmt onnx")
@@ -272,7 +274,8 @@ def write_entry(options: TritonRepoOptions, artifact: Path, manifest: Manifest, 
     with output_dir(options.repo) as repo:
         final = repo / model.name
         refuse_existing_entry(final, overwrite)
-        stage = Path(tempfile.mkdtemp(dir=_staging_parent(repo), prefix=f".{repo.name}.{model.name}.", suffix=".partial"))
+        stage = Path(tempfile.mkdtemp(dir=_staging_parent(repo), prefix=f".{repo.name}.{model.name}.",
+                                      suffix=".partial"))
         aside = stage.with_suffix(".replaced")
         try:
             version = stage / str(VERSION)
