@@ -286,7 +286,8 @@ def test_numpy_2_environment_is_refused_with_the_fix(tmp_path, monkeypatch, caps
     main = serve_main if argv[0] == "serve" else bench_main
     code = main([a.format(repo=tmp_path) for a in argv[1:]])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 3 and err[-1].startswith("error: ") and "numpy 2.3.0" in err[-1] and "twins-deploy[serve]" in err[-1]
+    assert code == 3 and len(err) == 1 and err[0].startswith("error: ")
+    assert "numpy 2.3.0" in err[0] and "twins-deploy[serve]" in err[0]
 
 
 def test_load_test_options_are_checked(tmp_path):

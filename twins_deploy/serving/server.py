@@ -329,7 +329,7 @@ def _stop_on_signals() -> Iterator[list[str]]:
 
 def serve(targets: list[Path], opts: ServeOptions = ServeOptions(),
           on_ready: Callable[[list[TritonModel]], None] | None = None,
-          stop: threading.Event | None = None) -> list[str]:
+          stop: threading.Event | None = None, on_start: Callable[[str], None] | None = None) -> list[str]:
     """Serve ``targets`` until SIGINT/SIGTERM/SIGHUP (or ``stop`` is set); returns the signals
     received. Nothing is left behind: no process, no workspace, no shared-memory region."""
     check_environment()
@@ -337,6 +337,8 @@ def serve(targets: list[Path], opts: ServeOptions = ServeOptions(),
     models = [with_overrides(s.model, opts) for s in served]
     check_ports(opts)
     check_socket_paths(opts.workspace or Path(tempfile.gettempdir()), models)
+    if on_start:  # every check passed: what follows is the server's start
+        on_start(f"starting Triton Inference Server for {', '.join(m.name for m in models)} ...")
     os.environ["LD_LIBRARY_PATH"] = stub_library_path(os.environ.get("LD_LIBRARY_PATH")) or ""
     if opts.verbose:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -424,8 +426,7 @@ def main_entry(targets: list[Path], opts: ServeOptions) -> int:
     def ready(models: list[TritonModel]) -> None:
         print("\n".join(ready_lines(models, opts)), flush=True)
 
-    print(f"starting Triton Inference Server for {', '.join(map(str, targets))} ...", file=sys.stderr, flush=True)
-    got = serve(targets, opts, on_ready=ready)
+    got = serve(targets, opts, on_ready=ready, on_start=lambda text: print(text, file=sys.stderr, flush=True))
     print(f"stopped ({', '.join(got) or 'server exit'}); nothing left running", file=sys.stderr, flush=True)
     return 0
 
