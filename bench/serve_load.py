@@ -15,6 +15,7 @@ small CPU machine the clients' own work is part of what is measured (said in the
 """
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 import time
@@ -210,6 +211,13 @@ def _server_version(client: Any) -> str | None:
     return meta.get("version") if isinstance(meta, dict) else getattr(meta, "version", None)
 
 
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Dynamic batching's throughput over batch-1 serving's, per concurrency."""
     by = {(r["mode"], r["concurrency"]): r for r in rows}
@@ -228,6 +236,8 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines = [f"# twins-serve load test: {result['title']}", "",
              f"- machine: {env['machine']['cpu']} ({env['machine']['cores']} cores); "
              "clients and server on the same machine",
+             f"- load average (1 min) at start/end: {env['loadavg_1min']['start']} / {env['loadavg_1min']['end']} "
+             "(above the core count, other work shared the machine)",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in env["tools"].items() if v),
              f"- method: {result['method']}", f"- created: {result['created']}", "",
              "| mode | concurrency | requests | errors | img/s | p50 ms | p90 ms | p99 ms | executions | avg batch |",
@@ -253,6 +263,7 @@ def run_load_test(cfg: LoadConfig) -> tuple[list[Path], dict[str, Any]]:
     from twins_deploy.serving.server import check_environment
 
     check_environment()
+    load_before = _loadavg()
     steps = Steps(len(cfg.modes) * (1 + len(cfg.concurrency)), quiet=cfg.quiet)
     rows: list[dict[str, Any]] = []
     servers = {}
@@ -269,7 +280,8 @@ def run_load_test(cfg: LoadConfig) -> tuple[list[Path], dict[str, Any]]:
                    f"(one tritonclient {cfg.protocol} connection each, next request as soon as the answer arrives), "
                    f"{cfg.warmup} warm-up requests per server; throughput = answered requests / wall time; "
                    "executions and avg batch from Triton's nv_inference_count / nv_inference_exec_count"),
-        "environment": {"machine": machine_info(), "tools": tools},
+        "environment": {"machine": machine_info(), "tools": tools,
+                        "loadavg_1min": {"start": load_before, "end": _loadavg()}},
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "servers": servers, "rows": rows, "gains": gains(rows),
     }

@@ -297,3 +297,29 @@ def test_load_test_options_are_checked(tmp_path):
         LoadConfig(target=tmp_path, requests=8)
     with pytest.raises(OptionError, match="modes must be among"):
         LoadConfig(target=tmp_path, modes=("fast",))
+
+
+# -- what twins-serve would serve (no server started) ----------------------------------------------------
+def test_an_artifact_is_served_as_its_repository_entry_would_be(tmp_path):
+    from twins_deploy.serving.server import resolve_targets
+
+    art, m = _fake_artifact(tmp_path / "out", manifest_of(batch=BatchRange(1, 4, 16)))
+    (direct,) = resolve_targets([art])
+    assert direct.model.name == "svt_s_fp32" and direct.artifact == art and direct.manifest.sha256 == m.sha256
+    assert direct.model == model_for(m, TritonRepoOptions(repo=tmp_path))
+    _schema()
+    entry = write_entry(TritonRepoOptions(repo=tmp_path / "repo"), art, m)
+    (from_repo,) = resolve_targets([tmp_path / "repo"])
+    assert from_repo.model == direct.model and from_repo.artifact == entry / "1" / "model.onnx"
+
+
+def test_a_config_that_disagrees_with_its_manifest_is_refused(tmp_path):
+    from twins_deploy.serving.server import resolve_targets
+
+    _schema()
+    art, m = _fake_artifact(tmp_path / "out", manifest_of())
+    entry = write_entry(TritonRepoOptions(repo=tmp_path / "repo"), art, m)
+    cfg = entry / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace("dims: [ 3, 224, 224 ]", "dims: [ 3, 256, 256 ]"))
+    with pytest.raises(ArtifactError, match=r"inputs .*256.* disagrees with the artifact's manifest"):
+        resolve_targets([entry])
