@@ -40,9 +40,12 @@ $(SERVE_STAMP): pyproject.toml
 
 serve-env: $(SERVE_STAMP)
 
+# both runs always run; the target fails if either did
 test: $(STAMP) $(SERVE_STAMP)
-	$(BIN)/python -m pytest -q
-	$(SERVE_BIN)/python -m pytest -q $(SERVE_TESTS)
+	@echo "$(BIN)/python -m pytest -q"; $(BIN)/python -m pytest -q; main=$$?; \
+	echo "$(SERVE_BIN)/python -m pytest -q $(SERVE_TESTS)"; \
+	$(SERVE_BIN)/python -m pytest -q $(SERVE_TESTS); serve=$$?; \
+	test $$main -eq 0 && test $$serve -eq 0
 
 export: $(STAMP)
 	$(BIN)/twins-export --model svt_s --fmt onnx --force
