@@ -237,7 +237,7 @@ def to_markdown(result: dict[str, Any]) -> str:
              f"- machine: {env['machine']['cpu']} ({env['machine']['cores']} cores); "
              "clients and server on the same machine",
              f"- load average (1 min) at start/end: {env['loadavg_1min']['start']} / {env['loadavg_1min']['end']} "
-             "(above the core count, other work shared the machine)",
+             f"on {env['machine']['cores']} cores (the test's own server and clients included)",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in env["tools"].items() if v),
              f"- method: {result['method']}", f"- created: {result['created']}", "",
              "| mode | concurrency | requests | errors | img/s | p50 ms | p90 ms | p99 ms | executions | avg batch |",
