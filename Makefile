@@ -1,4 +1,5 @@
 # One command each: `make test` (set up + run the tests), `make export` (set up + main job).
+# `make serve-env` makes .venv-serve, where twins-serve runs (`make test` makes it too).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -10,7 +11,7 @@ TEST_STAMP := $(VENV)/.test-$(SUM)
 # stubs' bare tensorrt/ folder would otherwise import as an empty namespace package.
 TRT_REF := $(VENV)/trt-reference
 
-.PHONY: setup setup-test test export clean
+.PHONY: setup setup-test serve-env test export clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +23,7 @@ $(RUN_STAMP): pyproject.toml | $(BIN)/python
 	$(PIP) install -e .
 	@rm -f $(VENV)/.run-* && touch $@
 
-# ... plus the test references (timm, the TensorRT API descriptions).
+# ... plus the test references (timm, Polygraphy, the TensorRT API descriptions).
 $(TEST_STAMP): $(RUN_STAMP)
 	@echo "== adding the test dependencies and the TensorRT API references =="
 	$(PIP) install -e ".[test]"
@@ -33,18 +34,42 @@ $(TEST_STAMP): $(RUN_STAMP)
 setup: $(RUN_STAMP)
 setup-test: $(TEST_STAMP)
 
+# The serving environment: PyTriton pins numpy<2 (its python backend returns empty outputs
+# under numpy 2), so twins-serve and its tests get a venv of their own beside .venv. torch is
+# there because `import twins_deploy` imports it: SERVE_TORCH names a CPU build (2.13.0 lies on
+# this project's machines' disk; elsewhere point pip at PyTorch's CPU wheels, or drop the pin).
+SERVE_VENV  ?= .venv-serve
+SERVE_BIN   := $(SERVE_VENV)/bin
+SERVE_STAMP := $(SERVE_VENV)/.installed-$(SUM)
+SERVE_TORCH ?= torch==2.13.0
+SPIP        := $(SERVE_BIN)/python -m pip --disable-pip-version-check --progress-bar off
+SERVE_TESTS := tests/test_serving_repo.py tests/test_serving_server.py
+
+$(SERVE_STAMP): pyproject.toml
+	@echo "== setting up $(SERVE_VENV) for twins-serve (numpy<2, PyTriton's Triton server; ~1.5 GB) =="
+	@test -x $(SERVE_BIN)/python || $(PYTHON) -m venv $(SERVE_VENV)
+	$(SPIP) install "$(SERVE_TORCH)"
+	$(SPIP) install -e ".[serve]" "pytest>=7"
+	@rm -f $(SERVE_VENV)/.installed-* && touch $@
+
+serve-env: $(SERVE_STAMP)
+
 # Line coverage of the TensorRT modules (engines/trt and the TensorRT runner), all of which
 # run under the TensorRT test doubles; which files count is set in pyproject.toml. Paths,
 # not module names: --cov=twins_deploy.engines imports torch too early and breaks it.
 TRT_COV := --cov=engines --cov-report=term-missing:skip-covered --cov-fail-under=95
 
-# -v prints every test as it finishes; --durations lists the slowest at the end.
-test: $(TEST_STAMP)
-	@echo "== running the tests (CPU only; about 10 minutes on 2 cores) =="
-	$(BIN)/python -m pytest -v --durations=10 $(TRT_COV)
+# -v prints every test as it finishes; --durations lists the slowest at the end. Both runs
+# always run; the target fails if either did.
+test: $(TEST_STAMP) $(SERVE_STAMP)
+	@echo "== running the tests (CPU only): the main suite, then the serving tests in $(SERVE_VENV) =="
+	$(BIN)/python -m pytest -v --durations=10 $(TRT_COV); main=$$?; \
+	echo "== the serving tests (a real Triton server) =="; \
+	$(SERVE_BIN)/python -m pytest -v $(SERVE_TESTS); serve=$$?; \
+	test $$main -eq 0 && test $$serve -eq 0
 
 export: $(RUN_STAMP)
 	$(BIN)/twins-export --model svt_s --fmt onnx --force
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(SERVE_VENV) build *.egg-info

@@ -37,3 +37,16 @@ def ours_from(ref: torch.nn.Module, name: str, **kw) -> Twins:
 def _deterministic_threads():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def svt_s_triton_repo(tmp_path_factory):
+    """``twins-export --model svt_s --triton-repo REPO`` (batch 1..4), once per test session:
+    (artifact, repository) for the repository tests and the real-server tests."""
+    from twins_deploy.cli.export import main as export_main
+
+    root = tmp_path_factory.mktemp("triton")
+    args = ["--model", "svt_s", "--min-batch", "1", "--opt-batch", "2", "--max-batch", "4",
+            "--out-dir", str(root / "out"), "--triton-repo", str(root / "repo"), "-q"]
+    assert export_main(args) == 0
+    return root / "out" / "svt_s_fp32.onnx", root / "repo"

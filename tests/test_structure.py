@@ -22,7 +22,8 @@ import twins_deploy.bench as bench_pkg
 import twins_deploy.engines as engines_pkg
 import twins_deploy.exporters as exporters_pkg
 
-HEAVY = ("tensorrt", "tensorrt_lean", "tensorrt_bindings", "tensorrt_lean_bindings", "polygraphy", "pycuda", "cuda")
+HEAVY = ("tensorrt", "tensorrt_lean", "tensorrt_bindings", "tensorrt_lean_bindings", "polygraphy", "pycuda", "cuda",
+         "pytriton", "tritonclient")  # serving's packages live only in the serving environment
 # Modules that may import HEAVY packages when imported (none today: every use is lazy).
 ALLOWED_HEAVY: tuple[str, ...] = ()
 
@@ -90,7 +91,8 @@ def test_no_module_imports_tensorrt_cuda_or_polygraphy_at_import_time(tmp_path):
     mods = set(result["modules"])
     # the walk reaches the mapped subpackages, including the TensorRT ones
     assert {"twins_deploy.pipeline", "twins_deploy.engines.trt.build", "twins_deploy.engines.runners.trt",
-            "twins_deploy.engines.trt.cuda", "twins_deploy.bench.harness", "twins_deploy.cli.export"} <= mods
+            "twins_deploy.engines.trt.cuda", "twins_deploy.bench.harness", "twins_deploy.cli.export",
+            "twins_deploy.serving.server", "twins_deploy.cli.serve"} <= mods
     assert result["found"] == {}
 
 
@@ -136,6 +138,21 @@ def test_data_flows_one_way():
             continue
         assert "argparse" not in _imports(f), f"{f}: argparse belongs in twins_deploy/cli"
         assert "twins_deploy.cli" not in " ".join(_imports(f))
+
+
+def test_serving_sits_on_both_sides_of_the_pipeline_without_a_cycle():
+    """The repository writer is one more pipeline stage (it imports no pipeline, CLI or
+    server); the server is a consumer of artifacts, like the CLI, that the pipeline never imports."""
+    import twins_deploy.serving as serving_pkg
+
+    repo_writer = Path(serving_pkg.__file__).parent / "triton_repo.py"
+    assert not {n for n in _imports(repo_writer) if n.startswith(("twins_deploy.cli", "twins_deploy.pipeline",
+                                                                   "twins_deploy.serving.server", "twins_deploy.bench"))}
+    pipeline = Path(twins_deploy.__file__).parent / "pipeline.py"
+    assert not {n for n in _imports(pipeline) if n.startswith(("twins_deploy.serving.server", "twins_deploy.cli"))}
+    for f in _files(serving_pkg):
+        assert "argparse" not in _imports(f), f"{f}: argparse belongs in twins_deploy/cli"
+        assert not {n for n in _imports(f) if n.startswith("twins_deploy.cli")}, f"{f} imports the CLI"
 
 
 def test_the_benchmark_builds_no_artifact_of_its_own():

@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from twins_deploy.artifacts import (file_sha256, install_artifact, manifest_path, now_iso, output_dir,
-                                    refuse_overwrite, staged_file, tool_versions)
+from twins_deploy.artifacts import (check_output_dir, file_sha256, install_artifact, manifest_path, now_iso,
+                                    output_dir, refuse_overwrite, staged_file, tool_versions)
 from twins_deploy.engines.runners.base import Runner
 from twins_deploy.engines.trt.options import TrtBuildOptions
 from twins_deploy.engines.validation import ValidationReport, validate_against_pytorch, validation_cases
@@ -37,6 +37,7 @@ from twins_deploy.precision import PrecisionPlan, resolve_precision
 from twins_deploy.preprocess import check_image_folder
 from twins_deploy.progress import Steps
 from twins_deploy.registry import Preprocess, get_config
+from twins_deploy.serving.triton_repo import TritonRepoOptions, check_request, entry_dir, refuse_existing_entry, write_entry
 from twins_deploy.twins import Twins
 from twins_deploy.weights import WeightsInfo
 
@@ -76,6 +77,7 @@ class ArtifactRequest:
     images: str | None = None
     thresholds: dict[str, float | None] = field(default_factory=dict)
     onnx_without_engine: bool = True  # --fmt trt without TensorRT: still write the ONNX, then fail
+    triton: TritonRepoOptions | None = None  # also lay the final artifact out in a Triton model repository
     quiet: bool = False
 
     def __post_init__(self) -> None:
@@ -103,6 +105,7 @@ class Artifacts:
     plan: PrecisionPlan
     onnx: Artifact
     engine: Artifact | None = None
+    triton_entry: Path | None = None  # REPO/<name>/ when the request asked for a Triton repository
 
     @property
     def final(self) -> Artifact:
@@ -320,24 +323,36 @@ def make_artifacts(req: ArtifactRequest, model: torch.nn.Module | None = None) -
     profile = profile_for(req.spec, req.trt.min_hw, req.trt.max_hw) if req.fmt == "trt" else None
     if req.images:
         check_image_folder(req.images)  # an empty folder or a bad image fails here, before any work
+    final = engine_path or onnx_path
+    if req.triton is not None:  # what Triton could not serve, and an entry in the way, fail here too
+        check_request(req.triton, req.fmt, req.spec)
+        check_output_dir(req.triton.repo)
+        refuse_existing_entry(entry_dir(req.triton, final.stem), overwrite=req.on_existing != "refuse")
 
     per_artifact = 2 if req.validate else 1  # make (or reuse), validate
     engines = 1 if req.fmt == "trt" and env.missing is None else 0
-    steps = Steps(int(model is None) + per_artifact * (1 + engines), quiet=req.quiet)
+    steps = Steps(int(model is None) + per_artifact * (1 + engines) + int(req.triton is not None), quiet=req.quiet)
     with output_dir(req.out_dir):  # held until the run ends: checks below see no other run's files appear
         if req.on_existing == "refuse":
-            final = engine_path or onnx_path
             refuse_overwrite([final, manifest_path(final)], force=False)
         if model is None:
             model = _build_step(req, steps)
         onnx = _onnx_stage(req, plan, model, onnx_path, steps)
         if req.fmt == "onnx":
-            return Artifacts(plan, onnx)
+            return Artifacts(plan, onnx, triton_entry=_triton_stage(req, onnx, steps))
         if env.missing:
             raise BackendUnavailableError(
                 f"{onnx.path} was written and validated, but no engine was built: {env.missing}")
         engine = _engine_stage(req, plan, model, env, onnx, engine_path, profile, steps)
-    return Artifacts(plan, onnx, engine)
+    return Artifacts(plan, onnx, engine, _triton_stage(req, engine, steps))
+
+
+def _triton_stage(req: ArtifactRequest, final: Artifact, steps: Steps) -> Path | None:
+    """The final artifact, laid out as a Triton model repository entry (one more artifact)."""
+    if req.triton is None:
+        return None
+    with steps.step(f"write Triton model repository entry {entry_dir(req.triton, final.path.stem)}"):
+        return write_entry(req.triton, final.path, final.manifest, overwrite=req.on_existing != "refuse")
 
 
 # -- opening and re-checking artifacts ---------------------------------------------------------------

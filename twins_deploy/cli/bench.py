@@ -9,16 +9,21 @@ import argparse
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from twins_deploy.bench.harness import BenchConfig
 from twins_deploy.cli.common import Parser, hw_arg, int_list, number, run_cli
 from twins_deploy.errors import OptionError
+
+if TYPE_CHECKING:
+    from twins_deploy.bench.serve_load import LoadConfig
 
 EPILOG = """\
 examples:
   twins-bench --preset paper                 # Twins-SVT-S, 224, batch 192: PyTorch vs deployed
   twins-bench --model svt_s,pcpvt_s --backends torch,ort-cpu --batch 1,8
   twins-bench --model svt_s --backends torch,trt-fp16 --batch 1,32,192 --compare swin_t --cuda-graphs
+  twins-bench --serve repo --concurrency 1,2,4,8,16 --requests 256   # load-test twins-serve (serving env)
 
 Methodology (as trtexec): fixed shapes, input staged on the device once, warm-up by count
 and time, then >= --min-iters iterations and >= --min-time seconds; CUDA events on the GPU,
@@ -62,7 +67,49 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure nothing: rewrite the markdown table and chart of a recorded run from its JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.add_argument("-v", "--verbose", action="store_true", help="full tracebacks on errors")
+    g = p.add_argument_group(
+        "serving load test (--serve; run it where twins-serve runs: numpy<2, pip install 'twins-deploy[serve]')")
+    g.add_argument("--serve", type=Path, metavar="REPO|ENTRY|ARTIFACT",
+                   help="instead of timing Runners, start twins-serve on localhost for this target and send it a "
+                        "fixed number of requests per concurrency level, with dynamic batching and batch-1 serving")
+    g.add_argument("--serve-model", metavar="NAME", help="the served model to load (default: the only one)")
+    g.add_argument("--concurrency", type=int_list, default=[1, 2, 4, 8, 16], metavar="N[,N...]",
+                   help="client threads per level (default: 1,2,4,8,16)")
+    g.add_argument("--requests", type=int, default=256, metavar="N",
+                   help="single-image requests per level and serving mode (default: %(default)s)")
+    g.add_argument("--protocol", choices=("grpc", "http"), default="grpc",
+                   help="client protocol (default: %(default)s)")
+    g.add_argument("--serve-modes", default="dynamic,batch1", metavar="MODE[,MODE]",
+                   help="dynamic: the repository's dynamic batching; batch1: --max-batch 1 (default: %(default)s)")
+    g.add_argument("--instances", type=int, metavar="N", help="twins-serve --instances (default: the config's)")
     return p
+
+
+def load_config_from_args(args: argparse.Namespace, argv: list[str] | None) -> LoadConfig:
+    from twins_deploy.bench.serve_load import LoadConfig
+
+    modes = tuple(m.strip() for m in args.serve_modes.split(",") if m.strip())
+    command = "twins-bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    return LoadConfig(target=args.serve, model=args.serve_model, concurrency=tuple(args.concurrency),
+                      requests=args.requests, protocol=args.protocol, modes=modes, instances=args.instances,
+                      threads=args.threads, out=args.out, name=args.name or "serve_load", quiet=args.quiet,
+                      command=command)
+
+
+def _serve_main(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> int:
+    from twins_deploy.bench.serve_load import run_load_test
+
+    try:
+        cfg = load_config_from_args(args, argv)
+    except OptionError as e:
+        parser.error(str(e))
+    paths, result = run_load_test(cfg)
+    for p in paths:
+        print(p)
+    for g in result["gains"]:
+        print(f"concurrency {g['concurrency']}: dynamic batching {g['dynamic_ips']} img/s vs batch-1 "
+              f"{g['batch1_ips']} img/s ({g['gain']}x)")
+    return 0
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
@@ -93,6 +140,8 @@ def _main(argv: list[str] | None) -> int:
 
         print("\n".join(str(p) for p in rerender(args.rerender)))
         return 0
+    if args.serve is not None:
+        return _serve_main(parser, args, argv)
     try:
         cfg = config_from_args(args)
     except OptionError as e:

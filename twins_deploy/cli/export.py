@@ -6,10 +6,12 @@ import sys
 from pathlib import Path
 
 from twins_deploy.cli.common import (Parser, add_batch_args, add_threshold_args, add_trt_args, batch_from_args,
-                                      hw_arg, number, run_cli, thresholds_from_args, trt_options_from_args)
+                                      hw_arg, int_list, number, positive_int, run_cli, thresholds_from_args,
+                                      trt_options_from_args)
 from twins_deploy.exporters.spec import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, ExportSpec
 from twins_deploy.pipeline import ArtifactRequest, WeightsRequest
 from twins_deploy.registry import list_models, resolve_name
+from twins_deploy.serving.triton_repo import DEFAULT_QUEUE_DELAY_US, DEVICES, TritonRepoOptions
 
 EPILOG = """\
 examples:
@@ -18,6 +20,7 @@ examples:
   twins-export --model svt_s --fmt trt --precision fp16   # + TensorRT engine (GPU + TensorRT)
   twins-export --model pcpvt_b --weights twins_pcpvt_base.safetensors --images photos/
   twins-export --model svt_s --features --dynamic-hw --img-size 512   # detection backbone
+  twins-export --model svt_s --triton-repo repo   # + repo/svt_s_fp32/{config.pbtxt,1/model.onnx}; twins-serve repo
 
 Outputs land in --out-dir as <model>_<precision>[...].onnx with <file>.json beside it (the
 manifest: weights and their sha256, input spec, preprocessing, tool versions, validation).
@@ -65,7 +68,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.add_argument("-v", "--verbose", action="store_true", help="full tracebacks on errors")
     add_trt_args(p)
+    add_triton_args(p)
     return p
+
+
+def add_triton_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Triton Inference Server model repository (--triton-repo)")
+    g.add_argument("--triton-repo", type=Path, metavar="REPO",
+                   help="also write REPO/<name>/config.pbtxt and REPO/<name>/1/model.onnx|model.plan (+ manifest)")
+    g.add_argument("--triton-name", metavar="NAME", help="model name in the repository (default: the artifact's stem)")
+    g.add_argument("--triton-instances", type=positive_int, default=1, metavar="N",
+                   help="instance_group count (default: %(default)s)")
+    g.add_argument("--triton-device", choices=DEVICES, default="auto",
+                   help="instance kind: plans always run on the GPU; ONNX on the CPU unless 'gpu' (default: %(default)s)")
+    g.add_argument("--triton-preferred-batch", type=int_list, metavar="N[,N...]",
+                   help="dynamic batching's preferred batch sizes (default: the batch range's opt and max)")
+    g.add_argument("--triton-queue-delay-us", type=int, default=DEFAULT_QUEUE_DELAY_US, metavar="US",
+                   help="dynamic batching's max queue delay in microseconds (default: %(default)s)")
+    g.add_argument("--triton-ort-trt", action="store_true",
+                   help="ONNX on a GPU: run through ONNX Runtime's TensorRT execution accelerator")
+
+
+def triton_options_from_args(args: argparse.Namespace) -> TritonRepoOptions | None:
+    if args.triton_repo is None:
+        return None
+    return TritonRepoOptions(
+        repo=args.triton_repo, name=args.triton_name, instances=args.triton_instances, device=args.triton_device,
+        preferred_batch=tuple(args.triton_preferred_batch) if args.triton_preferred_batch else None,
+        queue_delay_us=args.triton_queue_delay_us, ort_trt=args.triton_ort_trt)
 
 
 def request_from_args(args: argparse.Namespace) -> ArtifactRequest:
@@ -77,7 +107,7 @@ def request_from_args(args: argparse.Namespace) -> ArtifactRequest:
         weights=WeightsRequest(args.weights, args.pretrained, args.reset_head, args.num_classes, args.seed),
         out_dir=args.out_dir, on_existing="overwrite" if args.force else "refuse",
         validate=not args.no_validate, images=args.images, thresholds=thresholds_from_args(args),
-        quiet=args.quiet,
+        triton=triton_options_from_args(args), quiet=args.quiet,
     )
 
 
@@ -90,10 +120,14 @@ def _main(argv: list[str] | None) -> int:
         parser.error(str(e))
     from twins_deploy.pipeline import make_artifacts
 
-    final = make_artifacts(req).final
+    arts = make_artifacts(req)
+    final = arts.final
     val = final.manifest.validation
     status = "not validated" if val is None else val["summary"]
-    print(f"{final.path}\n{final.path}.json\n{status}")
+    print(f"{final.path}\n{final.path}.json")
+    if arts.triton_entry is not None:
+        print(f"{arts.triton_entry}/")
+    print(status)
     return 0
 
 

@@ -1,0 +1,76 @@
+"""``twins-serve``: serve Triton model repository entries (or artifacts) with Triton Inference Server."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from twins_deploy.cli.common import positive_int, run_cli
+
+EPILOG = """\
+examples:
+  twins-export --model svt_s --triton-repo repo && twins-serve repo    # every model in repo
+  twins-serve repo/svt_s_fp32 --instances 2 --max-batch 16
+  twins-serve twins_out/svt_s_fp32.onnx                                # an artifact, as svt_s_fp32
+
+Requests (preprocessing stays with the client): input "input", NCHW, FP32 (FP16 for --io-fp16
+exports), already resized, cropped and normalised as the manifest's "preprocess" says;
+output "logits" [batch, classes] or "stage1".."stage4" for backbones. Any tritonclient
+(HTTP on --http-port, gRPC on --grpc-port) or Triton's perf_analyzer works. Runs the
+tritonserver bundled with nvidia-pytriton (python backend), each model executed by the
+twins-deploy Runner for its artifact; needs an environment with numpy<2
+(pip install 'twins-deploy[serve]'). Stops cleanly on Ctrl-C, SIGTERM or SIGHUP.
+Exit codes: 0 stopped on request, 2 bad input, 3 serving environment or server failure.
+"""
+
+
+def port(text: str) -> int:
+    v = positive_int(text)
+    if v > 65535:
+        raise argparse.ArgumentTypeError(f"{v} is not a TCP port (1..65535)")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="twins-serve", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("targets", nargs="+", type=Path, metavar="REPO|ENTRY|ARTIFACT",
+                   help="a Triton model repository (every entry), one entry folder, or an .onnx/.plan artifact")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: %(default)s; 0.0.0.0 exposes the server to the network)")
+    p.add_argument("--http-port", type=port, default=8000, help="HTTP/REST port (default: %(default)s)")
+    p.add_argument("--grpc-port", type=port, default=8001, help="gRPC port (default: %(default)s)")
+    p.add_argument("--metrics-port", type=port, default=8002, help="Prometheus metrics port (default: %(default)s)")
+    p.add_argument("--instances", type=positive_int, metavar="N",
+                   help="model instances, each with its own Runner (default: the config's instance_group count)")
+    p.add_argument("--max-batch", type=positive_int, metavar="N",
+                   help="largest batch an execution gets, at most the config's max_batch_size; "
+                        "1 serves one request per execution (default: the config's)")
+    p.add_argument("--queue-delay-us", type=int, metavar="US",
+                   help="dynamic batching's max queue delay in microseconds (default: the config's)")
+    p.add_argument("--threads", type=positive_int, metavar="N",
+                   help="ONNX Runtime threads per instance (default: all cores, divided among instances)")
+    p.add_argument("--workspace", type=Path, metavar="DIR",
+                   help="where the temporary server workspace is made (default: the system's temp dir); "
+                        "it is removed on exit")
+    p.add_argument("-v", "--verbose", action="store_true", help="server logs on the console; tracebacks on errors")
+    return p
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    from twins_deploy.serving.server import ServeOptions, main_entry
+
+    opts = ServeOptions(host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+                        metrics_port=args.metrics_port, instances=args.instances, max_batch=args.max_batch,
+                        queue_delay_us=args.queue_delay_us, threads=args.threads, workspace=args.workspace,
+                        verbose=args.verbose)
+    return main_entry(args.targets, opts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
