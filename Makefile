@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-PIP    := $(BIN)/python -m pip --disable-pip-version-check --progress-bar off
+PIP    := PIP_PROGRESS_BAR=off $(BIN)/python -m pip --disable-pip-version-check
 SUM    := $(shell cksum < pyproject.toml | cut -d' ' -f1)
 RUN_STAMP  := $(VENV)/.run-$(SUM)
 TEST_STAMP := $(VENV)/.test-$(SUM)
@@ -42,7 +42,7 @@ SERVE_VENV  ?= .venv-serve
 SERVE_BIN   := $(SERVE_VENV)/bin
 SERVE_STAMP := $(SERVE_VENV)/.installed-$(SUM)
 SERVE_TORCH ?= torch==2.13.0
-SPIP        := $(SERVE_BIN)/python -m pip --disable-pip-version-check --progress-bar off
+SPIP        := PIP_PROGRESS_BAR=off $(SERVE_BIN)/python -m pip --disable-pip-version-check
 SERVE_TESTS := tests/test_serving_repo.py tests/test_serving_server.py
 
 $(SERVE_STAMP): pyproject.toml
