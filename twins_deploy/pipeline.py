@@ -344,7 +344,7 @@ def make_artifacts(req: ArtifactRequest, model: torch.nn.Module | None = None) -
             raise BackendUnavailableError(
                 f"{onnx.path} was written and validated, but no engine was built: {env.missing}")
         engine = _engine_stage(req, plan, model, env, onnx, engine_path, profile, steps)
-    return Artifacts(plan, onnx, engine, _triton_stage(req, engine, steps))
+        return Artifacts(plan, onnx, engine, _triton_stage(req, engine, steps))
 
 
 def _triton_stage(req: ArtifactRequest, final: Artifact, steps: Steps) -> Path | None:
