@@ -104,7 +104,7 @@ def test_help_explains_defaults(capsys):
         assert needle in text
 
 
-@pytest.mark.parametrize("module", ["export", "validate", "inspect", "bench", "predict"])
+@pytest.mark.parametrize("module", ["export", "validate", "inspect", "bench", "predict", "serve"])
 def test_every_help_text_is_plain_text(module, capsys):
     import importlib
 

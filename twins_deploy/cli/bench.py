@@ -75,13 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--serve-model", metavar="NAME", help="the served model to load (default: the only one)")
     g.add_argument("--concurrency", type=int_list, default=[1, 2, 4, 8, 16], metavar="N[,N...]",
                    help="client threads per level (default: 1,2,4,8,16)")
-    g.add_argument("--requests", type=int, default=256, metavar="N",
+    g.add_argument("--requests", type=number(int, 1, 1_000_000), default=256, metavar="N",
                    help="single-image requests per level and serving mode (default: %(default)s)")
     g.add_argument("--protocol", choices=("grpc", "http"), default="grpc",
                    help="client protocol (default: %(default)s)")
     g.add_argument("--serve-modes", default="dynamic,batch1", metavar="MODE[,MODE]",
                    help="dynamic: the repository's dynamic batching; batch1: --max-batch 1 (default: %(default)s)")
-    g.add_argument("--instances", type=int, metavar="N", help="twins-serve --instances (default: the config's)")
+    g.add_argument("--instances", type=number(int, 1, 64), metavar="N",
+                   help="twins-serve --instances (default: the config's)")
     return p
 
 

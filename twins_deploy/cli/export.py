@@ -83,7 +83,8 @@ def add_triton_args(p: argparse.ArgumentParser) -> None:
                    help="instance kind: plans always run on the GPU; ONNX on the CPU unless 'gpu' (default: %(default)s)")
     g.add_argument("--triton-preferred-batch", type=int_list, metavar="N[,N...]",
                    help="dynamic batching's preferred batch sizes (default: the batch range's opt and max)")
-    g.add_argument("--triton-queue-delay-us", type=int, default=DEFAULT_QUEUE_DELAY_US, metavar="US",
+    g.add_argument("--triton-queue-delay-us", type=number(int, 0, 10_000_000), default=DEFAULT_QUEUE_DELAY_US,
+                   metavar="US",
                    help="dynamic batching's max queue delay in microseconds (default: %(default)s)")
     g.add_argument("--triton-ort-trt", action="store_true",
                    help="ONNX on a GPU: run through ONNX Runtime's TensorRT execution accelerator")

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from twins_deploy.cli.common import positive_int, run_cli
+from twins_deploy.cli.common import Parser, number, positive_int, run_cli
 
 EPILOG = """\
 examples:
@@ -24,16 +24,11 @@ Exit codes: 0 stopped on request, 2 bad input, 3 serving environment or server f
 """
 
 
-def port(text: str) -> int:
-    v = positive_int(text)
-    if v > 65535:
-        raise argparse.ArgumentTypeError(f"{v} is not a TCP port (1..65535)")
-    return v
+port = number(int, 1, 65535)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="twins-serve", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser("twins-serve", __doc__, EPILOG)
     p.add_argument("targets", nargs="+", type=Path, metavar="REPO|ENTRY|ARTIFACT",
                    help="a Triton model repository (every entry), one entry folder, or an .onnx/.plan artifact")
     p.add_argument("--host", default="127.0.0.1",
@@ -46,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=positive_int, metavar="N",
                    help="largest batch an execution gets, at most the config's max_batch_size; "
                         "1 serves one request per execution (default: the config's)")
-    p.add_argument("--queue-delay-us", type=int, metavar="US",
+    p.add_argument("--queue-delay-us", type=number(int, 0, 10_000_000), metavar="US",
                    help="dynamic batching's max queue delay in microseconds (default: the config's)")
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="ONNX Runtime threads per instance (default: all cores, divided among instances)")
