@@ -19,7 +19,7 @@ from twins_deploy.exporters.spec import BatchRange, ExportSpec
 from twins_deploy.manifest import InputInfo, Manifest, ModelInfo, read_manifest
 from twins_deploy.precision import PrecisionPlan
 from twins_deploy.registry import Preprocess, get_config
-from twins_deploy.serving.triton_repo import (TritonModel, TritonRepoOptions, feature_dims, find_entries, model_for,
+from twins_deploy.serving.triton_repo import (MAX_NAME_LEN, TritonModel, TritonRepoOptions, feature_dims, find_entries, model_for,
                                               read_entry, write_entry)
 from twins_deploy.weights import WeightsInfo
 
@@ -147,6 +147,7 @@ def test_what_triton_could_not_serve_is_refused(tmp_path, opts, manifest, messag
 
 
 @pytest.mark.parametrize("kw, message", [(dict(name="../x"), "may hold only"), (dict(name=".hidden"), "may hold only"),
+                                         (dict(name="w" * 129), "at most 128"),
                                          (dict(instances=0), ">= 1"), (dict(device="tpu"), "must be one of"),
                                          (dict(queue_delay_us=-1), ">= 0")])
 def test_bad_options(tmp_path, kw, message):
@@ -165,6 +166,18 @@ def _fake_artifact(d: Path, manifest: Manifest, payload: bytes = b"not really on
 
 def _tree(d: Path) -> list[str]:
     return sorted(str(p.relative_to(d)) for p in d.rglob("*"))
+
+
+def test_the_longest_name_is_written_into_a_long_named_repository(tmp_path):
+    """The staging folder's name adds to the entry's: both must fit a file name (255 bytes)."""
+    art, m = _fake_artifact(tmp_path / "out", manifest_of())
+    repo = tmp_path / ("r" * 250)
+    name = "w" * MAX_NAME_LEN
+    entry = write_entry(TritonRepoOptions(repo=repo, name=name), art, m)
+    assert entry == repo / name and (entry / "config.pbtxt").is_file()
+    write_entry(TritonRepoOptions(repo=repo, name=name), art, m, overwrite=True)  # the aside folder fits too
+    assert _tree(repo) == [name, f"{name}/1", f"{name}/1/model.onnx", f"{name}/1/model.onnx.json",
+                           f"{name}/config.pbtxt"]
 
 
 def test_entry_is_written_whole_and_replaced_only_with_overwrite(tmp_path):

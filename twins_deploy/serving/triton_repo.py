@@ -41,6 +41,9 @@ DEFAULT_QUEUE_DELAY_US = 100
 # Twins' four patch embeddings: kernel = stride = 4, 2, 2, 2 (the strides 4/8/16/32 of the maps)
 PATCH_STRIDES = (4, 2, 2, 2)
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+# An entry is a folder named after its model; a file name holds at most 255 bytes, and the
+# staging folder beside it adds a prefix and a random suffix, so names stop well below that.
+MAX_NAME_LEN = 128
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,9 @@ def check_model_name(name: str) -> str:
     if not _NAME.match(name):
         raise OptionError(f"Triton model name {name!r} may hold only letters, digits, '_', '.' and '-', "
                           "and may not start with '.' or '-'")
+    if len(name) > MAX_NAME_LEN:
+        raise OptionError(f"Triton model name is {len(name)} characters long; at most {MAX_NAME_LEN} "
+                          "(it names a folder of the repository)")
     return name
 
 
@@ -274,7 +280,7 @@ def write_entry(options: TritonRepoOptions, artifact: Path, manifest: Manifest, 
     with output_dir(options.repo) as repo:
         final = repo / model.name
         refuse_existing_entry(final, overwrite)
-        stage = Path(tempfile.mkdtemp(dir=_staging_parent(repo), prefix=f".{repo.name}.{model.name}.",
+        stage = Path(tempfile.mkdtemp(dir=_staging_parent(repo), prefix=f".{repo.name[:64]}.{model.name}.",
                                       suffix=".partial"))
         aside = stage.with_suffix(".replaced")
         try:
