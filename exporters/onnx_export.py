@@ -166,6 +166,22 @@ def simplify(model: "onnx.ModelProto", spec: ExportSpec, info: ExportInfo) -> "o
     return slim
 
 
+def pin_fixed_batch(model: "onnx.ModelProto", spec: ExportSpec) -> None:  # noqa: F821
+    """State a fixed batch on every output, as it is on the input.
+
+    With dynamic H/W the tracer routes the batch through shape arithmetic, and the output
+    comes out with a symbolic first dimension (``Gemmlogits_dim_0``) although the input's
+    batch is fixed; readers of the graph (Triton's config check, TensorRT's output
+    allocation) would then see a dynamic batch the artifact does not have."""
+    if spec.batch.dynamic:
+        return
+    for out in model.graph.output:
+        dims = out.type.tensor_type.shape.dim
+        if dims:
+            dims[0].Clear()
+            dims[0].dim_value = spec.batch.min
+
+
 def check_graph(model: "onnx.ModelProto") -> "onnx.ModelProto":  # noqa: F821
     """onnx.checker (full), then the stored shape information recomputed from scratch.
 
@@ -204,6 +220,7 @@ def export_onnx(model: torch.nn.Module, spec: ExportSpec,
     graph = simplify(graph, spec, info)
     if plan.graph == "fp16":
         graph = to_mixed_fp16(graph, keep_io_types=not plan.io_fp16, info=info.fp16)
+    pin_fixed_batch(graph, spec)
     graph = check_graph(graph)
     info.nodes_final = len(graph.graph.node)
     return graph, info

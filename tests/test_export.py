@@ -166,3 +166,24 @@ def test_fixed_batch_and_non_default_size_naming(tmp_path):
     assert manifest["validation"]["passed"]
     cases = [s["case"] for s in manifest["validation"]["stats"]]
     assert "images 0..1 of 3" in cases and "images 2..2 of 3 (+1 repeated to fill batch 2)" in cases
+
+
+def test_a_fixed_batch_is_stated_on_every_output_with_dynamic_hw(tmp_path):
+    """With dynamic H/W the tracer leaves the outputs' batch symbolic; a fixed-batch graph
+    must say 2 there, as its input does and as its Triton config does."""
+    from twins_deploy.manifest import Manifest
+    from twins_deploy.serving.triton_repo import TritonRepoOptions, model_for
+
+    path, manifest = export_to(tmp_path, "svt_s", batch=BatchRange.fixed(2), dynamic_hw=True, features=True,
+                               img_size=(64, 64))
+    assert manifest["validation"]["passed"]
+    m = onnx.load(path)
+    graph_dims = {o.name: [d.dim_value if d.HasField("dim_value") else -1 for d in o.type.tensor_type.shape.dim]
+                  for o in list(m.graph.input) + list(m.graph.output)}
+    assert [dims[0] for dims in graph_dims.values()] == [2] * 5
+    sess = ort_session(path)
+    assert [o.shape[0] for o in sess.get_outputs()] == [2] * 4
+    x = np.random.default_rng(0).standard_normal((2, 3, 96, 128), dtype=np.float32)
+    assert [o.shape[0] for o in sess.run(None, {"input": x})] == [2] * 4
+    config = model_for(Manifest.from_dict(manifest), TritonRepoOptions(repo=tmp_path / "repo"))
+    assert {t.name: list(t.dims) for t in config.inputs + config.outputs} == graph_dims
