@@ -24,6 +24,7 @@ from twins_deploy.engines.validation import (Thresholds, validate_against_pytorc
 from twins_deploy.errors import BackendUnavailableError, OptionError  # noqa: E402
 from twins_deploy.exporters.spec import BatchRange, ExportSpec  # noqa: E402
 from twins_deploy.manifest import EngineInfo, read_manifest  # noqa: E402
+from twins_deploy.artifacts import manifest_path  # noqa: E402
 from twins_deploy.pipeline import ArtifactRequest, make_artifacts, open_runner, smallest_hw  # noqa: E402
 
 # pcpvt_s is the quickest variant to export; 64 px keeps every inference cheap, and its
@@ -267,6 +268,24 @@ def test_twins_validate_with_openvino(dyn_onnx, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         validate_main([str(dyn_onnx), "--backend", "openvino-fp64", "-q"])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize("payload", [b"not an onnx model\n", b"\x08\x07\x12\x04junk" * 3], ids=["text", "protobuf-ish"])
+def test_a_file_that_is_not_onnx_says_so_in_one_line(dyn_onnx, tmp_path, capfd, payload):
+    """Read by the ONNX frontend only: no TensorFlow parse errors on stderr, no source locations."""
+    from twins_deploy.cli.validate import main as validate_main
+
+    bad = tmp_path / dyn_onnx.name
+    bad.write_bytes(payload)
+    manifest_path(bad).write_bytes(manifest_path(dyn_onnx).read_bytes())  # its manifest: another file's sha256
+    capfd.readouterr()
+    assert validate_main([str(bad), "--backend", "openvino-f32", "--batch", "1"]) == 2
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines[0].startswith(f"warning: {bad.name} differs from the file its manifest describes"), err
+    assert lines[1].startswith("error: ") and len(lines) == 2, err
+    assert "OpenVINO's ONNX reader cannot read" in err or "is not an image model" in err, err
+    assert "Exception from" not in err and "tensorflow" not in err and len(lines[1]) > 60
 
 
 def test_a_plan_runs_in_tensorrt_only(dyn_onnx):

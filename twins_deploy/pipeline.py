@@ -431,12 +431,13 @@ def revalidate(artifact: str | os.PathLike[str], weights: str | None = None, pre
     if images:
         check_image_folder(images)
     runner = open_runner(path, manifest, backend=backend, threads=threads)
+    if manifest.kind == "onnx" and manifest.sha256 and file_sha256(path) != manifest.sha256 and not quiet:
+        # before loading: if the backend cannot read the file, this says why it changed
+        print(f"warning: {path.name} differs from the file its manifest describes (sha256); "
+              "validating what is on disk", file=sys.stderr, flush=True)
     runner.activate()  # a missing backend or an unreadable file fails before the model is built
     try:
         precision = judged_precision(manifest, backend)
-        if manifest.kind == "onnx" and manifest.sha256 and file_sha256(path) != manifest.sha256 and not quiet:
-            print(f"warning: {path.name} differs from the file its manifest describes (sha256); "
-                  "validating what is on disk", file=sys.stderr, flush=True)
         steps = Steps(2, quiet=quiet)
         with steps.step(f"build {spec.model} with the artifact's weights"):
             model = build_model(spec.model, weights_for_manifest(manifest, weights, pretrained), spec.features)

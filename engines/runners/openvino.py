@@ -62,6 +62,31 @@ def import_openvino() -> Any:
     return openvino
 
 
+def _reason(error: Exception) -> str:
+    """OpenVINO's message without its source-location lines ("Exception from src/...cpp:84:",
+    "Check '...' failed at ...", "FrontEnd API failed with ..."), which say nothing to a user."""
+    noise = ("Exception from ", "Check '", "FrontEnd API failed")
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip() and not ln.strip().startswith(noise)]
+    return " ".join(lines) or type(error).__name__
+
+
+def read_onnx(ov: Any, path: Path) -> Any:
+    """The ONNX file as an OpenVINO model, through OpenVINO's ONNX frontend only.
+
+    ``Core.read_model`` tries every frontend it has, so a file that is not ONNX is first
+    parsed as a TensorFlow GraphDef (absl errors on stderr) and the error says only that no
+    frontend could read it; the ONNX frontend alone says why the file is not ONNX."""
+    frontend = ov.frontend.FrontEndManager().load_by_framework("onnx")
+    try:
+        model = frontend.convert(frontend.load(str(path)))
+    except Exception as e:  # OpenVINO raises its own GeneralFailure/OpConversionFailure types
+        raise ArtifactError(f"OpenVINO's ONNX reader cannot read {str(path)!r}: {_reason(e)}") from None
+    if len(model.inputs) != 1 or not model.outputs:  # stray bytes can parse as an empty ModelProto
+        raise ArtifactError(f"{str(path)!r} is not an image model: its ONNX graph has {len(model.inputs)} "
+                            f"inputs and {len(model.outputs)} outputs")
+    return model
+
+
 class OpenVinoRunner(Runner):
     """Run an ONNX file in OpenVINO on the CPU in an explicit precision (fp32 or bf16)."""
 
@@ -104,10 +129,7 @@ class OpenVinoRunner(Runner):
             raise BackendUnavailableError(
                 f"this CPU ({core.get_property(DEVICE, 'FULL_DEVICE_NAME')}) has no native BF16 "
                 f"(OpenVINO capabilities: {', '.join(capabilities)}); OpenVINO would silently compute in FP32")
-        try:
-            model = core.read_model(str(self.path))
-        except Exception as e:  # OpenVINO raises RuntimeError with the parser's message
-            raise ArtifactError(f"OpenVINO cannot read {str(self.path)!r}: {str(e).strip().splitlines()[0]}") from None
+        model = read_onnx(ov, self.path)
         shape = model.inputs[0].get_partial_shape()
         dynamic_hw = shape.rank.is_static and len(shape) == 4 and (shape[2].is_dynamic or shape[3].is_dynamic)
         config = self.compile_config(dynamic_hw)
