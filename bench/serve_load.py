@@ -119,20 +119,26 @@ def _level(protocol: str, url: str, model: str, inputs: list[np.ndarray], concur
     }
 
 
-def _served_model(out_text: str, wanted: str | None) -> str:
-    served = [ln.split(" ", 2)[1] for ln in out_text.splitlines() if ln.startswith("serving ")]
-    if wanted:
-        if wanted not in served:
-            raise OptionError(f"model {wanted!r} is not served from the target (served: {', '.join(served)})")
-        return wanted
-    if len(served) != 1:
-        raise OptionError(f"the target serves {len(served)} models ({', '.join(served)}); pick one with --serve-model")
-    return served[0]
+def chosen_model(cfg: LoadConfig) -> Any:
+    """The served model (a ``ServedModel``) the load test drives, found and checked before
+    any server starts: a wrong target or model name costs no server start-up."""
+    from twins_deploy.serving.server import resolve_targets
+
+    served = {s.model.name: s for s in resolve_targets([cfg.target])}
+    if cfg.model and cfg.model not in served:
+        raise OptionError(f"model {cfg.model!r} is not served from {cfg.target} (served: {', '.join(served)})")
+    if not cfg.model and len(served) != 1:
+        raise OptionError(f"{cfg.target} serves {len(served)} models ({', '.join(served)}); "
+                          "pick one with --serve-model")
+    chosen = served[cfg.model or next(iter(served))]
+    if -1 in chosen.model.inputs[0].dims[-2:]:
+        raise OptionError(f"{chosen.model.name} has a dynamic H/W; the load test sends the export size only: "
+                          "serve an artifact exported without --dynamic-hw")
+    return chosen
 
 
-def run_mode(cfg: LoadConfig, mode: str, steps: Steps) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """One server (``mode``), every concurrency level against it; the rows and server facts."""
-    from twins_deploy.manifest import read_manifest
+def run_mode(cfg: LoadConfig, mode: str, steps: Steps, chosen: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One server (``mode``), every concurrency level against ``chosen``; the rows and server facts."""
     from twins_deploy.serving.server import ServerProcess
 
     args = list(MODES[mode])
@@ -146,17 +152,15 @@ def run_mode(cfg: LoadConfig, mode: str, steps: Steps) -> tuple[list[dict[str, A
         try:
             with steps.step(f"start twins-serve ({mode}: {' '.join(args) or 'as configured'})"):
                 server.wait_ready()
-                model = _served_model(server.out.read_text(), cfg.model)
-                steps.note(next(ln for ln in server.out.read_text().splitlines() if ln.startswith(f"serving {model} ")))
+                model = chosen.model.name
+                steps.note(next((ln for ln in server.out.read_text().splitlines()
+                                 if ln.startswith(f"serving {model} ")), f"serving {model}"))
             url = f"127.0.0.1:{server.grpc if cfg.protocol == 'grpc' else server.http}"
             _, client = _client(cfg.protocol, url)
             meta = client.get_model_metadata(model)
             meta = meta if isinstance(meta, dict) else {"inputs": [{"shape": list(i.shape)} for i in meta.inputs]}
             shape = [int(d) for d in meta["inputs"][0]["shape"]]
             shape = [1, *shape[1:]] if shape[0] == -1 else shape
-            if -1 in shape:
-                raise OptionError(f"{model} has a dynamic H/W; the load test sends the export size only: "
-                                  "serve an artifact exported without --dynamic-hw")
             rng = np.random.default_rng(0)
             inputs = [rng.standard_normal(shape, dtype=np.float32) for _ in range(4)]
             server_info = {"tritonserver": _server_version(client), "served": model}
@@ -172,12 +176,10 @@ def run_mode(cfg: LoadConfig, mode: str, steps: Steps) -> tuple[list[dict[str, A
                     rows.append(row)
                     steps.note(f"{row['throughput_ips']} img/s, p50 {row['latency_ms_p50']} ms, "
                                f"p99 {row['latency_ms_p99']} ms, avg batch {row['avg_batch']}, errors {row['errors']}")
-            artifact = server_artifact(cfg.target, model)
-            if artifact is not None:
-                m = read_manifest(artifact)
-                server_info["artifact"] = {"file": artifact.name, "sha256": m.sha256, "model": m.model.name,
-                                           "precision": m.precision, "batch": m.input.batch,
-                                           "img_size": list(m.spec.img_size)}
+            m = chosen.manifest
+            server_info["artifact"] = {"file": chosen.artifact.name, "sha256": m.sha256, "model": m.model.name,
+                                       "precision": m.precision, "batch": m.input.batch,
+                                       "img_size": list(m.spec.img_size)}
         finally:
             code = server.stop()
             stopped = {"exit_code": code, "leftovers": server.leftovers()}
@@ -194,16 +196,6 @@ def _counted(server: Any, model: str, n0: float, e0: float, ok: int, wait_s: flo
         if n >= ok or time.monotonic() > deadline:
             return n, e
         time.sleep(0.05)
-
-
-def server_artifact(target: Path, model: str) -> Path | None:
-    """The model file twins-serve served ``model`` from (for the results' provenance)."""
-    from twins_deploy.serving.server import resolve_targets
-
-    for s in resolve_targets([target]):
-        if s.model.name == model:
-            return s.artifact
-    return None
 
 
 def _server_version(client: Any) -> str | None:
@@ -263,12 +255,13 @@ def run_load_test(cfg: LoadConfig) -> tuple[list[Path], dict[str, Any]]:
     from twins_deploy.serving.server import check_environment
 
     check_environment()
+    chosen = chosen_model(cfg)
     load_before = _loadavg()
     steps = Steps(len(cfg.modes) * (1 + len(cfg.concurrency)), quiet=cfg.quiet)
     rows: list[dict[str, Any]] = []
     servers = {}
     for mode in cfg.modes:
-        mode_rows, servers[mode] = run_mode(cfg, mode, steps)
+        mode_rows, servers[mode] = run_mode(cfg, mode, steps, chosen)
         rows += mode_rows
     tools = tool_versions(("nvidia-pytriton", "tritonclient"))
     tools["tritonserver"] = next((s.get("tritonserver") for s in servers.values() if s.get("tritonserver")), None)

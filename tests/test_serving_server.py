@@ -296,6 +296,25 @@ def test_load_test_runs_to_the_end_with_no_errors(svt_s_triton_repo, tmp_path, c
     assert not srv.server_processes(os.getpid())
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--serve", "/nonexistent/repo"], "is neither an artifact, a Triton model repository, nor an entry"),
+    (["--serve", "{repo}", "--serve-model", "nope"], "model 'nope' is not served from"),
+])
+def test_load_test_checks_its_target_before_starting_a_server(svt_s_triton_repo, tmp_path, capsys, monkeypatch,
+                                                             args, message):
+    from twins_deploy.cli.bench import main as bench_main
+
+    def no_server(*a, **k):
+        raise AssertionError("a server was started for a target that cannot be load-tested")
+
+    monkeypatch.setattr(srv, "ServerProcess", no_server)
+    _, repo = svt_s_triton_repo
+    code = bench_main([a.format(repo=repo) for a in args] + ["--out", str(tmp_path / "o"), "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
 def test_gain_is_dynamic_over_batch_1_at_the_same_concurrency():
     from twins_deploy.bench.serve_load import gains
 
