@@ -380,6 +380,38 @@ def test_the_same_export_interrupted_nowhere_installs_both_files(exported_graph,
     assert sorted(p.name for p in out.iterdir()) == [f"{STEM}.onnx", f"{STEM}.onnx.json"]
 
 
+@pytest.mark.parametrize("step, existing", [("[2/3] export", False), ("[3/3] validate", True)],
+                         ids=["while exporting, new out-dir", "while validating, overwriting with --force"])
+def test_sigterm_cleans_up_as_ctrl_c_does(step, existing, tmp_path):
+    """``timeout``, ``kill`` and cancelled CI jobs send SIGTERM: the real console script, stopped
+    at a step, exits 143 and leaves the out-dir as it found it (no staged ``.partial`` files)."""
+    import signal
+
+    out = tmp_path / "out"
+    if existing:
+        out.mkdir()
+        (out / f"{STEM}.onnx").write_bytes(b"the old model")
+        (out / f"{STEM}.onnx.json").write_text('{"old": true}')
+    before = snapshot(tmp_path)
+    script = Path(sys.executable).parent / "twins-export"
+    proc = subprocess.Popen([str(script), *[a for a in SMALL if a != "-q"], "--out-dir", str(out), "--force"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if line.startswith(step):
+                proc.send_signal(signal.SIGTERM)
+                break
+        rest = proc.stderr.read()
+        rc = proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    assert any(ln.startswith(step) for ln in seen), "".join(seen)
+    assert rc == 143 and rest.strip().splitlines()[-1] == "terminated; no partial artifact was left behind", rest
+    assert snapshot(tmp_path) == before
+
+
 # -- two runs into one --out-dir ---------------------------------------------------------------------------
 def test_a_second_run_into_a_busy_out_dir_fails_at_once(tmp_path, capsys):
     out = tmp_path / "out"

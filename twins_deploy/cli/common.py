@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import re
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 
 from twins_deploy.engines.trt.options import DEFAULT_TIMING_CACHE, HW_COMPAT_LEVELS, TrtBuildOptions
 from twins_deploy.errors import TwinsDeployError
@@ -130,17 +133,41 @@ def trt_options_from_args(args: argparse.Namespace) -> TrtBuildOptions:
                            args.version_compat, args.weak_fp16, args.min_hw, args.max_hw)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, ``kill``, a CI runner cancelling a job), raised in the main thread
+    as Ctrl-C is, so that the same clean-up runs: staged files removed, old artifacts restored."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run ``main``; expected failures become one ``error:`` line and their exit code."""
+    """Run ``main``; expected failures become one ``error:`` line and their exit code, and
+    Ctrl-C or SIGTERM leaves nothing half-written (exit 130 or 143, as a shell reports them)."""
     args = sys.argv[1:] if argv is None else argv
     verbose = "--verbose" in args or "-v" in args
     try:
-        return main(argv)
+        with sigterm_as_interrupt():
+            return main(argv)
     except TwinsDeployError as e:
         if verbose:
             raise
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted; no partial artifact was left behind", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        what = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"{what}; no partial artifact was left behind", file=sys.stderr)
+        return 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
