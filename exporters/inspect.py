@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from twins_deploy.artifacts import existing_file
 from twins_deploy.errors import ArtifactError
 from twins_deploy.exporters.trt_ops import PROFILES
 
@@ -45,9 +46,7 @@ def _load(model: Any) -> Any:
     import onnx
 
     if isinstance(model, (str, os.PathLike)):
-        p = Path(model)
-        if not p.is_file():
-            raise ArtifactError(f"ONNX file {str(p)!r} does not exist")
+        p = existing_file(model, "ONNX file")
         try:
             m = onnx.load(str(p))
         except Exception as e:  # protobuf DecodeError and friends

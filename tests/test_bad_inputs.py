@@ -197,7 +197,8 @@ def _artifact_copy(files, tmp_path: Path, onnx_bytes: bytes | None = None, manif
 
 VALIDATE_CASES = {
     "missing artifact": (lambda f, t: [str(t / "nope.onnx")], "does not exist"),
-    "a folder": (lambda f, t: [str(f["dir"])], "does not exist"),
+    "a folder": (lambda f, t: [str(f["dir"])], "is a folder, not a file"),
+    "the manifest for its artifact": (lambda f, t: [str(f["onnx"]) + ".json"], "is the manifest of"),
     "no manifest": (lambda f, t: [str(_artifact_copy(f, t, manifest=False))], "no manifest"),
     "manifest not JSON": (lambda f, t: [str(_artifact_copy(f, t, manifest="{"))], "not a twins-deploy manifest"),
     "manifest truncated": (lambda f, t: [str(_write_raw_manifest(_artifact_copy(f, t), '{"schema": 2, "ki'))],
@@ -218,6 +219,11 @@ VALIDATE_CASES = {
     "images: empty folder": (lambda f, t: [str(f["onnx"]), "--images", str(f["empty_dir"])], "no images"),
     "report is a folder": (lambda f, t: [str(f["onnx"]), "--report", str(f["dir"])], "is a directory"),
     "report folder missing": (lambda f, t: [str(f["onnx"]), "--report", str(t / "no" / "r.json")], "does not exist"),
+    "report is the artifact": (lambda f, t: [str(f["onnx"]), "--report", str(f["onnx"])], "the artifact's own file"),
+    "report is the manifest": (lambda f, t: [str(f["onnx"]), "--report", str(f["onnx"]) + ".json"],
+                               "the artifact's own manifest"),
+    "report would replace another file": (lambda f, t: [str(f["onnx"]), "--report", str(f["text"])],
+                                          "is not a validation report"),
     "atol negative": (lambda f, t: [str(f["onnx"]), "--atol", "-1"], "must be > 0"),
 }
 
@@ -229,6 +235,16 @@ def test_validate_refuses_bad_input_with_one_line(case, files, tmp_path, capsys)
     rc, _, err = call(validate_main, [*args, "-q"], capsys)
     assert_one_error(rc, err, 2, VALIDATE_CASES[case][1])
     assert (snapshot(tmp_path), snapshot(files["onnx"].parent)) == before
+
+
+def test_a_report_replaces_an_earlier_report_only(files, tmp_path, capsys):
+    """The control for the refusals above: a report already there is replaced."""
+    report = tmp_path / "r.json"
+    for _ in range(2):
+        rc, _, err = call(validate_main, [str(files["onnx"]), "--batch", "1", "--report", str(report), "-q"], capsys)
+        assert rc == 0, err
+        assert json.loads(report.read_text())["passed"] is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
 
 
 @pytest.mark.parametrize("kind", ["missing", "dir", "zero", "text", "png", "plan"])
@@ -283,6 +299,7 @@ def _backbone_copy(files, tmp_path: Path) -> Path:
 
 PREDICT_CASES = {
     "missing artifact": (lambda f, t: [str(t / "nope.onnx"), str(f["png"])], "does not exist"),
+    "the manifest for its artifact": (lambda f, t: [str(f["onnx"]) + ".json", str(f["png"])], "is the manifest of"),
     "backbone artifact": (lambda f, t: [str(_backbone_copy(f, t)), str(f["png"])], "is a backbone"),
     "missing image": (lambda f, t: [str(f["onnx"]), str(t / "nope.jpg")], "neither an image nor a folder"),
     "corrupt image": (lambda f, t: [str(f["onnx"]), str(f["corrupt_dir"] / "photo.jpg")], "cannot read image"),

@@ -28,6 +28,21 @@ def manifest_path(artifact: str | os.PathLike[str]) -> Path:
     return p.with_name(p.name + ".json")
 
 
+def existing_file(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` if it is a file; otherwise one line saying what it is instead (missing, a
+    folder, or a manifest given where its artifact was meant)."""
+    p = Path(path)
+    if p.is_file():
+        if p.name.endswith(".json") and p.name != ".json":
+            artifact = p.with_name(p.name[:-len(".json")])
+            if artifact.is_file() and artifact.suffix in (".onnx", ".plan", ".engine"):
+                raise ArtifactError(f"{str(p)!r} is the manifest of {artifact.name}; pass {str(artifact)!r} itself")
+        return p
+    if p.is_dir():
+        raise ArtifactError(f"{what} {str(p)!r} is a folder, not a file")
+    raise ArtifactError(f"{what} {str(p)!r} does not exist")
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -61,12 +76,24 @@ def check_output_dir(directory: str | os.PathLike[str]) -> Path:
     return d
 
 
-def check_report_path(path: str | os.PathLike[str]) -> Path:
-    """A file to write a report into: its folder must exist and take files, and it must
-    not be a folder itself."""
+REPORT_KEYS = frozenset({"passed", "candidate", "stats"})  # what every validation report holds
+
+
+def check_report_path(path: str | os.PathLike[str], artifact: str | os.PathLike[str] | None = None) -> Path:
+    """A file to write a validation report into: its folder must exist and take files; it
+    must not be a folder, the artifact or its manifest, and an existing file is replaced only
+    if it is a report already (a typo must not cost the user an unrelated file)."""
     p = Path(path)
     if p.is_dir():
         raise ArtifactError(f"report path {str(p)!r} is a directory; give a file name")
+    if artifact is not None and p.exists():
+        for own in (Path(artifact), manifest_path(artifact)):
+            if own.exists() and p.samefile(own):
+                raise ArtifactError(f"report path {str(p)!r} is the artifact's own "
+                                    f"{'manifest' if own.suffix == '.json' else 'file'}; give another file name")
+    if p.exists() and not _is_report(p):
+        raise ArtifactError(f"report path {str(p)!r} exists and is not a validation report; "
+                            "give another file name, or remove it first")
     parent = p.parent
     if not parent.is_dir():
         raise ArtifactError(f"cannot write the report {str(p)!r}: folder {str(parent)!r} does not exist")
@@ -77,6 +104,15 @@ def check_report_path(path: str | os.PathLike[str]) -> Path:
     except OSError as e:
         raise ArtifactError(f"cannot write the report {str(p)!r}: {e.strerror or e}") from None
     return p
+
+
+def _is_report(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read(16 << 20))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and REPORT_KEYS <= data.keys()
 
 
 @contextlib.contextmanager

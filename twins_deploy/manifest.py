@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twins_deploy.artifacts import manifest_path
+from twins_deploy.artifacts import existing_file, manifest_path
 from twins_deploy.errors import ArtifactError
 from twins_deploy.exporters.spec import ExportSpec
 from twins_deploy.precision import PrecisionPlan
@@ -192,9 +192,7 @@ def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
 
 def read_manifest(artifact: str | os.PathLike[str]) -> Manifest:
     """Read and check the manifest beside ``artifact``; any defect is one clear line."""
-    art = Path(artifact)
-    if not art.is_file():
-        raise ArtifactError(f"artifact {str(art)!r} does not exist")
+    art = existing_file(artifact, "artifact")
     mp = manifest_path(art)
     if not mp.is_file():
         raise ArtifactError(

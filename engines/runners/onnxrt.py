@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from twins_deploy.artifacts import existing_file
 from twins_deploy.engines.runners.base import Runner, as_numpy
 from twins_deploy.errors import ArtifactError, BackendUnavailableError
 
@@ -37,8 +38,7 @@ class OrtRunner(Runner):
                 f"ONNX Runtime has no {want} (available: {', '.join(ort.get_available_providers())}); "
                 "for CUDA install onnxruntime-gpu"
             )
-        if not self.path.is_file():
-            raise ArtifactError(f"ONNX model {str(self.path)!r} does not exist")
+        existing_file(self.path, "ONNX model")
         so = ort.SessionOptions()
         so.log_severity_level = 3
         if self.threads:

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from twins_deploy.artifacts import existing_file
 from twins_deploy.engines.runners.base import Runner, as_numpy
 from twins_deploy.errors import ArtifactError, BackendUnavailableError
 
@@ -120,8 +121,7 @@ class OpenVinoRunner(Runner):
 
     def _activate(self) -> None:
         ov = import_openvino()
-        if not self.path.is_file():
-            raise ArtifactError(f"ONNX model {str(self.path)!r} does not exist")
+        existing_file(self.path, "ONNX model")
         core = ov.Core()
         capabilities = [str(c) for c in core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES")]
         default = _ov_precision_name(core.get_property(DEVICE, "INFERENCE_PRECISION_HINT"))

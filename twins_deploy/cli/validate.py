@@ -47,7 +47,7 @@ def _main(argv: list[str] | None) -> int:
     from twins_deploy.pipeline import revalidate
 
     if args.report:
-        check_report_path(args.report)  # before the work, not after it
+        check_report_path(args.report, args.artifact)  # before the work, not after it
     report = revalidate(args.artifact, args.weights, args.pretrained, args.batch, args.images,
                         thresholds_from_args(args), quiet=args.quiet, backend=args.backend,
                         threads=args.threads)
