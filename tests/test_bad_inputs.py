@@ -177,6 +177,23 @@ def test_export_refuses_bad_input_with_one_line_and_leaves_nothing(case, files, 
     assert (snapshot(tmp_path), snapshot(files["onnx"].parent.parent)) == before
 
 
+@pytest.mark.parametrize("where", ["artifact", "manifest"])
+def test_a_folder_where_the_output_goes_is_refused_before_any_work(where, tmp_path, monkeypatch, capsys):
+    """--force replaces files; a folder in the way would be moved aside and lost from view."""
+    def no_work(*a, **k):
+        raise AssertionError("work started although the output path is a folder")
+
+    monkeypatch.setattr(pipeline, "create_model", no_work)
+    out = tmp_path / "out"
+    folder = out / (f"{STEM}.onnx" if where == "artifact" else f"{STEM}.onnx.json")
+    folder.mkdir(parents=True)
+    (folder / "inside.txt").write_text("the user's")
+    before = snapshot(tmp_path)
+    rc, _, err = call(export_main, [*SMALL, "--out-dir", str(out), "--force"], capsys)
+    assert_one_error(rc, err, 2, "is a folder, where the output file goes")
+    assert snapshot(tmp_path) == before
+
+
 def _manifest(files) -> dict:
     return json.loads(Path(f"{files['onnx']}.json").read_text())
 

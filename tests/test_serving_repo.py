@@ -168,6 +168,16 @@ def _tree(d: Path) -> list[str]:
     return sorted(str(p.relative_to(d)) for p in d.rglob("*"))
 
 
+def test_a_file_where_the_entry_goes_is_refused_even_with_overwrite(tmp_path):
+    art, m = _fake_artifact(tmp_path / "out", manifest_of())
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "svt_s_fp32").write_text("the user's file")
+    with pytest.raises(ArtifactError, match="is a file, where the Triton model folder goes"):
+        write_entry(TritonRepoOptions(repo=repo), art, m, overwrite=True)
+    assert _tree(repo) == ["svt_s_fp32"] and (repo / "svt_s_fp32").read_text() == "the user's file"
+
+
 def test_the_longest_name_is_written_into_a_long_named_repository(tmp_path):
     """The staging folder's name adds to the entry's: both must fit a file name (255 bytes)."""
     art, m = _fake_artifact(tmp_path / "out", manifest_of())

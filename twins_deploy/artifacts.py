@@ -179,6 +179,16 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, path)
 
 
+def refuse_non_files(paths: list[Path]) -> None:
+    """Refuse, before any work, a folder (or other non-file) where an artifact or manifest
+    goes: installing would move it aside and could not put a file in its place."""
+    for p in paths:
+        if (p.exists() or p.is_symlink()) and not p.is_file():
+            kind = "a folder" if p.is_dir() else "not a regular file"
+            raise ArtifactError(f"{p} is {kind}, where the output file goes; twins-deploy replaces files only "
+                                "(--force included): move it, or choose another --out-dir")
+
+
 def install_artifact(staged: Path, final: Path, manifest: dict[str, Any]) -> None:
     """Put a staged artifact and its manifest in place as one step: afterwards either both
     new files are there, or (on any failure, Ctrl-C included) the previous pair is back."""

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from twins_deploy.artifacts import (check_output_dir, file_sha256, install_artifact, manifest_path, now_iso,
-                                    output_dir, refuse_overwrite, staged_file, tool_versions)
+                                    output_dir, refuse_non_files, refuse_overwrite, staged_file, tool_versions)
 from twins_deploy.engines.runners.base import Runner
 from twins_deploy.engines.trt.options import TrtBuildOptions
 from twins_deploy.engines.validation import ValidationReport, validate_against_pytorch, validation_cases
@@ -333,6 +333,7 @@ def make_artifacts(req: ArtifactRequest, model: torch.nn.Module | None = None) -
     engines = 1 if req.fmt == "trt" and env.missing is None else 0
     steps = Steps(int(model is None) + per_artifact * (1 + engines) + int(req.triton is not None), quiet=req.quiet)
     with output_dir(req.out_dir):  # held until the run ends: checks below see no other run's files appear
+        refuse_non_files([p for a in (onnx_path, engine_path) if a is not None for p in (a, manifest_path(a))])
         if req.on_existing == "refuse":
             refuse_overwrite([final, manifest_path(final)], force=False)
         if model is None:
@@ -342,7 +343,8 @@ def make_artifacts(req: ArtifactRequest, model: torch.nn.Module | None = None) -
             return Artifacts(plan, onnx, triton_entry=_triton_stage(req, onnx, steps))
         if env.missing:
             raise BackendUnavailableError(
-                f"{onnx.path} was written and validated, but no engine was built: {env.missing}")
+                f"{onnx.path} was {'reused' if onnx.reused else 'written'}"
+                f"{' and validated' if onnx.manifest.passed else ''}, but no engine was built: {env.missing}")
         engine = _engine_stage(req, plan, model, env, onnx, engine_path, profile, steps)
         return Artifacts(plan, onnx, engine, _triton_stage(req, engine, steps))
 

@@ -257,6 +257,9 @@ def entry_dir(options: TritonRepoOptions, default_name: str) -> Path:
 
 
 def refuse_existing_entry(path: Path, overwrite: bool) -> None:
+    if (path.exists() or path.is_symlink()) and not path.is_dir():
+        raise ArtifactError(f"{path} is a file, where the Triton model folder goes; it is replaced only as "
+                            "a folder (--force included): move it, or choose another --triton-name")
     if path.exists() and not overwrite:
         raise ArtifactError(f"Triton model repository entry {path} already exists; pass --force to replace it, "
                             "or choose another --triton-name")
