@@ -38,7 +38,13 @@ def parse_hw(text: str | int) -> tuple[int, int]:
         raise InputShapeError(f"image size {text!r} is not N or HxW (e.g. 224 or 256x320)") from None
     if len(parts) != 2:
         raise InputShapeError(f"image size {text!r} is not N or HxW (e.g. 224 or 256x320)")
-    h, w = parts
+    return check_hw(*parts)
+
+
+def check_hw(h: int, w: int) -> tuple[int, int]:
+    """(H, W) as the model can take them: whole numbers within the sizes Twins supports."""
+    if type(h) is not int or type(w) is not int:
+        raise InputShapeError(f"image size must be two whole numbers, got {h!r}x{w!r}")
     if h < MIN_IMAGE_SIDE or w < MIN_IMAGE_SIDE:
         raise InputShapeError(
             f"image size {h}x{w} is impossible for Twins: H and W must be >= {MIN_IMAGE_SIDE}"
@@ -58,6 +64,9 @@ class BatchRange:
     max: int = 32
 
     def __post_init__(self) -> None:
+        if not all(type(v) is int for v in (self.min, self.opt, self.max)):
+            raise InputShapeError(f"batch sizes must be whole numbers, got min={self.min!r} opt={self.opt!r} "
+                                  f"max={self.max!r}")
         if not (1 <= self.min <= self.opt <= self.max):
             raise InputShapeError(
                 f"batch range must satisfy 1 <= min <= opt <= max, got "
@@ -92,7 +101,14 @@ class ExportSpec:
     opset: int = DEFAULT_OPSET
 
     def __post_init__(self) -> None:
-        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+        if not isinstance(self.model, str) or not self.model:
+            raise InputShapeError(f"model must be a name, got {self.model!r}")
+        if not (isinstance(self.img_size, tuple) and len(self.img_size) == 2):
+            raise InputShapeError(f"image size must be (H, W), got {self.img_size!r}")
+        check_hw(*self.img_size)
+        if not isinstance(self.batch, BatchRange):
+            raise InputShapeError(f"batch must be a BatchRange, got {self.batch!r}")
+        if type(self.opset) is not int or not MIN_OPSET <= self.opset <= MAX_OPSET:
             raise InputShapeError(
                 f"opset {self.opset} is outside {MIN_OPSET}..{MAX_OPSET} (17 is the widest "
                 "TensorRT support: 8.6 stops at 17)"

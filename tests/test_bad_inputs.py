@@ -198,6 +198,17 @@ def _manifest(files) -> dict:
     return json.loads(Path(f"{files['onnx']}.json").read_text())
 
 
+def _edited(files, where: str, value: object) -> dict:
+    """The real manifest with one value (``a.b.c``) replaced."""
+    m = _manifest(files)
+    *parents, key = where.split(".")
+    node = m
+    for k in parents:
+        node = node[k]
+    node[key] = value
+    return m
+
+
 def _write_raw_manifest(path: Path, text: str) -> Path:
     Path(f"{path}.json").write_text(text)
     return path
@@ -228,6 +239,16 @@ VALIDATE_CASES = {
     "manifest of another kind": (lambda f, t: [str(_artifact_copy(f, t, manifest={**_manifest(f), "kind": "tflite"}))],
                                  "kind must be one of"),
     "corrupt ONNX file": (lambda f, t: [str(_artifact_copy(f, t, onnx_bytes=b"\x08garbage"))], "cannot load"),
+    **{f"manifest value: {where} = {value!r}": (
+        lambda f, t, where=where, value=value: [str(_artifact_copy(f, t, manifest=_edited(f, where, value)))], needle)
+       for where, value, needle in [
+           ("spec.img_size", [-5, 7], "impossible for Twins"), ("spec.img_size", [224], "must be (H, W)"),
+           ("spec.img_size", ["a", "b"], "two whole numbers"), ("spec.batch.max", "2", "whole numbers"),
+           ("preprocess.mean", [0.5], "mean and std must be 3 finite numbers"),
+           ("preprocess.std", [0, 0, 0], "std > 0"), ("preprocess.interpolation", "magic", "interpolation 'magic'"),
+           ("preprocess.crop_pct", 0, "crop_pct must be in (0, 1]"), ("validation", 5, "validation must be an object"),
+           ("weights.source", "bogus", "weights source must be one of"), ("outputs", [], "list of tensor names"),
+       ]},
     "batch 0": (lambda f, t: [str(f["onnx"]), "--batch", "0"], "must be >= 1"),
     "batch outside the range": (lambda f, t: [str(f["onnx"]), "--batch", "9"], "outside the artifact's range 1..2"),
     "empty batch list": (lambda f, t: [str(f["onnx"]), "--batch", ","], "holds no batch size"),

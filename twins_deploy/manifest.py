@@ -101,6 +101,10 @@ class Manifest:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ArtifactError(f"manifest kind must be one of {KINDS}, got {self.kind!r}")
+        if self.validation is not None and not isinstance(self.validation, dict):
+            raise ArtifactError(f"manifest validation must be an object or null, got {self.validation!r}")
+        if not self.outputs or not all(isinstance(o, str) for o in self.outputs):
+            raise ArtifactError(f"manifest outputs must be a list of tensor names, got {self.outputs!r}")
 
     @property
     def precision(self) -> str:

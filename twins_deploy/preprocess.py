@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from twins_deploy.errors import ArtifactError, InputShapeError
-from twins_deploy.registry import Preprocess
+from twins_deploy.registry import INTERPOLATIONS, Preprocess
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -24,11 +24,9 @@ def normalise(images01: np.ndarray, pre: Preprocess) -> np.ndarray:
 def _resample(name: str) -> int:
     from PIL import Image
 
-    modes = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
-             "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
-    if name not in modes:
-        raise InputShapeError(f"unknown interpolation {name!r} in the preprocessing (known: {', '.join(modes)})")
-    return modes[name]
+    if name not in INTERPOLATIONS:
+        raise InputShapeError(f"unknown interpolation {name!r} in the preprocessing (known: {', '.join(INTERPOLATIONS)})")
+    return int(getattr(Image.Resampling, name.upper()))
 
 
 def resized_size(image_hw: tuple[int, int], out_hw: tuple[int, int], crop_pct: float) -> tuple[int, int]:

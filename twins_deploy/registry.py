@@ -6,6 +6,7 @@ Nothing here imports torch, so listing models and resolving names is cheap (the 
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -14,6 +15,8 @@ from twins_deploy.errors import UnknownModelError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_IMAGE_SIDE = 32  # below this the stage-1 sub-sampling conv (k=s=8) gets an empty input
+# timm's interpolation names that PIL resizes with (``PIL.Image.Resampling`` members)
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,26 @@ class Preprocess:
     interpolation: str = "bicubic"
     crop_pct: float = 0.9
     crop_mode: str = "center"
+
+    def __post_init__(self) -> None:
+        """A manifest is read back into this: refuse values no image could be prepared with."""
+        def floats(v: Any) -> bool:
+            return (isinstance(v, tuple) and len(v) == 3
+                    and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v))
+
+        size = self.input_size
+        if not (isinstance(size, tuple) and len(size) == 3 and all(type(x) is int for x in size)
+                and size[0] == 3 and min(size[1:]) >= MIN_IMAGE_SIDE):
+            raise ValueError(f"preprocess input_size must be (3, H, W) with H, W >= {MIN_IMAGE_SIDE}, got {size!r}")
+        if not floats(self.mean) or not floats(self.std) or min(self.std) <= 0:
+            raise ValueError(f"preprocess mean and std must be 3 finite numbers each, std > 0; "
+                             f"got mean {self.mean!r}, std {self.std!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"preprocess interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
+        if not (isinstance(self.crop_pct, (int, float)) and 0 < self.crop_pct <= 1):
+            raise ValueError(f"preprocess crop_pct must be in (0, 1], got {self.crop_pct!r}")
+        if self.crop_mode != "center":
+            raise ValueError(f"preprocess crop_mode {self.crop_mode!r} is not supported (only timm's 'center')")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

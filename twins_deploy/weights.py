@@ -29,6 +29,9 @@ WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 _MAX_LISTED = 8
 
 
+WEIGHT_SOURCES = ("random", "file", "pretrained")
+
+
 @dataclass
 class WeightsInfo:
     """Where a model's weights came from; written into every manifest and report."""
@@ -38,6 +41,10 @@ class WeightsInfo:
     sha256: str | None = None
     seed: int | None = None
     note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.source not in WEIGHT_SOURCES:
+            raise ValueError(f"weights source must be one of {', '.join(WEIGHT_SOURCES)}, got {self.source!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
