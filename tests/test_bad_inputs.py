@@ -57,6 +57,19 @@ def assert_one_error(rc: int, err: str, code: int = 2, needle: str = "") -> None
 
 
 # -- files of the wrong kind and in the wrong place --------------------------------------------------
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` pixels in a few bytes (a decompression bomb's
+    header: PIL refuses it on opening, before any pixel is decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     """One of each kind of bad file, plus a real (small, validated) artifact."""
@@ -97,6 +110,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
     f["corrupt_dir"] = d / "corrupt"
     f["corrupt_dir"].mkdir()
     (f["corrupt_dir"] / "photo.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    f["bomb_dir"] = d / "bomb"
+    f["bomb_dir"].mkdir()
+    (f["bomb_dir"] / "huge.png").write_bytes(_png_header(20000, 20000))
     f["a_file"] = d / "a_file"
     f["a_file"].write_text("x")
     return f
@@ -117,6 +133,7 @@ EXPORT_CASES = {
     "images: empty folder": (["--images", "{empty_dir}"], "no images"),
     "images: no image files": (["--images", "{readme_dir}"], "no images"),
     "images: unreadable image": (["--images", "{corrupt_dir}"], "cannot read image"),
+    "images: decompression bomb": (["--images", "{bomb_dir}"], "exceeds limit"),
     "out-dir: a file": (["--out-dir", "{a_file}"], "cannot write to output directory"),
     "out-dir: under a file": (["--out-dir", "{a_file}/sub"], "cannot write to output directory"),
     "img-size 0": (["--img-size", "0"], "impossible"),
@@ -341,6 +358,8 @@ PREDICT_CASES = {
     "backbone artifact": (lambda f, t: [str(_backbone_copy(f, t)), str(f["png"])], "is a backbone"),
     "missing image": (lambda f, t: [str(f["onnx"]), str(t / "nope.jpg")], "neither an image nor a folder"),
     "corrupt image": (lambda f, t: [str(f["onnx"]), str(f["corrupt_dir"] / "photo.jpg")], "cannot read image"),
+    "decompression bomb": (lambda f, t: [str(f["onnx"]), str(f["bomb_dir"] / "huge.png")], "exceeds limit"),
+    "folder with a decompression bomb": (lambda f, t: [str(f["onnx"]), str(f["bomb_dir"])], "exceeds limit"),
     "empty folder": (lambda f, t: [str(f["onnx"]), str(f["empty_dir"])], "no images"),
     "top-k 0": (lambda f, t: [str(f["onnx"]), str(f["png"]), "--top-k", "0"], "must be >= 1"),
     "no images": (lambda f, t: [str(f["onnx"])], "the following arguments are required"),

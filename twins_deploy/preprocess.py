@@ -60,11 +60,20 @@ def center_crop(arr: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     return arr[y:y + h, x:x + w]
 
 
+def image_errors() -> tuple[type[BaseException], ...]:
+    """What PIL raises on a file that is not a usable image: unknown formats, damaged data,
+    and images over its pixel limit (``DecompressionBombError``: a small file that would
+    decode to gigabytes), which is no ``OSError``."""
+    from PIL import Image, UnidentifiedImageError
+
+    return (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError)
+
+
 def preprocess_image(path: str | os.PathLike[str], hw: tuple[int, int], pre: Preprocess) -> np.ndarray:
     """timm's eval transform (crop mode "center"), pixel for pixel: RGB, resize by
     :func:`resized_size` with PIL, :func:`center_crop`, scale to [0, 1], normalise.
     Returns a (1, 3, H, W) float32 batch."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     if pre.crop_mode != "center":
         raise InputShapeError(f"crop mode {pre.crop_mode!r} is not supported (only timm's 'center')")
@@ -75,7 +84,7 @@ def preprocess_image(path: str | os.PathLike[str], hw: tuple[int, int], pre: Pre
             if size != (im.height, im.width):  # torchvision returns the image as is
                 im = im.resize((size[1], size[0]), _resample(pre.interpolation))
             arr = center_crop(np.asarray(im), hw)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except image_errors() as e:
         raise ArtifactError(f"cannot read image {str(path)!r}: {e}") from None
     images01 = np.ascontiguousarray(arr.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255)
     return normalise(images01, pre)
@@ -95,14 +104,14 @@ def image_files(directory: str | os.PathLike[str]) -> list[Path]:
 def check_image_folder(directory: str | os.PathLike[str]) -> list[Path]:
     """The folder's images, each proven readable (header and structure, no decoding), so a
     bad file fails before any work instead of in the middle of validation."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     files = image_files(directory)
     for f in files:
         try:
             with Image.open(f) as im:
                 im.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        except image_errors() as e:
             raise InputShapeError(f"cannot read image {str(f)!r}: {e}") from None
     return files
 
