@@ -302,6 +302,47 @@ def test_a_report_replaces_an_earlier_report_only(files, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
 
 
+def _other_onnx(hw: int) -> bytes:
+    """A valid ONNX model whose input is Nx3xHWxHW (not the artifact's size)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, hw, hw])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, hw, hw])
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["logits"])], "other", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+@pytest.mark.parametrize("tool", ["validate", "predict"])
+def test_another_model_in_the_artifacts_place_is_named_not_a_runtime_traceback(tool, files, tmp_path, capsys):
+    art = _artifact_copy(files, tmp_path, onnx_bytes=_other_onnx(48))
+    args = [str(art), "--batch", "1"] if tool == "validate" else [str(art), str(files["png"])]
+    rc, _, err = call(validate_main if tool == "validate" else predict_main, args, capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("[", " "))]  # no progress lines
+    assert rc == 2 and "Traceback" not in err, err
+    assert lines[0].startswith(f"warning: {art.name} differs from the file its manifest describes (sha256)"), err
+    assert lines[-1].startswith("error: input of shape ") and "does not fit the model's 'input' (Nx3x48x48" in lines[-1]
+
+
+@pytest.mark.parametrize("runner", ["ort", "openvino"])
+def test_runners_refuse_inputs_the_graph_cannot_take(runner, files):
+    """The library API: a wrong rank, channel count or fixed H/W is InputShapeError, not the
+    runtime's own exception from inside its graph."""
+    from twins_deploy.engines.runners.onnxrt import OrtRunner
+    from twins_deploy.errors import InputShapeError
+
+    if runner == "openvino":
+        pytest.importorskip("openvino", reason="OpenVINO is an optional extra")
+        from twins_deploy.engines.runners.openvino import OpenVinoRunner as Runner
+    else:
+        Runner = OrtRunner
+    with Runner(files["onnx"]) as r:
+        assert r.infer(np.zeros((2, 3, 32, 32), np.float32))[0].shape == (2, 1000)
+        for shape in [(1, 4, 32, 32), (1, 3, 48, 48), (3, 32, 32)]:
+            with pytest.raises(InputShapeError, match=r"does not fit the model's 'input' \(Nx3x32x32"):
+                r.infer(np.zeros(shape, np.float32))
+
+
 @pytest.mark.parametrize("kind", ["missing", "dir", "zero", "text", "png", "plan"])
 def test_inspect_refuses_what_is_not_onnx(kind, files, tmp_path, capsys):
     path = {"missing": tmp_path / "nope.onnx", "dir": files["dir"], "zero": tmp_path / "zero.onnx",

@@ -389,6 +389,15 @@ def open_runner(path: str | os.PathLike[str], manifest: Manifest | None = None, 
     return OrtRunner(path, provider=provider, threads=threads)
 
 
+def warn_if_changed(path: Path, manifest: Manifest, consequence: str) -> None:
+    """Say on stderr, before loading, that an ONNX file is not the one its manifest describes:
+    if the backend then cannot read it, or it takes other shapes, this says why. (A plan with
+    another sha256 is refused outright by :func:`open_runner`.)"""
+    if manifest.kind == "onnx" and manifest.sha256 and file_sha256(path) != manifest.sha256:
+        print(f"warning: {path.name} differs from the file its manifest describes (sha256); {consequence}",
+              file=sys.stderr, flush=True)
+
+
 def judged_precision(manifest: Manifest, backend: str | None) -> str:
     """The precision whose thresholds judge ``manifest``'s artifact run by ``backend``: the
     artifact's own, or BF16 when OpenVINO computes in BF16 (coarser than FP32 and FP16)."""
@@ -433,10 +442,8 @@ def revalidate(artifact: str | os.PathLike[str], weights: str | None = None, pre
     if images:
         check_image_folder(images)
     runner = open_runner(path, manifest, backend=backend, threads=threads)
-    if manifest.kind == "onnx" and manifest.sha256 and file_sha256(path) != manifest.sha256 and not quiet:
-        # before loading: if the backend cannot read the file, this says why it changed
-        print(f"warning: {path.name} differs from the file its manifest describes (sha256); "
-              "validating what is on disk", file=sys.stderr, flush=True)
+    if not quiet:
+        warn_if_changed(path, manifest, "validating what is on disk")
     runner.activate()  # a missing backend or an unreadable file fails before the model is built
     try:
         precision = judged_precision(manifest, backend)

@@ -16,7 +16,7 @@ import numpy as np
 
 from twins_deploy.errors import InputShapeError
 from twins_deploy.manifest import read_manifest
-from twins_deploy.pipeline import open_runner
+from twins_deploy.pipeline import open_runner, warn_if_changed
 from twins_deploy.preprocess import IMAGE_SUFFIXES, check_image_folder, preprocess_image
 
 
@@ -65,6 +65,7 @@ def predict(artifact: str | os.PathLike[str], images: list[str | os.PathLike[str
     labels = imagenet_labels() if manifest.model.num_classes == 1000 else None
     batch = manifest.spec.batch
     logits: list[np.ndarray] = []
+    warn_if_changed(Path(artifact), manifest, "predicting with what is on disk")
     with open_runner(artifact, manifest, provider=provider) as runner:
         for k in range(0, len(batches), batch.max):
             x = np.concatenate(batches[k:k + batch.max])

@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from twins_deploy.errors import InputShapeError
+from twins_deploy.registry import MIN_IMAGE_SIDE
+
 
 class Runner(abc.ABC):
     """Base class: subclasses implement ``_activate``, ``infer`` and the timing hooks."""
@@ -66,6 +69,20 @@ class Runner(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "device": self.device}
+
+
+def check_input_shape(shape: tuple[int, ...], declared: list[int | None], name: str) -> None:
+    """Refuse an input the graph would reject deep inside its runtime: the rank and every fixed
+    dimension of ``declared`` (None: any size) must match, and images must be at least
+    ``MIN_IMAGE_SIDE`` on a side (smaller ones leave a stage with nothing to sub-sample)."""
+    fits = len(shape) == len(declared) and all(d is None or d == s for d, s in zip(declared, shape))
+    if not fits:
+        want = "x".join("N" if d is None else str(d) for d in declared)
+        raise InputShapeError(f"input of shape {'x'.join(map(str, shape))} does not fit the model's "
+                              f"{name!r} ({want}; N: any size)")
+    if len(shape) == 4 and min(shape[2:]) < MIN_IMAGE_SIDE:
+        raise InputShapeError(f"input of shape {'x'.join(map(str, shape))} is too small: H and W must be "
+                              f">= {MIN_IMAGE_SIDE}")
 
 
 def as_numpy(x: Any) -> np.ndarray:

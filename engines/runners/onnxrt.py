@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from twins_deploy.artifacts import existing_file
-from twins_deploy.engines.runners.base import Runner, as_numpy
+from twins_deploy.engines.runners.base import Runner, as_numpy, check_input_shape
 from twins_deploy.errors import ArtifactError, BackendUnavailableError
 
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -51,6 +51,7 @@ class OrtRunner(Runner):
             raise ArtifactError(f"ONNX Runtime cannot load {str(self.path)!r}: {e}") from None
         self.input_name = self.session.get_inputs()[0].name
         self.input_type = self.session.get_inputs()[0].type
+        self.input_dims = [d if isinstance(d, int) else None for d in self.session.get_inputs()[0].shape]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def _deactivate(self) -> None:
@@ -58,6 +59,7 @@ class OrtRunner(Runner):
 
     def _feed(self, x: Any) -> np.ndarray:
         arr = as_numpy(x)
+        check_input_shape(arr.shape, self.input_dims, self.input_name)
         return arr.astype(np.float16) if self.input_type == "tensor(float16)" else arr
 
     def infer(self, x: Any) -> list[np.ndarray]:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from twins_deploy.artifacts import existing_file
-from twins_deploy.engines.runners.base import Runner, as_numpy
+from twins_deploy.engines.runners.base import Runner, as_numpy, check_input_shape
 from twins_deploy.errors import ArtifactError, BackendUnavailableError
 
 # Our precision names -> OpenVINO's inference precision hint values.
@@ -131,6 +131,7 @@ class OpenVinoRunner(Runner):
                 f"(OpenVINO capabilities: {', '.join(capabilities)}); OpenVINO would silently compute in FP32")
         model = read_onnx(ov, self.path)
         shape = model.inputs[0].get_partial_shape()
+        self.input_dims = [d.get_length() if d.is_static else None for d in shape] if shape.rank.is_static else None
         dynamic_hw = shape.rank.is_static and len(shape) == 4 and (shape[2].is_dynamic or shape[3].is_dynamic)
         config = self.compile_config(dynamic_hw)
         self.compiled = core.compile_model(model, DEVICE, config)
@@ -151,15 +152,21 @@ class OpenVinoRunner(Runner):
     def _deactivate(self) -> None:
         del self.request, self.compiled
 
+    def _feed(self, x: Any) -> np.ndarray:
+        arr = as_numpy(x)
+        if self.input_dims is not None:  # a graph of unknown rank is left to OpenVINO
+            check_input_shape(arr.shape, self.input_dims, self.compiled.inputs[0].get_any_name())
+        return arr
+
     def infer(self, x: Any) -> list[np.ndarray]:
-        result = self.request.infer({0: as_numpy(x)})
+        result = self.request.infer({0: self._feed(x)})
         # the request owns these buffers and reuses them on the next call: copy out
         return [np.array(result[o], dtype=np.float32) for o in self.compiled.outputs]
 
     def prepare(self, x: np.ndarray, include_copies: bool = False) -> None:
         import openvino as ov
 
-        super().prepare(as_numpy(x), include_copies)
+        super().prepare(self._feed(x), include_copies)
         self.request.set_input_tensor(ov.Tensor(self._prepared, shared_memory=True))
 
     def step(self) -> None:
