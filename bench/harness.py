@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from twins_deploy.artifacts import check_file_stem
 from twins_deploy.bench.backends import BASELINE, PRECISION, Subject, describe_skip, make_runner, torch_threads
 from twins_deploy.bench.timing import Timing, time_runner
 from twins_deploy.errors import BackendUnavailableError, OptionError
@@ -59,6 +60,7 @@ class BenchConfig:
             raise OptionError(f"--threads must be >= 1, got {self.threads}")
         if self.compare not in (None, "swin_t"):
             raise OptionError(f"--compare takes swin_t, got {self.compare!r}")
+        check_file_stem(self.name, "--name")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

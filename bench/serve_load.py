@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from twins_deploy.artifacts import now_iso, tool_versions, write_bytes_atomic, write_json_atomic
+from twins_deploy.artifacts import check_file_stem, now_iso, tool_versions, write_bytes_atomic, write_json_atomic
 from twins_deploy.bench.machine import machine_info
 from twins_deploy.bench.timing import percentile
 from twins_deploy.errors import OptionError, ValidationFailedError
@@ -62,6 +62,7 @@ class LoadConfig:
         unknown = [m for m in self.modes if m not in MODES]
         if unknown or not self.modes:
             raise OptionError(f"modes must be among {', '.join(MODES)}, got {list(self.modes)}")
+        check_file_stem(self.name, "--name")
 
 
 def _client(protocol: str, url: str) -> Any:

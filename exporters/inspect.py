@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from twins_deploy.artifacts import existing_file

@@ -304,7 +304,6 @@ def test_a_report_replaces_an_earlier_report_only(files, tmp_path, capsys):
 
 def _other_onnx(hw: int) -> bytes:
     """A valid ONNX model whose input is Nx3xHWxHW (not the artifact's size)."""
-    import onnx
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, hw, hw])
@@ -371,6 +370,9 @@ BENCH_CASES = {
     "out is a file": (["--out", "{a_file}"], "cannot write to output directory"),
     "unknown preset": (["--preset", "fastest"], "invalid choice"),
     "rerender a file that is no result": (["--rerender", "{text}"], "is not a twins-bench result"),
+    "name climbing out of --out": (["--name", "../../escape"], "may hold only letters"),
+    "name an absolute path": (["--name", "/tmp/escape"], "may hold only letters"),
+    "name hidden": (["--name", ".hidden"], "may not start with '.'"),
 }
 
 
@@ -525,6 +527,18 @@ def test_sigterm_cleans_up_as_ctrl_c_does(step, existing, tmp_path):
     assert any(ln.startswith(step) for ln in seen), "".join(seen)
     assert rc == 143 and rest.strip().splitlines()[-1] == "terminated; no partial artifact was left behind", rest
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("argv", [["twins-inspect", "{onnx}", "--json"], ["twins-inspect", "{onnx}"]])
+def test_a_reader_that_goes_away_ends_the_output_quietly(argv, files):
+    """``twins-inspect --json | head -1``: the pipe closes before we write; exit 141 as
+    Unix tools do, with no BrokenPipeError traceback or 'Exception ignored' on stderr."""
+    script = Path(sys.executable).parent / argv[0]
+    proc = subprocess.Popen([str(script), *[a.format(onnx=files["onnx"]) for a in argv[1:]]],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before the first byte
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and err == "", err
 
 
 # -- two runs into one --out-dir ---------------------------------------------------------------------------

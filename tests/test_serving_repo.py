@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from twins_deploy.artifacts import file_sha256, manifest_path
+from twins_deploy.artifacts import MAX_STEM_LEN, file_sha256, manifest_path
 from twins_deploy.cli.export import main as export_main
 from twins_deploy.errors import ArtifactError, OptionError
 from twins_deploy.exporters.spec import BatchRange, ExportSpec
 from twins_deploy.manifest import InputInfo, Manifest, ModelInfo, read_manifest
 from twins_deploy.precision import PrecisionPlan
 from twins_deploy.registry import Preprocess, get_config
-from twins_deploy.serving.triton_repo import (MAX_NAME_LEN, TritonModel, TritonRepoOptions, feature_dims, find_entries, model_for,
+from twins_deploy.serving.triton_repo import (TritonModel, TritonRepoOptions, feature_dims, find_entries, model_for,
                                               read_entry, write_entry)
 from twins_deploy.weights import WeightsInfo
 
@@ -182,7 +182,7 @@ def test_the_longest_name_is_written_into_a_long_named_repository(tmp_path):
     """The staging folder's name adds to the entry's: both must fit a file name (255 bytes)."""
     art, m = _fake_artifact(tmp_path / "out", manifest_of())
     repo = tmp_path / ("r" * 250)
-    name = "w" * MAX_NAME_LEN
+    name = "w" * MAX_STEM_LEN
     entry = write_entry(TritonRepoOptions(repo=repo, name=name), art, m)
     assert entry == repo / name and (entry / "config.pbtxt").is_file()
     write_entry(TritonRepoOptions(repo=repo, name=name), art, m, overwrite=True)  # the aside folder fits too

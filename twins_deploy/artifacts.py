@@ -13,19 +13,36 @@ import hashlib
 import json
 import os
 import platform
+import re
 import tempfile
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from twins_deploy.errors import ArtifactError
+from twins_deploy.errors import ArtifactError, OptionError
 
 
 def manifest_path(artifact: str | os.PathLike[str]) -> Path:
     """``model.onnx`` -> ``model.onnx.json``."""
     p = Path(artifact)
     return p.with_name(p.name + ".json")
+
+
+_FILE_STEM = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+MAX_STEM_LEN = 128  # a file name holds 255 bytes; staging names add a prefix and a random suffix
+
+
+def check_file_stem(name: str, what: str) -> str:
+    """A name that becomes a file (or folder) name inside an output directory: no path
+    separators or ``..`` (which would write outside the directory the run checked), not
+    hidden, and short enough for a file name with its suffixes."""
+    if not _FILE_STEM.match(name) or ".." in name:
+        raise OptionError(f"{what} {name!r} may hold only letters, digits, '_', '.' and '-' (no '..'), "
+                          "and may not start with '.' or '-'")
+    if len(name) > MAX_STEM_LEN:
+        raise OptionError(f"{what} is {len(name)} characters long; at most {MAX_STEM_LEN}")
+    return name
 
 
 def existing_file(path: str | os.PathLike[str], what: str) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import re
 import signal
 import sys
@@ -161,12 +162,20 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     verbose = "--verbose" in args or "-v" in args
     try:
         with sigterm_as_interrupt():
-            return main(argv)
+            code = main(argv)
+        sys.stdout.flush()  # here, where a closed pipe is handled, not at interpreter exit
+        return code
     except TwinsDeployError as e:
         if verbose:
             raise
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:
+        # the reader of our output went away (``twins-inspect --json | head -1``): as other
+        # Unix tools do, stop quietly; stdout goes to /dev/null so the exit flush cannot fail
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt as e:
         what = "terminated" if isinstance(e, Terminated) else "interrupted"
         print(f"{what}; no partial artifact was left behind", file=sys.stderr)

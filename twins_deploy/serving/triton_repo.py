@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twins_deploy.artifacts import file_sha256, manifest_path, output_dir
+from twins_deploy.artifacts import check_file_stem, file_sha256, manifest_path, output_dir
 from twins_deploy.errors import ArtifactError, OptionError
 from twins_deploy.exporters.spec import ExportSpec
 from twins_deploy.manifest import Manifest
@@ -40,10 +39,7 @@ KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 DEFAULT_QUEUE_DELAY_US = 100
 # Twins' four patch embeddings: kernel = stride = 4, 2, 2, 2 (the strides 4/8/16/32 of the maps)
 PATCH_STRIDES = (4, 2, 2, 2)
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-# An entry is a folder named after its model; a file name holds at most 255 bytes, and the
-# staging folder beside it adds a prefix and a random suffix, so names stop well below that.
-MAX_NAME_LEN = 128
+
 
 
 @dataclass(frozen=True)
@@ -180,13 +176,9 @@ class TritonModel:
 
 
 def check_model_name(name: str) -> str:
-    if not _NAME.match(name):
-        raise OptionError(f"Triton model name {name!r} may hold only letters, digits, '_', '.' and '-', "
-                          "and may not start with '.' or '-'")
-    if len(name) > MAX_NAME_LEN:
-        raise OptionError(f"Triton model name is {len(name)} characters long; at most {MAX_NAME_LEN} "
-                          "(it names a folder of the repository)")
-    return name
+    """An entry is a folder named after its model, assembled beside the repository under a
+    longer staging name: the rules of :func:`check_file_stem` keep both valid file names."""
+    return check_file_stem(name, "Triton model name")
 
 
 def feature_dims(spec: ExportSpec, embed_dims: list[int] | tuple[int, ...]) -> list[tuple[int, int, int]]:
