@@ -156,6 +156,8 @@ EXPORT_CASES = {
     "workspace nan": (["--fmt", "trt", "--workspace", "nan"], "not a finite number"),
     "workspace inf": (["--fmt", "trt", "--workspace", "inf"], "not a finite number"),
     "opt-level 6": (["--opt-level", "6"], "invalid choice"),
+    "timing cache: a folder": (["--fmt", "trt", "--timing-cache", "{dir}"], "is a folder; give a file path"),
+    "timing cache: under a file": (["--fmt", "trt", "--timing-cache", "{a_file}/c.cache"], "is a file, not a folder"),
     "num-classes 0": (["--num-classes", "0"], "must be >= 1"),
     "seed negative": (["--seed", "-1"], "must be >= 0"),
     "seed too large": (["--seed", str(2**33)], "must be <= 4294967295"),

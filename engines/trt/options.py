@@ -35,6 +35,18 @@ def timing_cache_path(opts: TrtBuildOptions, trt_version: str, gpu: dict[str, An
     return timing_cache_dir() / f"trt-{trt_version}{sm}.timing-cache"
 
 
+def check_cache_file(path: Path) -> None:
+    """A timing cache the build can read and write: not a folder, and every existing folder
+    above it a folder (the build creates the missing ones), checked before the ONNX stage."""
+    if path.is_dir():
+        raise OptionError(f"--timing-cache {str(path)!r} is a folder; give a file path (or 'none')")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OptionError(f"--timing-cache {str(path)!r}: {str(parent)!r} is a file, not a folder")
+            break
+
+
 @dataclass(frozen=True)
 class TrtBuildOptions:
     workspace_gib: float = 4.0
@@ -54,6 +66,8 @@ class TrtBuildOptions:
             raise OptionError(f"--workspace must be > 0 GiB, got {self.workspace_gib}")
         if self.hw_compat not in HW_COMPAT_LEVELS:
             raise OptionError(f"--hw-compat must be one of {', '.join(HW_COMPAT_LEVELS)}, got {self.hw_compat!r}")
+        if self.timing_cache not in (None, DEFAULT_TIMING_CACHE):
+            check_cache_file(Path(self.timing_cache))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
