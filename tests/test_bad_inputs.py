@@ -255,6 +255,8 @@ VALIDATE_CASES = {
                                     "schema 99"),
     "manifest without its spec": (lambda f, t: [str(_artifact_copy(
         f, t, manifest={k: v for k, v in _manifest(f).items() if k != "spec"}))], "lacks 'spec'"),
+    "manifest of kind trt without an engine": (
+        lambda f, t: [str(_artifact_copy(f, t, manifest={**_manifest(f), "kind": "trt"}))], "describes no TensorRT engine"),
     "manifest of another kind": (lambda f, t: [str(_artifact_copy(f, t, manifest={**_manifest(f), "kind": "tflite"}))],
                                  "kind must be one of"),
     "corrupt ONNX file": (lambda f, t: [str(_artifact_copy(f, t, onnx_bytes=b"\x08garbage"))], "cannot load"),

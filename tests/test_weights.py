@@ -151,7 +151,8 @@ def test_missing_unexpected_and_misshaped_keys_are_named(tmp_path, svt_ref):
 
 def test_wrong_variant_is_identified(tmp_path):
     path = _save(create_model("pcpvt_s").state_dict(), tmp_path / "pcpvt.safetensors")
-    with pytest.raises(CheckpointError, match="looks like pcpvt_s, not svt_s"):
+    with pytest.raises(CheckpointError,
+                       match=r"does not fit svt_s: the checkpoint looks like pcpvt_s \(pass --model pcpvt_s\); "):
         create_model("svt_s", weights=path)
 
 

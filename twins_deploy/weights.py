@@ -249,10 +249,10 @@ def load_state_dict_checked(model: nn.Module, sd: Mapping[str, Tensor], *,
             parts.append(f"mis-shaped keys: {_listed(misshaped)}")
         cfg = getattr(model, "cfg", None)
         guess = guess_variant(sd)
-        hint = ""
-        if guess and cfg is not None and guess != cfg.name:
-            hint = f"; the checkpoint looks like {guess}, not {cfg.name}"
-        raise CheckpointError(f"{origin} does not fit the model: " + "; ".join(parts) + hint)
+        what = "the model"
+        if guess and cfg is not None and guess != cfg.name:  # the likely cause first, the key lists after
+            what = f"{cfg.name}: the checkpoint looks like {guess} (pass --model {guess})"
+        raise CheckpointError(f"{origin} does not fit {what}; " + "; ".join(parts))
     model.load_state_dict(sd, strict=True)
 
 

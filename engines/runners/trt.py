@@ -36,7 +36,8 @@ class TrtRunner(Runner):
     def __init__(self, path: str | os.PathLike[str], manifest: Manifest, use_cuda_graph: bool = False) -> None:
         super().__init__()
         if manifest.engine is None:
-            raise ArtifactError(f"{Path(path).name} is not a TensorRT engine (its manifest is of kind {manifest.kind!r})")
+            raise ArtifactError(f"the manifest of {Path(path).name} describes no TensorRT engine (no TensorRT "
+                                "version, GPU or profile): it was not written by twins-export --fmt trt")
         self.path = Path(path)
         self.manifest = manifest
         self.use_cuda_graph = use_cuda_graph
