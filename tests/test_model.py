@@ -9,6 +9,7 @@ import torch
 from twins_deploy import (InputShapeError, Twins, UnknownModelError, count_params, create_model,
                           get_config, list_models, resolve_name)
 from twins_deploy import twins as twins_module
+from twins_deploy.errors import OptionError
 
 from conftest import ALL_VARIANTS, ours_from, timm_reference
 
@@ -154,3 +155,9 @@ def test_default_weights_are_seeded_random_and_labelled():
     for key, p in a.state_dict().items():
         if key.endswith("bias"):
             assert p.abs().min().item() > 0, key
+
+
+@pytest.mark.parametrize("kw", [dict(num_classes=-1), dict(num_classes=2.5), dict(seed=-1), dict(seed="0")])
+def test_create_model_refuses_what_the_cli_refuses(kw):
+    with pytest.raises(OptionError, match="must be a whole number >= 0"):
+        create_model("svt_s", **kw)
