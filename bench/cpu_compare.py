@@ -1,6 +1,6 @@
 """Every CPU route to run Twins, in one interleaved run, with validation beside speed.
 
-    python -m twins_deploy.bench.cpu_compare [--model svt_s] [--batch 1,8] [--threads 2]
+    python -m twins_deploy.cli.cpu_compare [--model svt_s] [--batch 1,8] [--threads 2]
         [--min-time 3] [--rounds 5] [--out bench/results] [--name cpu_compare]
 
 Routes, all with the same non-zero random weights (timm's model gets ours, key for key):
@@ -24,10 +24,8 @@ The issue's targets are checked and written down either way: the best validated 
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,7 +39,7 @@ from twins_deploy.artifacts import now_iso, tool_versions, write_bytes_atomic, w
 from twins_deploy.bench.machine import machine_info
 from twins_deploy.bench.timing import time_runner
 from twins_deploy.engines.runners.base import Runner
-from twins_deploy.errors import BackendUnavailableError, TwinsDeployError
+from twins_deploy.errors import BackendUnavailableError
 
 BASELINE = "timm-onnx-ort"
 TARGET_BEST = 2.0   # best validated route vs the baseline, at the target batch
@@ -288,39 +286,3 @@ def write_results(result: dict[str, Any], out: Path, name: str) -> list[Path]:
     write_json_atomic(paths[0], result)
     write_bytes_atomic(paths[1], to_markdown(result).encode())
     return paths
-
-
-def main(argv: list[str] | None = None) -> int:
-    from twins_deploy.exporters.spec import parse_hw
-
-    def int_list(text: str) -> list[int]:
-        return [int(v) for v in text.split(",") if v.strip()]
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="svt_s")
-    p.add_argument("--batch", type=int_list, default=[1, 8], metavar="N[,N...]")
-    p.add_argument("--img-size", type=parse_hw, default=(224, 224), metavar="N|HxW")
-    p.add_argument("--threads", type=int, default=2, help="threads per route (default: %(default)s)")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default: %(default)s)")
-    p.add_argument("--min-time", type=float, default=3.0, help="seconds per timed loop (default: %(default)s)")
-    p.add_argument("--min-iters", type=int, default=10, help="iterations per timed loop (default: %(default)s)")
-    p.add_argument("--note", default="", help="a remark recorded with the results (e.g. 'machine shared')")
-    p.add_argument("--out", type=Path, default=Path("bench/results"))
-    p.add_argument("--name", default="cpu_compare")
-    p.add_argument("-q", "--quiet", action="store_true")
-    args = p.parse_args(argv)
-    try:
-        result = run_comparison(args.model, tuple(args.batch), tuple(args.img_size), args.threads, args.rounds,
-                                args.min_time, args.min_iters, args.note,
-                                None if args.quiet else (lambda s: print(s, flush=True)))
-    except TwinsDeployError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    for path in write_results(result, args.out, args.name):
-        print(path)
-    print(to_markdown(result))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

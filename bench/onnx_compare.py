@@ -1,6 +1,6 @@
 """Our ONNX graph vs timm's model exported the same way, on this machine's CPU.
 
-    python -m twins_deploy.bench.onnx_compare [--models svt_s,pcpvt_s] [--out bench/results]
+    python -m twins_deploy.cli.onnx_compare [--models svt_s,pcpvt_s] [--out bench/results]
 
 Both models get the same non-zero random weights (timm's zero biases would let the
 simplifier delete add-zero nodes that real checkpoints keep). timm's export follows
@@ -10,8 +10,6 @@ and ONNX Runtime CPU throughput at batch 1 and 8 (2 threads) against PyTorch eag
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import time
@@ -23,7 +21,7 @@ import numpy as np
 import torch
 
 from twins_deploy import create_model, get_config, randomize_
-from twins_deploy.artifacts import now_iso, tool_versions
+from twins_deploy.artifacts import now_iso, tool_versions, write_bytes_atomic, write_json_atomic
 from twins_deploy.bench.machine import cpu_name
 from twins_deploy.bench.timing import time_runner
 from twins_deploy.engines.runners.onnxrt import OrtRunner
@@ -119,24 +117,19 @@ def to_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="svt_s,pcpvt_s")
-    p.add_argument("--out", type=Path, default=Path("bench/results"))
-    p.add_argument("--min-time", type=float, default=3.0, help="seconds per timed loop")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
-    args = p.parse_args(argv)
+def run_onnx_compare(models: list[str], out: Path, min_time_s: float = 3.0, rounds: int = 3) -> dict[str, Any]:
+    """Compare every model of ``models`` (their ONNX files go into ``out``); the results."""
     torch.set_num_threads(THREADS)
-    args.out.mkdir(parents=True, exist_ok=True)
-    result = {"created": now_iso(), "machine": f"{cpu_name()}, {os.cpu_count()} cores, "
-              f"{torch.get_num_threads()} threads used", "tools": tool_versions(), "rounds": args.rounds,
-              "results": [compare(m, args.out, args.min_time, args.rounds) for m in args.models.split(",")]}
-    stem = args.out / "onnx_vs_timm_cpu"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(to_markdown(result) + "\n")
-    print(to_markdown(result))
-    return 0
+    out.mkdir(parents=True, exist_ok=True)
+    return {"created": now_iso(), "machine": f"{cpu_name()}, {os.cpu_count()} cores, "
+            f"{torch.get_num_threads()} threads used", "tools": tool_versions(), "rounds": rounds,
+            "results": [compare(m, out, min_time_s, rounds) for m in models]}
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def write_results(result: dict[str, Any], out: Path) -> list[Path]:
+    """``onnx_vs_timm_cpu.{json,md}`` in ``out``."""
+    stem = out / "onnx_vs_timm_cpu"
+    paths = [stem.with_suffix(".json"), stem.with_suffix(".md")]
+    write_json_atomic(paths[0], result)
+    write_bytes_atomic(paths[1], (to_markdown(result) + "\n").encode())
+    return paths
