@@ -566,3 +566,17 @@ def test_console_scripts_print_one_line_and_verbose_shows_the_traceback(tmp_path
     assert res.stderr.strip().splitlines() == [res.stderr.strip()] and res.stderr.startswith("error: unknown model")
     res = subprocess.run([str(script), "--model", "svt_x", "--verbose"], capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "Traceback" in res.stderr and "UnknownModelError" in res.stderr
+
+
+@pytest.mark.parametrize("module, args, needle", [
+    ("cpu_compare", ["--rounds", "0"], "must be >= 1"), ("cpu_compare", ["--name", "../x"], "may hold only"),
+    ("cpu_compare", ["--model", "vit_b"], "unknown model"), ("onnx_compare", ["--min-time", "-1"], "must be >= 0"),
+    ("onnx_compare", ["--models", "svt_s,vit_b"], "unknown model"),
+])
+def test_comparison_command_lines_refuse_bad_input_with_one_line(module, args, needle, tmp_path, capsys):
+    import importlib
+
+    main = importlib.import_module(f"twins_deploy.cli.{module}").main
+    rc, out, err = call(main, [*args, "--out", str(tmp_path / "o")], capsys)
+    assert_one_error(rc, err, 2, needle)
+    assert out == "" and not (tmp_path / "o").exists()
