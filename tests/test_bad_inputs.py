@@ -533,12 +533,11 @@ def test_sigterm_cleans_up_as_ctrl_c_does(step, existing, tmp_path):
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.parametrize("argv", [["twins-inspect", "{onnx}", "--json"], ["twins-inspect", "{onnx}"]])
-def test_a_reader_that_goes_away_ends_the_output_quietly(argv, files):
+def test_a_reader_that_goes_away_ends_the_output_quietly(files):
     """``twins-inspect --json | head -1``: the pipe closes before we write; exit 141 as
     Unix tools do, with no BrokenPipeError traceback or 'Exception ignored' on stderr."""
-    script = Path(sys.executable).parent / argv[0]
-    proc = subprocess.Popen([str(script), *[a.format(onnx=files["onnx"]) for a in argv[1:]]],
+    script = Path(sys.executable).parent / "twins-inspect"
+    proc = subprocess.Popen([str(script), str(files["onnx"]), "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.stdout.close()  # the reader is gone before the first byte
     err = proc.stderr.read()
