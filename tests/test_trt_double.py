@@ -147,13 +147,19 @@ def test_dynamic_hw_profile(doubles, onnx_cache, tmp_path):
     assert plan["inputs"][0]["shape"][2:] != [64, 64]  # symbolic H/W in the graph
 
 
-def test_compatible_builds(doubles, onnx_cache, tmp_path):
-    rc, out = _export(doubles, onnx_cache, tmp_path, "fp32", "--hw-compat", "ampere+", "--version-compat")
+@pytest.mark.parametrize("level, trt_name, trtexec_name", [("ampere+", "AMPERE_PLUS", "ampere+"),
+                                                          ("same-cc", "SAME_COMPUTE_CAPABILITY", "sameComputeCapability")])
+def test_compatible_builds(doubles, onnx_cache, tmp_path, capsys, level, trt_name, trtexec_name):
+    offered = hasattr(doubles.trt.HardwareCompatibilityLevel, trt_name)  # the double raises for a missing member
+    rc, out = _export(doubles, onnx_cache, tmp_path, "fp32", "--hw-compat", level, "--version-compat")
+    if not offered:  # the line's bindings lack the level: refused, with its name
+        assert rc == 3 and f"no hardware compatibility level {trt_name}" in capsys.readouterr().err
+        return
     assert rc == 0
     plan = read_plan((out / "svt_s_fp32_64x64.plan").read_bytes())
-    assert plan["hardware_compatibility_level"] == "AMPERE_PLUS" and "VERSION_COMPATIBLE" in plan["builder_flags"]
+    assert plan["hardware_compatibility_level"] == trt_name and "VERSION_COMPATIBLE" in plan["builder_flags"]
     line = read_manifest(out / "svt_s_fp32_64x64.plan").engine.trtexec
-    assert "--hardwareCompatibilityLevel=ampere+" in line and "--versionCompatible" in line
+    assert f"--hardwareCompatibilityLevel={trtexec_name}" in line and "--versionCompatible" in line
 
 
 def test_timing_cache_is_per_tensorrt_version_and_reused(doubles, onnx_cache, tmp_path):
@@ -271,6 +277,7 @@ def test_runner_infer_numpy(doubles, engine):
             r.infer(np.zeros((5, 3, 64, 64), np.float32))
         assert r.describe()["cuda_graph"] is False
     assert not doubles.device.memory and not doubles.device.streams  # everything freed
+    assert doubles.calls("Runtime.engine_host_code_allowed=") == []  # only version-compatible plans run host code
 
 
 @pytest.mark.parametrize("line", RUNTIME_LINES)
@@ -388,6 +395,11 @@ def test_infer_torch_binds_the_callers_tensors_and_lets_go_of_them(doubles, engi
         assert launch["addresses"]["logits"][0] == y.data_ptr()
         assert launch["addresses"]["input"][0] not in (x.data_ptr(), own)  # the FP32 copy of x
         assert launch["stream"] in doubles.device.torch_streams
+        # TensorRT's stream waits for the work that made x, the caller's stream waits for the
+        # outputs, and x is kept until TensorRT has read it
+        caller = torch.cuda.current_stream().cuda_stream
+        assert [e for e in torch_cuda.ORDER if launch["stream"] in e[1:]] == [
+            ("wait", launch["stream"], caller), ("wait", caller, launch["stream"]), ("sync", launch["stream"], None)]
         # afterwards the context no longer points at the caller's tensors
         assert r.context.get_tensor_address("input") == own
         assert r.context.get_tensor_address("logits") != y.data_ptr()

@@ -36,6 +36,11 @@ class CudaTensor:
         return self._ptr
 
 
+# what the streams did, in order: ("wait", stream, on) and ("sync", stream, None), so a test
+# can prove the ordering a real GPU needs (the doubles run everything at once)
+ORDER: list[tuple[str, int, int | None]] = []
+
+
 class Stream:
     def __init__(self, fake: FakeDevice, *args: Any, **kwargs: Any) -> None:
         device = self._dev = fake
@@ -45,9 +50,10 @@ class Stream:
 
     def wait_stream(self, other: Stream) -> None:
         self.waited_on.append(other.cuda_stream)
+        ORDER.append(("wait", self.cuda_stream, other.cuda_stream))
 
     def synchronize(self) -> None:
-        return None
+        ORDER.append(("sync", self.cuda_stream, None))
 
 
 class Event:
@@ -67,6 +73,7 @@ class Event:
 def install(monkeypatch: pytest.MonkeyPatch, device: FakeDevice) -> None:
     """torch.cuda as far as the runner and the benchmark use it, on the fake device."""
     real_empty = torch.empty
+    ORDER.clear()
     default = Stream(device)
 
     def empty(*size: Any, dtype: torch.dtype | None = None, device: Any = None, **kw: Any) -> Any:
