@@ -75,8 +75,6 @@ def preprocess_image(path: str | os.PathLike[str], hw: tuple[int, int], pre: Pre
     Returns a (1, 3, H, W) float32 batch."""
     from PIL import Image
 
-    if pre.crop_mode != "center":
-        raise InputShapeError(f"crop mode {pre.crop_mode!r} is not supported (only timm's 'center')")
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
