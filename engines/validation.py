@@ -17,7 +17,7 @@ wrong after a small input (OpenVINO's snippets do, see ``runners/openvino.py``) 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,7 +26,19 @@ from twins_deploy.exporters.spec import ExportSpec
 from twins_deploy.preprocess import load_image_folder, normalise
 from twins_deploy.registry import MIN_IMAGE_SIDE, Preprocess
 
+if TYPE_CHECKING:
+    from twins_deploy.manifest import Manifest
+
 VALIDATION_SEED = 20240422
+
+
+def smallest_hw(manifest: Manifest) -> tuple[int, int] | None:
+    """The smallest H/W an artifact accepts when it is less than any image (a TensorRT
+    profile's minimum); None: any H/W the model takes."""
+    if manifest.engine is not None and manifest.spec.dynamic_hw and manifest.engine.profile.get("min"):
+        lo = manifest.engine.profile["min"]
+        return int(lo[2]), int(lo[3])
+    return None
 
 
 @dataclass(frozen=True)

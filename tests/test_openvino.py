@@ -25,7 +25,9 @@ from twins_deploy.errors import BackendUnavailableError, OptionError  # noqa: E4
 from twins_deploy.exporters.spec import BatchRange, ExportSpec  # noqa: E402
 from twins_deploy.manifest import EngineInfo, read_manifest  # noqa: E402
 from twins_deploy.artifacts import manifest_path  # noqa: E402
-from twins_deploy.pipeline import ArtifactRequest, make_artifacts, open_runner, smallest_hw  # noqa: E402
+from twins_deploy.engines.opening import open_runner  # noqa: E402
+from twins_deploy.engines.validation import smallest_hw  # noqa: E402
+from twins_deploy.pipeline import ArtifactRequest, make_artifacts  # noqa: E402
 
 # pcpvt_s is the quickest variant to export; 64 px keeps every inference cheap, and its
 # dynamic-H/W graph shows OpenVINO's snippets bug as the 224-px svt_s backbone does.
@@ -292,8 +294,8 @@ def test_a_plan_runs_in_tensorrt_only(dyn_onnx):
     m = read_manifest(dyn_onnx)
     plan = replace(m, kind="trt", engine=EngineInfo("10.13", {}, {}, {}, {}))
     with pytest.raises(OptionError, match="runs in TensorRT only"):
-        open_runner(dyn_onnx, plan, backend="openvino-f32")
-    assert isinstance(open_runner(dyn_onnx, m, backend="openvino-bf16"), OpenVinoRunner)
+        open_runner(dyn_onnx, plan, route="openvino-f32")
+    assert isinstance(open_runner(dyn_onnx, m, route="openvino-bf16"), OpenVinoRunner)
     assert isinstance(open_runner(dyn_onnx, m), OrtRunner)
 
 

@@ -139,7 +139,8 @@ def test_profile_shapes_and_range_errors():
 
 def _cmd(major, route, cache=None, **kw):
     p = profile_for(ExportSpec(model="svt_s", batch=BatchRange(1, 8, 32)))
-    return shlex.split(trtexec_command("svt_s_fp16.onnx", "svt_s_fp16.plan", p, TrtBuildOptions(**kw), major, route,
+    plan = PrecisionPlan("fp32" if route == "fp32" else "fp16", route)
+    return shlex.split(trtexec_command("svt_s_fp16.onnx", "svt_s_fp16.plan", p, TrtBuildOptions(**kw), major, plan,
                                        cache))
 
 
@@ -154,7 +155,7 @@ def test_trtexec_command_per_version():
     assert "--hardwareCompatibilityLevel=ampere+" in eleven and "--versionCompatible" in eleven
     eight = _cmd(8, "weak", opt_level=5)
     assert "--fp16" in eight and "--stronglyTyped" not in eight and "--builderOptimizationLevel=5" in eight
-    with pytest.raises(ValueError, match="no weak typing"):
+    with pytest.raises(BackendUnavailableError, match="removed BuilderFlag.FP16"):
         _cmd(11, "weak")
 
 
@@ -246,7 +247,7 @@ def test_svt_s_engine_builds_runs_and_matches_pytorch(tmp_path, precision):
     manifest = json.loads((out / f"svt_s_{precision}.plan.json").read_text())
     assert plan.read_bytes()[:4] != b"{\"sc"  # a plain plan, no JSON header
     assert manifest["validation"]["passed"] and manifest["engine"]["tf32"] is False
-    from twins_deploy.pipeline import open_runner
+    from twins_deploy.engines.opening import open_runner
 
     with open_runner(plan) as r:
         y = r.infer(np.zeros((3, 3, 224, 224), np.float32))

@@ -21,7 +21,8 @@ from trt_doubles.fake_trt import PLAN_MAGIC, read_plan
 from twins_deploy import ArtifactError, InputShapeError
 from twins_deploy.cli.export import main as export_main
 from twins_deploy.engines.trt.options import TrtBuildOptions, timing_cache_path
-from twins_deploy.errors import BackendUnavailableError, ExportError
+from twins_deploy.errors import BackendUnavailableError, ExportError, InputShapeError
+from twins_deploy.precision import PrecisionPlan
 from twins_deploy.manifest import read_manifest
 
 LINES = ["8.6", "10", "11"]
@@ -208,16 +209,16 @@ def test_build_failure_quotes_tensorrt(doubles, tmp_path):
     onnx = tmp_path / "m.onnx"
     _tiny_onnx(onnx)
     shapes = Profile("input", (1, 3, 8, 8), (1, 3, 8, 8), (1, 3, 8, 8))
-    data, info = build_engine(onnx, shapes, TrtBuildOptions(timing_cache=None), "fp32")
+    data, info = build_engine(onnx, shapes, TrtBuildOptions(timing_cache=None), PrecisionPlan())
     assert data.startswith(PLAN_MAGIC) and info.trt_version == doubles.trt.__version__
     BuilderB.build_serialized_network, real = (lambda self, network, config, *e: None), BuilderB.build_serialized_network
     try:
         with pytest.raises(ExportError, match="could not build m.onnx"):
-            build_engine(onnx, shapes, TrtBuildOptions(timing_cache=None), "fp32")
+            build_engine(onnx, shapes, TrtBuildOptions(timing_cache=None), PrecisionPlan())
     finally:
         BuilderB.build_serialized_network = real
-    with pytest.raises(ValueError, match="route must be one of"):
-        build_engine(onnx, shapes, TrtBuildOptions(timing_cache=None), "int8")
+    with pytest.raises(InputShapeError, match="precision must be one of"):  # the plan is typed: no 'int8' reaches TensorRT
+        build_engine(onnx, shapes, TrtBuildOptions(timing_cache=None), PrecisionPlan("int8", "fp32"))
 
 
 def _tiny_onnx(path: Path) -> None:
@@ -237,7 +238,8 @@ def test_chain_is_lazy_and_checked_on_cpu(doubles, tmp_path):
 
     before = len(doubles.trt.calls)
     build, info = engine_loader(tmp_path / "m.onnx", Profile("input", (1, 3, 8, 8), (1, 3, 8, 8), (2, 3, 8, 8)),
-                                TrtBuildOptions(timing_cache=None), "strong" if doubles.line != "8.6" else "weak",
+                                TrtBuildOptions(timing_cache=None),
+                                PrecisionPlan("fp16", "strong" if doubles.line != "8.6" else "weak"),
                                 doubles.trt, None)
     assert len(doubles.trt.calls) == before and callable(build)
     assert info.route in ("strong", "weak")
@@ -250,7 +252,7 @@ def test_hw_compat_level_missing_is_refused(doubles, tmp_path, monkeypatch):
     monkeypatch.setattr(doubles.trt, "HardwareCompatibilityLevel", type("H", (), {}))
     with pytest.raises(BackendUnavailableError, match="no hardware compatibility level AMPERE_PLUS"):
         engine_loader("m.onnx", Profile("input", (1, 3, 8, 8), (1, 3, 8, 8), (1, 3, 8, 8)),
-                      TrtBuildOptions(hw_compat="ampere+"), "fp32", doubles.trt, None)
+                      TrtBuildOptions(hw_compat="ampere+"), PrecisionPlan(), doubles.trt, None)
 
 
 # -- the runner --------------------------------------------------------------------------------
@@ -263,7 +265,7 @@ def engine(doubles, onnx_cache, tmp_path):
 
 @pytest.mark.parametrize("line", RUNTIME_LINES)
 def test_runner_infer_numpy(doubles, engine):
-    from twins_deploy.pipeline import open_runner
+    from twins_deploy.engines.opening import open_runner
 
     with open_runner(engine) as r:
         y = r.infer(np.ones((3, 3, 64, 64), np.float32))
@@ -283,7 +285,7 @@ def test_runner_infer_numpy(doubles, engine):
 @pytest.mark.parametrize("line", RUNTIME_LINES)
 def test_runner_refuses_a_shape_tensorrt_refuses(doubles, engine, monkeypatch):
     from trt_doubles.fake_trt import IExecutionContextB
-    from twins_deploy.pipeline import open_runner
+    from twins_deploy.engines.opening import open_runner
 
     monkeypatch.setattr(IExecutionContextB, "set_input_shape", lambda self, name, shape: False)
     with open_runner(engine) as r, pytest.raises(InputShapeError, match="TensorRT refused input shape"):
@@ -292,7 +294,7 @@ def test_runner_refuses_a_shape_tensorrt_refuses(doubles, engine, monkeypatch):
 
 @pytest.mark.parametrize("line", RUNTIME_LINES)
 def test_plan_sha256_checked_on_load(doubles, engine):
-    from twins_deploy.pipeline import open_runner
+    from twins_deploy.engines.opening import open_runner
 
     data = bytearray(engine.read_bytes())
     data[-2] ^= 1
@@ -303,7 +305,7 @@ def test_plan_sha256_checked_on_load(doubles, engine):
 
 @pytest.mark.parametrize("line", RUNTIME_LINES)
 def test_foreign_plan_is_refused_before_tensorrt_sees_it(doubles, engine, monkeypatch):
-    from twins_deploy.pipeline import open_runner
+    from twins_deploy.engines.opening import open_runner
 
     monkeypatch.setattr(doubles.trt, "__version__", "7.2.3")
     with pytest.raises(ArtifactError, match="built with TensorRT"):
@@ -313,7 +315,7 @@ def test_foreign_plan_is_refused_before_tensorrt_sees_it(doubles, engine, monkey
 
 @pytest.mark.parametrize("line", RUNTIME_LINES)
 def test_bench_loop_with_cuda_graph_and_rebind(doubles, engine):
-    from twins_deploy.pipeline import open_runner
+    from twins_deploy.engines.opening import open_runner
 
     r = open_runner(engine, use_cuda_graph=True)
     with r:
@@ -333,7 +335,7 @@ def test_bench_loop_with_cuda_graph_and_rebind(doubles, engine):
 
 @pytest.mark.parametrize("line", RUNTIME_LINES)
 def test_failed_capture_falls_back_and_says_so(doubles, engine):
-    from twins_deploy.pipeline import open_runner
+    from twins_deploy.engines.opening import open_runner
 
     doubles.device.capturable = False
     with open_runner(engine, use_cuda_graph=True) as r:
@@ -346,7 +348,7 @@ def test_failed_capture_falls_back_and_says_so(doubles, engine):
 
 @pytest.mark.parametrize("line", RUNTIME_LINES)
 def test_include_copies_uses_pinned_host_memory(doubles, engine):
-    from twins_deploy.pipeline import open_runner
+    from twins_deploy.engines.opening import open_runner
 
     with open_runner(engine, use_cuda_graph=True) as r:
         r.prepare(np.ones((2, 3, 64, 64), np.float32), include_copies=True)
@@ -360,7 +362,7 @@ def test_include_copies_uses_pinned_host_memory(doubles, engine):
 
 
 def test_version_compatible_plan_loads_with_host_code_allowed(doubles, onnx_cache, tmp_path):
-    from twins_deploy.pipeline import open_runner
+    from twins_deploy.engines.opening import open_runner
 
     rc, out = _export(doubles, onnx_cache, tmp_path, "fp32", "--version-compat")
     assert rc == 0
@@ -382,7 +384,7 @@ def torch_cuda(doubles, monkeypatch):
 def test_infer_torch_binds_the_callers_tensors_and_lets_go_of_them(doubles, engine, torch_cuda):
     import torch
 
-    from twins_deploy.pipeline import open_runner
+    from twins_deploy.engines.opening import open_runner
 
     with open_runner(engine) as r:
         r.infer(np.ones((2, 3, 64, 64), np.float32))  # the runner's own buffers, bound first
@@ -410,7 +412,7 @@ def test_infer_torch_refuses_what_it_cannot_run(doubles, engine, torch_cuda, mon
     import torch
 
     from trt_doubles.fake_trt import IExecutionContextB
-    from twins_deploy.pipeline import open_runner
+    from twins_deploy.engines.opening import open_runner
 
     with open_runner(engine) as r:
         with pytest.raises(InputShapeError, match="needs a CUDA tensor on GPU 0"):

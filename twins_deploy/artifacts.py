@@ -29,6 +29,9 @@ def manifest_path(artifact: str | os.PathLike[str]) -> Path:
     return p.with_name(p.name + ".json")
 
 
+# An artifact's kind (a manifest's "kind"), which is also twins-export's --fmt that makes it:
+# spelled once, here; what runs each kind is the route table's business (engines/routes.py).
+ONNX_KIND, PLAN_KIND = "onnx", "trt"
 _FILE_STEM = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 MAX_STEM_LEN = 128  # a file name holds 255 bytes; staging names add a prefix and a random suffix
 

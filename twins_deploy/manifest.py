@@ -14,7 +14,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from twins_deploy.artifacts import existing_file, manifest_path
+from twins_deploy.artifacts import ONNX_KIND, PLAN_KIND, existing_file, manifest_path
 from twins_deploy.errors import ArtifactError
 from twins_deploy.exporters.spec import ExportSpec
 from twins_deploy.precision import PrecisionPlan
@@ -22,7 +22,7 @@ from twins_deploy.registry import Preprocess
 from twins_deploy.weights import WeightsInfo
 
 SCHEMA = 2
-KINDS = ("onnx", "trt")
+KINDS = (ONNX_KIND, PLAN_KIND)
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,11 @@ class Manifest:
         return self.plan.of(self.kind)
 
     @property
+    def is_plan(self) -> bool:
+        """Whether the artifact is a TensorRT plan (else an ONNX model)."""
+        return self.kind == PLAN_KIND
+
+    @property
     def passed(self) -> bool | None:
         """The validation verdict: None when the artifact was not validated."""
         return None if self.validation is None else bool(self.validation.get("passed"))
@@ -179,12 +184,12 @@ def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
     precision = spec.get("precision", d.get("precision", "fp32"))
     route = trt.get("route") or ("strong" if precision == "fp16" else "fp32")
     d["precision_plan"] = {"requested": precision, "route": route, "io_fp16": bool(spec.get("io_fp16"))}
-    if d.get("kind") == "onnx" and "graph" in d:
+    if d.get("kind") == ONNX_KIND and "graph" in d:
         g = d["graph"]
         d["onnx"] = {"opset": d.get("opset"), "ir_version": d.get("ir_version"), "nodes": g.get("nodes"),
                      "op_census": g.get("op_census", {}), "roll_free": g.get("roll_free"),
                      "trt_compatible": g.get("trt_compatible", {}), "export": d.get("export") or {}}
-    elif d.get("kind") == "trt":
+    elif d.get("kind") == PLAN_KIND:
         d["onnx"] = None
         d["engine"] = {"trt_version": trt.get("version"), "gpu": d.get("gpu") or {},
                        "profile": trt.get("profile") or {}, "build_options": trt.get("build_options") or {},

@@ -23,11 +23,13 @@ from typing import Any
 
 import torch
 
-from twins_deploy.artifacts import (check_output_dir, file_sha256, install_artifact, manifest_path, now_iso,
+from twins_deploy.artifacts import (ONNX_KIND, PLAN_KIND, check_output_dir, file_sha256, install_artifact, manifest_path, now_iso,
                                     output_dir, refuse_non_files, refuse_overwrite, staged_file, tool_versions)
+from twins_deploy.engines.opening import open_runner, warn_if_changed
+from twins_deploy.engines.routes import judged_precision, route_for
 from twins_deploy.engines.runners.base import Runner
 from twins_deploy.engines.trt.options import TrtBuildOptions
-from twins_deploy.engines.validation import ValidationReport, validate_against_pytorch, validation_cases
+from twins_deploy.engines.validation import ValidationReport, smallest_hw, validate_against_pytorch, validation_cases
 from twins_deploy.errors import (ArtifactError, BackendUnavailableError, CheckpointError, InputShapeError,
                                  OptionError, ValidationFailedError)
 from twins_deploy.exporters.spec import INPUT_NAME, ExportSpec
@@ -41,10 +43,7 @@ from twins_deploy.serving.triton_repo import TritonRepoOptions, check_request, e
 from twins_deploy.twins import Twins
 from twins_deploy.weights import WeightsInfo
 
-FORMATS = ("onnx", "trt")
-# What can run an ONNX artifact: ONNX Runtime, or OpenVINO on the CPU in an explicit precision.
-# A TensorRT plan runs in TensorRT only.
-ONNX_BACKENDS = ("ort", "openvino-f32", "openvino-bf16")
+FORMATS = (ONNX_KIND, PLAN_KIND)
 ON_EXISTING = ("refuse", "overwrite", "reuse")
 ENGINE_SUFFIX = ".plan"
 
@@ -85,9 +84,9 @@ class ArtifactRequest:
             raise OptionError(f"format must be one of {', '.join(FORMATS)}, got {self.fmt!r}")
         if self.on_existing not in ON_EXISTING:
             raise OptionError(f"on_existing must be one of {', '.join(ON_EXISTING)}, got {self.on_existing!r}")
-        if self.fmt != "trt" and self.trt.weak_fp16:
+        if self.fmt != PLAN_KIND and self.trt.weak_fp16:
             raise OptionError("--weak-fp16 chooses how TensorRT builds FP16; it needs --fmt trt")
-        if (self.trt.min_hw or self.trt.max_hw) and not (self.fmt == "trt" and self.spec.dynamic_hw):
+        if (self.trt.min_hw or self.trt.max_hw) and not (self.fmt == PLAN_KIND and self.spec.dynamic_hw):
             raise OptionError("--min-hw/--max-hw set the engine's H/W range; they need --fmt trt and --dynamic-hw")
         # what can be refused without knowing the TensorRT version (resolve_precision does the rest)
         resolve_precision(self.precision, self.io_fp16, None, self.trt.weak_fp16)
@@ -152,7 +151,7 @@ def _describe(kind: str, path: Path, spec: ExportSpec, plan: PrecisionPlan, mode
         input=InputInfo(INPUT_NAME, spec.input_shape(), plan.io_dtype(kind), axes.get(INPUT_NAME, {}),
                         {"min": b.min, "opt": b.opt, "max": b.max}),
         outputs=spec.output_names, preprocess=pre,
-        tools=tool_versions(("tensorrt", "polygraphy", "cuda-bindings") if kind == "trt" else ()),
+        tools=tool_versions(("tensorrt", "polygraphy", "cuda-bindings") if kind == PLAN_KIND else ()),
         created=now_iso(), engine=engine,
     )
 
@@ -219,15 +218,6 @@ def _fail_unless_passed(manifest: Manifest, path: Path) -> None:
             f"(report in {manifest_path(path)})")
 
 
-def smallest_hw(manifest: Manifest) -> tuple[int, int] | None:
-    """The smallest H/W an artifact accepts when it is less than any image (a TensorRT
-    profile's minimum); None: any H/W the model takes."""
-    if manifest.engine is not None and manifest.spec.dynamic_hw and manifest.engine.profile.get("min"):
-        lo = manifest.engine.profile["min"]
-        return int(lo[2]), int(lo[3])
-    return None
-
-
 def _validate(req: ArtifactRequest, model: torch.nn.Module, candidate: Runner, manifest: Manifest,
               steps: Steps, label: str) -> dict[str, Any] | None:
     """The validation report of ``candidate``, the artifact ``manifest`` describes."""
@@ -243,12 +233,11 @@ def _validate(req: ArtifactRequest, model: torch.nn.Module, candidate: Runner, m
 # -- the stages --------------------------------------------------------------------------------
 def _onnx_stage(req: ArtifactRequest, plan: PrecisionPlan, model: torch.nn.Module, path: Path,
                 steps: Steps) -> Artifact:
-    from twins_deploy.engines.runners.onnxrt import OrtRunner
     from twins_deploy.exporters.inspect import inspect_onnx
     from twins_deploy.exporters.onnx_export import export_onnx
 
-    planned = _describe("onnx", path, req.spec, plan, model)
-    reused = _use_existing(path, planned, req, final=req.fmt == "onnx", steps=steps)
+    planned = _describe(ONNX_KIND, path, req.spec, plan, model)
+    reused = _use_existing(path, planned, req, final=req.fmt == ONNX_KIND, steps=steps)
     if reused is not None:
         return reused
     spec = req.spec
@@ -268,7 +257,7 @@ def _onnx_stage(req: ArtifactRequest, plan: PrecisionPlan, model: torch.nn.Modul
             onnx=OnnxInfo(spec.opset, report.ir_version, report.num_nodes, report.op_census, report.roll_free,
                           {v.version: v.compatible for v in report.trt}, info.to_dict()))
         del data
-        manifest.validation = _validate(req, model, OrtRunner(tmp), manifest, steps,
+        manifest.validation = _validate(req, model, open_runner(tmp, manifest), manifest, steps,
                                         f"validate ONNX Runtime vs PyTorch FP32 ({manifest.precision} thresholds)")
         install_artifact(tmp, path, manifest.to_dict())
     _fail_unless_passed(manifest, path)
@@ -283,18 +272,18 @@ def _engine_stage(req: ArtifactRequest, plan: PrecisionPlan, model: torch.nn.Mod
     engine = EngineInfo(trt_version=env.version, gpu=env.gpu, profile=profile.to_dict(),
                         build_options=req.trt.to_dict(), tf32=req.trt.tf32,
                         source_onnx={"file": onnx.path.name, "sha256": onnx.manifest.sha256 or ""})
-    planned = _describe("trt", path, req.spec, plan, model, engine)
+    planned = _describe(PLAN_KIND, path, req.spec, plan, model, engine)
     reused = _use_existing(path, planned, req, final=True, steps=steps)
     if reused is not None:
         return reused
     with staged_file(path) as tmp:  # becomes `path` (with its manifest) only once complete
         with steps.step(f"build TensorRT {env.version} engine ({plan.requested}, route {plan.route}) "
                         f"on {env.gpu['name']}"):
-            data, info = build_engine(onnx.path, profile, req.trt, plan.route, gpu=env.gpu)
+            data, info = build_engine(onnx.path, profile, req.trt, plan, gpu=env.gpu)
             tmp.write_bytes(data)
             steps.note(f"{len(data) / 2**20:.1f} MiB in {info.build_seconds} s")
         engine = replace(engine, build=info.to_dict(), trtexec=trtexec_command(
-            onnx.path.name, path.name, profile, req.trt, env.major, plan.route, info.timing_cache))
+            onnx.path.name, path.name, profile, req.trt, env.major, plan, info.timing_cache))
         manifest = replace(planned, sha256=file_sha256(tmp), size_bytes=len(data), engine=engine)
         manifest.validation = _validate(req, model, open_runner(tmp, manifest), manifest, steps,
                                         "validate TensorRT vs PyTorch FP32")
@@ -306,7 +295,7 @@ def _engine_stage(req: ArtifactRequest, plan: PrecisionPlan, model: torch.nn.Mod
 def artifact_paths(req: ArtifactRequest, plan: PrecisionPlan) -> tuple[Path, Path | None]:
     """Where the ONNX model and (for ``--fmt trt``) the engine of ``req`` are written."""
     onnx = req.out_dir / f"{req.spec.stem(plan.graph, plan.io_fp16)}.onnx"
-    engine = req.out_dir / f"{req.spec.stem(plan.requested, plan.io_fp16)}{ENGINE_SUFFIX}" if req.fmt == "trt" else None
+    engine = req.out_dir / f"{req.spec.stem(plan.requested, plan.io_fp16)}{ENGINE_SUFFIX}" if req.fmt == PLAN_KIND else None
     return onnx, engine
 
 
@@ -315,12 +304,12 @@ def make_artifacts(req: ArtifactRequest, model: torch.nn.Module | None = None) -
     from twins_deploy.engines.trt.env import BuildEnv, probe_build_env
     from twins_deploy.engines.trt.profile import profile_for
 
-    env = probe_build_env() if req.fmt == "trt" else BuildEnv(None, None, None)
+    env = probe_build_env() if req.fmt == PLAN_KIND else BuildEnv(None, None, None)
     if env.missing and not req.onnx_without_engine:
         raise BackendUnavailableError(env.missing)
     plan = resolve_precision(req.precision, req.io_fp16, env.major, req.trt.weak_fp16)
     onnx_path, engine_path = artifact_paths(req, plan)
-    profile = profile_for(req.spec, req.trt.min_hw, req.trt.max_hw) if req.fmt == "trt" else None
+    profile = profile_for(req.spec, req.trt.min_hw, req.trt.max_hw) if req.fmt == PLAN_KIND else None
     if req.images:
         check_image_folder(req.images)  # an empty folder or a bad image fails here, before any work
     final = engine_path or onnx_path
@@ -330,7 +319,7 @@ def make_artifacts(req: ArtifactRequest, model: torch.nn.Module | None = None) -
         refuse_existing_entry(entry_dir(req.triton, final.stem), overwrite=req.on_existing != "refuse")
 
     per_artifact = 2 if req.validate else 1  # make (or reuse), validate
-    engines = 1 if req.fmt == "trt" and env.missing is None else 0
+    engines = 1 if req.fmt == PLAN_KIND and env.missing is None else 0
     steps = Steps(int(model is None) + per_artifact * (1 + engines) + int(req.triton is not None), quiet=req.quiet)
     with output_dir(req.out_dir):  # held until the run ends: checks below see no other run's files appear
         refuse_non_files([p for a in (onnx_path, engine_path) if a is not None for p in (a, manifest_path(a))])
@@ -339,7 +328,7 @@ def make_artifacts(req: ArtifactRequest, model: torch.nn.Module | None = None) -
         if model is None:
             model = _build_step(req, steps)
         onnx = _onnx_stage(req, plan, model, onnx_path, steps)
-        if req.fmt == "onnx":
+        if req.fmt == ONNX_KIND:
             return Artifacts(plan, onnx, triton_entry=_triton_stage(req, onnx, steps))
         if env.missing:
             raise BackendUnavailableError(
@@ -357,53 +346,7 @@ def _triton_stage(req: ArtifactRequest, final: Artifact, steps: Steps) -> Path |
         return write_entry(req.triton, final.path, final.manifest, overwrite=req.on_existing != "refuse")
 
 
-# -- opening and re-checking artifacts ---------------------------------------------------------------
-def open_runner(path: str | os.PathLike[str], manifest: Manifest | None = None, *, backend: str | None = None,
-                provider: str = "cpu", threads: int | None = None, use_cuda_graph: bool = False) -> Runner:
-    """The Runner for an artifact, after the checks every load goes through: the manifest
-    is read and (for TensorRT plans, which TensorRT may crash on) the file must have its sha256;
-    the TensorRT runner then checks the plan's TensorRT version and GPU before loading it.
-
-    ``backend`` chooses what runs an ONNX artifact (one of :data:`ONNX_BACKENDS`; default
-    ONNX Runtime with ``provider``); a plan always runs in TensorRT."""
-    path = Path(path)
-    manifest = manifest or read_manifest(path)
-    if backend is not None and backend not in ONNX_BACKENDS:
-        raise OptionError(f"backend must be one of {', '.join(ONNX_BACKENDS)}, got {backend!r}")
-    if manifest.kind == "trt":
-        if backend is not None:
-            raise OptionError(f"{path.name} is a TensorRT plan: it runs in TensorRT only; "
-                              f"--backend {backend} applies to ONNX artifacts")
-        if manifest.sha256 and file_sha256(path) != manifest.sha256:
-            raise ArtifactError(f"{path.name} is not the plan its manifest describes (sha256 differs): "
-                                "corrupt or replaced; rebuild it with twins-export --fmt trt")
-        from twins_deploy.engines.runners.trt import TrtRunner
-
-        return TrtRunner(path, manifest, use_cuda_graph=use_cuda_graph)
-    if backend in ("openvino-f32", "openvino-bf16"):
-        from twins_deploy.engines.runners.openvino import OpenVinoRunner
-
-        return OpenVinoRunner(path, precision="bf16" if backend == "openvino-bf16" else "fp32", threads=threads)
-    from twins_deploy.engines.runners.onnxrt import OrtRunner
-
-    return OrtRunner(path, provider=provider, threads=threads)
-
-
-def warn_if_changed(path: Path, manifest: Manifest, consequence: str) -> None:
-    """Say on stderr, before loading, that an ONNX file is not the one its manifest describes:
-    if the backend then cannot read it, or it takes other shapes, this says why. (A plan with
-    another sha256 is refused outright by :func:`open_runner`.)"""
-    if manifest.kind == "onnx" and manifest.sha256 and file_sha256(path) != manifest.sha256:
-        print(f"warning: {path.name} differs from the file its manifest describes (sha256); {consequence}",
-              file=sys.stderr, flush=True)
-
-
-def judged_precision(manifest: Manifest, backend: str | None) -> str:
-    """The precision whose thresholds judge ``manifest``'s artifact run by ``backend``: the
-    artifact's own, or BF16 when OpenVINO computes in BF16 (coarser than FP32 and FP16)."""
-    return "bf16" if backend == "openvino-bf16" else manifest.precision
-
-
+# -- re-checking artifacts ---------------------------------------------------------------------
 def weights_for_manifest(manifest: Manifest, weights: str | None, pretrained: bool) -> WeightsRequest:
     """Rebuild the weights an artifact was made with, refusing different ones."""
     w = manifest.weights
@@ -430,9 +373,10 @@ def weights_for_manifest(manifest: Manifest, weights: str | None, pretrained: bo
 def revalidate(artifact: str | os.PathLike[str], weights: str | None = None, pretrained: bool = False,
                batches: list[int] | None = None, images: str | None = None,
                thresholds: dict[str, float | None] | None = None, quiet: bool = False,
-               backend: str | None = None, threads: int | None = None) -> ValidationReport:
+               route: str | None = None, threads: int | None = None) -> ValidationReport:
     """``twins-validate``: re-check an existing artifact against PyTorch, from its manifest,
-    in ``backend`` (see :func:`open_runner`), with the thresholds of what that computes in."""
+    on ``route`` (a row of the route table; default: the first that runs the artifact on the
+    CPU), with the thresholds of what that route computes in."""
     path = Path(artifact)
     manifest = read_manifest(path)
     spec = manifest.spec
@@ -441,12 +385,12 @@ def revalidate(artifact: str | os.PathLike[str], weights: str | None = None, pre
             raise InputShapeError(f"batch {b} is outside the artifact's range {spec.batch.min}..{spec.batch.max}")
     if images:
         check_image_folder(images)
-    runner = open_runner(path, manifest, backend=backend, threads=threads)
+    runner = open_runner(path, manifest, route=route, threads=threads)
     if not quiet:
         warn_if_changed(path, manifest, "validating what is on disk")
     runner.activate()  # a missing backend or an unreadable file fails before the model is built
     try:
-        precision = judged_precision(manifest, backend)
+        precision = judged_precision(route_for(manifest, route), manifest)
         steps = Steps(2, quiet=quiet)
         with steps.step(f"build {spec.model} with the artifact's weights"):
             model = build_model(spec.model, weights_for_manifest(manifest, weights, pretrained), spec.features)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from twins_deploy.artifacts import PLAN_KIND
 from twins_deploy.errors import InputShapeError
 
 PRECISIONS = ("fp32", "fp16")
@@ -60,13 +61,24 @@ class PrecisionPlan:
         """Whether the TensorRT builder sets the weak ``BuilderFlag.FP16``."""
         return self.route == "weak"
 
-    @property
-    def strongly_typed(self) -> bool:
-        return self.route == "strong"
+    def strongly_typed_network(self, trt_major: int) -> bool:
+        """Whether TensorRT ``trt_major`` is asked for a ``STRONGLY_TYPED`` network: the FP16
+        graph below 11 (11 has strong typing only, so the flag is implied there)."""
+        self.check_trt(trt_major)
+        return self.route == "strong" and trt_major < FIRST_STRONG_ONLY_MAJOR
+
+    def check_trt(self, trt_major: int) -> None:
+        """Refuse a plan TensorRT ``trt_major`` cannot build: weak typing is gone from 11."""
+        if self.route == "weak" and trt_major >= FIRST_STRONG_ONLY_MAJOR:
+            from twins_deploy.errors import BackendUnavailableError
+
+            raise BackendUnavailableError(
+                f"--weak-fp16 needs TensorRT 8.6-10.x: TensorRT 11 removed BuilderFlag.FP16 (weak typing; this is "
+                f"TensorRT {trt_major}); drop the flag to build the strongly typed FP16 graph")
 
     def of(self, kind: str) -> str:
-        """The precision an artifact of ``kind`` ("onnx" or "trt") computes in."""
-        return self.graph if kind == "onnx" else self.requested
+        """The precision an artifact of ``kind`` (ONNX model or TensorRT plan) computes in."""
+        return self.requested if kind == PLAN_KIND else self.graph
 
     def io_dtype(self, kind: str) -> str:
         return "float16" if self.io_fp16 and self.of(kind) == "fp16" else "float32"
@@ -89,11 +101,8 @@ def resolve_precision(requested: str, io_fp16: bool = False, trt_major: int | No
         if weak_fp16:
             raise InputShapeError("--weak-fp16 only applies to --precision fp16")
         return PrecisionPlan("fp32", "fp32", io_fp16)  # io_fp16 is refused by the plan itself
-    if weak_fp16 and trt_major is not None and trt_major >= FIRST_STRONG_ONLY_MAJOR:
-        from twins_deploy.errors import BackendUnavailableError
-
-        raise BackendUnavailableError(
-            "--weak-fp16 needs TensorRT 8.6-10.x: TensorRT 11 removed BuilderFlag.FP16; "
-            "drop the flag to build the strongly typed FP16 graph")
     weak = weak_fp16 or (trt_major is not None and trt_major < FIRST_STRONG_MAJOR)
-    return PrecisionPlan("fp16", "weak" if weak else "strong", io_fp16)
+    plan = PrecisionPlan("fp16", "weak" if weak else "strong", io_fp16)
+    if trt_major is not None:
+        plan.check_trt(trt_major)
+    return plan

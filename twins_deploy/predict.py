@@ -16,7 +16,7 @@ import numpy as np
 
 from twins_deploy.errors import InputShapeError
 from twins_deploy.manifest import read_manifest
-from twins_deploy.pipeline import open_runner, warn_if_changed
+from twins_deploy.engines.opening import open_runner, warn_if_changed
 from twins_deploy.preprocess import IMAGE_SUFFIXES, check_image_folder, preprocess_image
 
 
@@ -52,8 +52,10 @@ def image_paths(items: list[str | os.PathLike[str]]) -> list[Path]:
 
 
 def predict(artifact: str | os.PathLike[str], images: list[str | os.PathLike[str]], top_k: int = 5,
-            provider: str = "cpu") -> list[Prediction]:
-    """Top-``top_k`` classes of every image, from an ONNX model or TensorRT engine."""
+            device: str = "cpu", route: str | None = None) -> list[Prediction]:
+    """Top-``top_k`` classes of every image, from an ONNX model or TensorRT engine, run on
+    ``route`` (a row of the route table), or the table's first route for the artifact on
+    ``device`` ("cpu" or "cuda")."""
     manifest = read_manifest(artifact)
     if manifest.model.features:
         raise InputShapeError(f"{Path(artifact).name} is a backbone (it outputs feature maps): "
@@ -66,7 +68,7 @@ def predict(artifact: str | os.PathLike[str], images: list[str | os.PathLike[str
     batch = manifest.spec.batch
     logits: list[np.ndarray] = []
     warn_if_changed(Path(artifact), manifest, "predicting with what is on disk")
-    with open_runner(artifact, manifest, provider=provider) as runner:
+    with open_runner(artifact, manifest, route=route, device=device) as runner:
         for k in range(0, len(batches), batch.max):
             x = np.concatenate(batches[k:k + batch.max])
             n = len(x)

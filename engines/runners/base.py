@@ -8,12 +8,30 @@ on the device, outputs left there, so a benchmark measures compute, not copies).
 from __future__ import annotations
 
 import abc
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from twins_deploy.errors import InputShapeError
 from twins_deploy.registry import MIN_IMAGE_SIDE
+
+if TYPE_CHECKING:
+    from twins_deploy.engines.routes import Route
+    from twins_deploy.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class RunTarget:
+    """What a route runs, and how: the PyTorch model (``model``) or an artifact file with its
+    manifest, plus the run options every Runner may read (it ignores those it has no use for)."""
+
+    model: Any = None
+    path: Path | None = None
+    manifest: Manifest | None = None
+    threads: int | None = None
+    cuda_graphs: bool = False
 
 
 class Runner(abc.ABC):
@@ -42,6 +60,12 @@ class Runner(abc.ABC):
 
     def __exit__(self, *exc: Any) -> None:
         self.deactivate()
+
+    @classmethod
+    def from_route(cls, route: Route, target: RunTarget) -> Runner:
+        """The Runner for ``route`` (a row of :mod:`twins_deploy.engines.routes`) on ``target``;
+        each Runner class reads the row's options it knows."""
+        raise NotImplementedError(f"{cls.__name__} cannot be opened from a route")
 
     @abc.abstractmethod
     def _activate(self) -> None: ...

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from twins_deploy.artifacts import existing_file
-from twins_deploy.engines.runners.base import Runner, as_numpy, check_input_shape
+from twins_deploy.engines.runners.base import Runner, RunTarget, as_numpy, check_input_shape
 from twins_deploy.errors import ArtifactError, BackendUnavailableError
+
+if TYPE_CHECKING:
+    from twins_deploy.engines.routes import Route
 
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -28,6 +31,12 @@ class OrtRunner(Runner):
         self.spinning = spinning
         self.name = f"ort-{provider}"
         self.device = "cuda" if provider == "cuda" else "cpu"
+
+    @classmethod
+    def from_route(cls, route: Route, target: RunTarget) -> OrtRunner:
+        runner = cls(target.path, provider=route.device, threads=target.threads)
+        runner.name = route.name
+        return runner
 
     def _activate(self) -> None:
         import onnxruntime as ort

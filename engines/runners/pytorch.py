@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from twins_deploy.engines.runners.base import Runner, as_numpy
+from twins_deploy.engines.runners.base import Runner, RunTarget, as_numpy
 from twins_deploy.errors import BackendUnavailableError
 from twins_deploy.exporters.spec import FEATURE_NAMES, LOGITS_NAME
+
+if TYPE_CHECKING:
+    from twins_deploy.engines.routes import Route
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
 class TorchRunner(Runner):
@@ -29,6 +34,14 @@ class TorchRunner(Runner):
         self.attn_impl = attn_impl
         self.name = name or f"torch-{str(dtype).replace('torch.float', 'fp')}-{device}" + ("-compile" if compile else "")
         self.output_names = list(FEATURE_NAMES) if getattr(model, "features", False) else [LOGITS_NAME]
+
+    @classmethod
+    def from_route(cls, route: Route, target: RunTarget) -> TorchRunner:
+        """``device`` "auto" is CUDA when PyTorch sees a GPU; a "cuda" route without one
+        is refused by the constructor (BackendUnavailableError)."""
+        device = "cuda" if route.device == "cuda" or (route.device == "auto" and torch.cuda.is_available()) else "cpu"
+        return cls(target.model, device=device, dtype=_DTYPES[route.options.get("dtype", "fp32")],
+                   compile=bool(route.options.get("compile", False)), name=route.name)
 
     def _activate(self) -> None:
         # Never move or cast the caller's model in place: other runners (an ONNX export,

@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from twins_deploy.engines.runners.base import Runner, as_numpy
+from twins_deploy.engines.runners.base import Runner, RunTarget, as_numpy
 from twins_deploy.engines.trt.compat import check_engine_compat
 from twins_deploy.engines.trt.env import gpu_info, import_tensorrt
 from twins_deploy.engines.trt.profile import Profile
 from twins_deploy.errors import ArtifactError, InputShapeError
 
 if TYPE_CHECKING:
+    from twins_deploy.engines.routes import Route
     from twins_deploy.manifest import Manifest
 
 
@@ -43,6 +44,12 @@ class TrtRunner(Runner):
         self.use_cuda_graph = use_cuda_graph
         self.name = f"trt-{manifest.precision}"
         self.warnings: list[str] = []
+
+    @classmethod
+    def from_route(cls, route: Route, target: RunTarget) -> TrtRunner:
+        runner = cls(target.path, target.manifest, use_cuda_graph=target.cuda_graphs)
+        runner.name = route.name
+        return runner
 
     # -- loading ------------------------------------------------------------------------
     def _activate(self) -> None:
@@ -142,7 +149,7 @@ class TrtRunner(Runner):
     def infer(self, x: Any) -> list[np.ndarray]:
         from twins_deploy.engines.trt.cuda import copy_dtoh, copy_htod
 
-        if type(x).__module__.startswith("torch") and getattr(x, "is_cuda", False):
+        if getattr(x, "is_cuda", False):  # a CUDA torch tensor: no round trip through the host
             return [as_numpy(t) for t in self.infer_torch(x)]
         host = as_numpy(x).astype(self.np_dtype[self.input_name], copy=False)
         self._step_ready = False

@@ -33,7 +33,7 @@ from twins_deploy.engines.trt.env import import_tensorrt, trt_major
 from twins_deploy.engines.trt.options import TrtBuildOptions, timing_cache_path
 from twins_deploy.engines.trt.profile import Profile
 from twins_deploy.errors import BackendUnavailableError, ExportError
-from twins_deploy.precision import ROUTES
+from twins_deploy.precision import PrecisionPlan
 
 HW_LEVELS = {"ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
 
@@ -64,20 +64,17 @@ def _polygraphy() -> ModuleType:
     return pg_trt
 
 
-def engine_loader(onnx_path: str | os.PathLike[str], shapes: Profile, opts: TrtBuildOptions, route: str,
+def engine_loader(onnx_path: str | os.PathLike[str], shapes: Profile, opts: TrtBuildOptions, plan: PrecisionPlan,
                   trt: Any, cache_path: Path | None) -> tuple[Callable[[], bytes], BuildInfo]:
     """The lazy Polygraphy chain that builds the plan, and what the manifest will say
     about it. Nothing is imported from TensorRT here beyond the enum values in ``trt``."""
-    if route not in ROUTES:
-        raise ValueError(f"route must be one of {ROUTES}")
     pg = _polygraphy()
     major = trt_major(trt.__version__)
-    if route == "weak" and major >= 11:
-        raise BackendUnavailableError("TensorRT 11 has no weak typing (BuilderFlag.FP16 was removed in 11.0)")
-    info = BuildInfo(trt.__version__, route, [], [])
+    strongly_typed = plan.strongly_typed_network(major)  # refuses weak typing on 11
+    fp16_flag = plan.builder_fp16_flag
+    info = BuildInfo(trt.__version__, plan.route, [], [])
     if major < 10:
         info.network_flags.append("EXPLICIT_BATCH")  # Polygraphy sets it below 10.0
-    strongly_typed = route == "strong" and major < 11
     if strongly_typed:
         info.network_flags.append("STRONGLY_TYPED")
     network = pg.NetworkFromOnnxPath(str(onnx_path), strongly_typed=strongly_typed)
@@ -89,11 +86,11 @@ def engine_loader(onnx_path: str | os.PathLike[str], shapes: Profile, opts: TrtB
         if hw is None:
             raise BackendUnavailableError(f"TensorRT {trt.__version__} has no hardware compatibility level "
                                           f"{HW_LEVELS[opts.hw_compat]}")
-    info.builder_flags += (["TF32"] if opts.tf32 else []) + (["FP16"] if route == "weak" else []) + (
+    info.builder_flags += (["TF32"] if opts.tf32 else []) + (["FP16"] if fp16_flag else []) + (
         ["VERSION_COMPATIBLE"] if opts.version_compat else [])
     config = pg.CreateConfig(
         tf32=opts.tf32,
-        fp16=route == "weak",
+        fp16=fp16_flag,
         profiles=[profile],
         memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(opts.workspace_gib * 2**30)},
         builder_optimization_level=opts.opt_level,
@@ -141,7 +138,7 @@ def _polygraphy_log() -> Iterator[_Collect]:
 
 
 def build_engine(onnx_path: str | os.PathLike[str], shapes: Profile, opts: TrtBuildOptions,
-                 route: str, gpu: dict[str, Any] | None = None) -> tuple[bytes, BuildInfo]:
+                 plan: PrecisionPlan, gpu: dict[str, Any] | None = None) -> tuple[bytes, BuildInfo]:
     """Parse ``onnx_path`` and build a serialized engine (a plain plan, no header)."""
     _polygraphy()  # a clear BackendUnavailableError when Polygraphy is missing
     from polygraphy.exception import PolygraphyException
@@ -152,7 +149,7 @@ def build_engine(onnx_path: str | os.PathLike[str], shapes: Profile, opts: TrtBu
         cache_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with _polygraphy_log() as log:
-        build, info = engine_loader(onnx_path, shapes, opts, route, trt, cache_path)
+        build, info = engine_loader(onnx_path, shapes, opts, plan, trt, cache_path)
         try:
             plan = build()
         except PolygraphyException as e:

@@ -9,6 +9,7 @@ import shlex
 
 from twins_deploy.engines.trt.options import TrtBuildOptions
 from twins_deploy.engines.trt.profile import Profile
+from twins_deploy.precision import PrecisionPlan
 
 _HW_FLAG = {"ampere+": "ampere+", "same-cc": "sameComputeCapability"}
 
@@ -18,15 +19,15 @@ def _dims(shape: tuple[int, ...]) -> str:
 
 
 def trtexec_command(onnx_file: str, engine_file: str, profile: Profile, opts: TrtBuildOptions,
-                    major: int, route: str, cache_file: str | None = None) -> str:
+                    major: int, plan: PrecisionPlan, cache_file: str | None = None) -> str:
     """One shell-quoted trtexec invocation reproducing the build for TensorRT ``major``.
 
-    ``route`` is ``"strong"`` (precision from the ONNX graph) or ``"weak"`` (FP32 graph plus
-    the FP16 builder flag, TensorRT 8.6-10.x only); ``cache_file`` is the timing cache the
-    build used (see :func:`~twins_deploy.engines.trt.options.timing_cache_path`).
+    ``plan`` says how precision is realised: from the ONNX graph (strong typing) or by the
+    FP16 builder flag on the FP32 graph (weak, TensorRT 8.6-10.x only; refused on 11);
+    ``cache_file`` is the timing cache the build used (see
+    :func:`~twins_deploy.engines.trt.options.timing_cache_path`).
     """
-    if route == "weak" and major >= 11:
-        raise ValueError("TensorRT 11 has no weak typing: --fp16 does not exist there")
+    strongly_typed = plan.strongly_typed_network(major)
     args = [
         "trtexec", f"--onnx={onnx_file}", f"--saveEngine={engine_file}",
         f"--minShapes={profile.input}:{_dims(profile.min)}",
@@ -37,9 +38,9 @@ def trtexec_command(onnx_file: str, engine_file: str, profile: Profile, opts: Tr
     ]
     if not opts.tf32:
         args.append("--noTF32")
-    if route == "strong" and major < 11:
+    if strongly_typed:
         args.append("--stronglyTyped")
-    if route == "weak":
+    if plan.builder_fp16_flag:
         args.append("--fp16")
     if cache_file:
         args.append(f"--timingCacheFile={cache_file}")

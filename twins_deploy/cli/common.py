@@ -57,6 +57,16 @@ def hw_arg(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def route_arg(text: str) -> str:
+    """A route of the table by name or alias, as its name (argparse then checks the choices)."""
+    from twins_deploy.engines.routes import get_route
+
+    try:
+        return get_route(text).name
+    except TwinsDeployError:
+        return text  # argparse's choices check names the routes
+
+
 positive_int = number(int, 1)
 MAX_BATCH = 4096  # beyond any GPU's memory for Twins at 224; catches typos such as 10000
 

@@ -5,10 +5,12 @@ transform: resize, center crop, mean/std), then run in ONNX Runtime or TensorRT.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
-from twins_deploy.cli.common import Parser, number, run_cli
+from twins_deploy.cli.common import Parser, number, route_arg, run_cli
+from twins_deploy.engines.routes import artifact_routes, routes_help
 
 EPILOG = """\
 examples:
@@ -24,19 +26,28 @@ The same in Python:
 """
 
 
-def _main(argv: list[str] | None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = Parser("twins-predict", __doc__, EPILOG)
     p.add_argument("artifact", help="an .onnx model or TensorRT .plan written by twins-export (with its manifest)")
     p.add_argument("images", nargs="+", help="image files or folders of images")
     p.add_argument("--top-k", type=number(int, 1, 1000), default=5, help="classes per image (default: %(default)s)")
     p.add_argument("--provider", choices=("cpu", "cuda"), default="cpu",
-                   help="ONNX Runtime provider for .onnx models (default: %(default)s)")
+                   help="device of the default route: cpu runs an .onnx model in ort-cpu, cuda in ort-cuda; "
+                        "a .plan always runs in TensorRT (default: %(default)s)")
+    routes = artifact_routes()
+    p.add_argument("--backend", type=route_arg, choices=routes, metavar="ROUTE",
+                   help="the route that runs the artifact, one that runs its kind (default: chosen by "
+                        "--provider). Routes: " + routes_help(routes))
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="full tracebacks on errors")
-    args = p.parse_args(argv)
+    return p
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
     from twins_deploy.predict import predict
 
-    preds = predict(args.artifact, args.images, args.top_k, args.provider)
+    preds = predict(args.artifact, args.images, args.top_k, args.provider, route=args.backend)
     if args.json:
         print(json.dumps([{"image": r.image, "top": [{"class": c, "probability": round(pr, 6), "label": lab}
                                                       for c, pr, lab in r.top]} for r in preds], indent=2))

@@ -5,10 +5,12 @@ beside the artifact, so a CI job can gate on parity with one command.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 
-from twins_deploy.cli.common import Parser, add_threshold_args, int_list, number, run_cli, thresholds_from_args
-from twins_deploy.pipeline import ONNX_BACKENDS
+from twins_deploy.cli.common import (Parser, add_threshold_args, int_list, number, route_arg, run_cli,
+                                     thresholds_from_args)
+from twins_deploy.engines.routes import artifact_routes, routes_help
 
 EPILOG = """\
 exit codes: 0 parity holds, 1 a check failed (report still written), 2 bad input,
@@ -20,7 +22,7 @@ the same FP32 ONNX file deployed with OpenVINO on the CPU, in BF16:
 """
 
 
-def _main(argv: list[str] | None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = Parser("twins-validate", __doc__, EPILOG)
     p.add_argument("artifact", help="an .onnx file or TensorRT engine written by twins-export")
     w = p.add_mutually_exclusive_group()
@@ -30,10 +32,11 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--images", metavar="DIR", help="also validate on the photographs in DIR")
     p.add_argument("--batch", type=int_list, metavar="N[,N...]",
                    help="batch sizes to check (default: min, opt and max of the artifact's range)")
-    p.add_argument("--backend", choices=ONNX_BACKENDS,
-                   help="what runs an ONNX artifact: ONNX Runtime (ort, the default), or OpenVINO on the CPU "
-                        "computing in FP32 (openvino-f32) or BF16 (openvino-bf16, judged with the BF16 "
-                        "thresholds; needs a CPU with native BF16); a TensorRT plan always runs in TensorRT")
+    routes = artifact_routes()
+    p.add_argument("--backend", type=route_arg, choices=routes, metavar="ROUTE",
+                   help="the route that runs the artifact, one that runs its kind (default: the first such "
+                        "route on the CPU: ort-cpu for ONNX; a TensorRT plan runs in trt-fp32/trt-fp16); "
+                        "judged with the thresholds of what the route computes in. Routes: " + routes_help(routes))
     p.add_argument("--threads", type=number(int, 1, 1024), metavar="N",
                    help="CPU threads of the backend (default: ONNX Runtime's own choice; OpenVINO: "
                         "every core this process may use)")
@@ -41,7 +44,11 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--report", metavar="FILE", help="write the full JSON report here")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.add_argument("-v", "--verbose", action="store_true", help="full tracebacks on errors")
-    args = p.parse_args(argv)
+    return p
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
 
     from twins_deploy.artifacts import check_report_path, write_json_atomic
     from twins_deploy.pipeline import revalidate
@@ -49,7 +56,7 @@ def _main(argv: list[str] | None) -> int:
     if args.report:
         check_report_path(args.report, args.artifact)  # before the work, not after it
     report = revalidate(args.artifact, args.weights, args.pretrained, args.batch, args.images,
-                        thresholds_from_args(args), quiet=args.quiet, backend=args.backend,
+                        thresholds_from_args(args), quiet=args.quiet, route=args.backend,
                         threads=args.threads)
     if args.report:
         write_json_atomic(args.report, report.to_dict())

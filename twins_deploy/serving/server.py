@@ -4,7 +4,7 @@ The ``nvidia-pytriton`` wheel bundles a real ``tritonserver`` (2.51.0 with 0.7.0
 the python backend: there is no native ONNX Runtime or TensorRT backend to load
 ``model.onnx``/``model.plan`` with. So each repository entry is bound into PyTriton with the
 same shape, batching and instance count its ``config.pbtxt`` declares, and executed by the
-Runner :func:`twins_deploy.pipeline.open_runner` gives for the copied artifact (after the
+Runner :func:`twins_deploy.engines.opening.open_runner` gives for the copied artifact (after the
 manifest checks): ONNX Runtime on the CPU here, ONNX Runtime CUDA or TensorRT where present.
 Clients see Triton's HTTP/gRPC protocol and Triton's dynamic batcher either way.
 
@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from twins_deploy.engines.opening import open_runner
 from twins_deploy.errors import ArtifactError, BackendUnavailableError, InputShapeError, OptionError
 from twins_deploy.manifest import Manifest, read_manifest
 from twins_deploy.registry import MIN_IMAGE_SIDE
@@ -244,15 +245,13 @@ def make_infer_fn(runner: Any, model: TritonModel) -> Callable[[list[Any]], list
 
 
 def _open_runners(served: ServedModel, model: TritonModel, opts: ServeOptions) -> list[Any]:
-    from twins_deploy.pipeline import open_runner
-
     gpu = model.instance_kind == "KIND_GPU"
     # explicit, also for one instance: with ONNX Runtime's default (unset) thread count, served
     # requests took 2.7x as long on a 2-core machine as with the count set to the cores
     threads = opts.threads or max(1, (os.cpu_count() or 1) // model.instances)
     runners = []
     for _ in range(model.instances):
-        runner = open_runner(served.artifact, served.manifest, provider="cuda" if gpu else "cpu", threads=threads)
+        runner = open_runner(served.artifact, served.manifest, device="cuda" if gpu else "cpu", threads=threads)
         runners.append(runner.activate())
     return runners
 

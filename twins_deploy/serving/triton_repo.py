@@ -2,7 +2,7 @@
 
 ``REPO/<name>/config.pbtxt`` + ``REPO/<name>/1/model.onnx`` (or ``model.plan``) +
 ``REPO/<name>/1/model.onnx.json`` (the artifact's manifest, copied for provenance; it also
-lets :func:`twins_deploy.pipeline.open_runner` open the copy with every manifest check).
+lets :func:`twins_deploy.engines.opening.open_runner` open the copy with every manifest check).
 Everything in the config comes from the manifest, never from guesses: the platform from the
 artifact's kind, ``max_batch_size`` and dims from the batch range and image size (the batch
 dimension left out, as Triton expects, ``-1`` for a dynamic H/W), the data types from the
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twins_deploy.artifacts import check_file_stem, file_sha256, manifest_path, output_dir
+from twins_deploy.artifacts import ONNX_KIND, PLAN_KIND, check_file_stem, file_sha256, manifest_path, output_dir
 from twins_deploy.errors import ArtifactError, OptionError
 from twins_deploy.exporters.spec import ExportSpec
 from twins_deploy.manifest import Manifest
@@ -31,8 +31,8 @@ from twins_deploy.manifest import Manifest
 CONFIG_FILE = "config.pbtxt"
 VERSION = 1
 # artifact kind -> (Triton platform, backend, default model file name)
-PLATFORMS = {"onnx": ("onnxruntime_onnx", "onnxruntime", "model.onnx"),
-             "trt": ("tensorrt_plan", "tensorrt", "model.plan")}
+PLATFORMS = {ONNX_KIND: ("onnxruntime_onnx", "onnxruntime", "model.onnx"),
+             PLAN_KIND: ("tensorrt_plan", "tensorrt", "model.plan")}
 DATA_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 DEVICES = ("auto", "cpu", "gpu")
 KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
@@ -161,7 +161,7 @@ class TritonModel:
         groups = list(cfg.instance_group)
         kind = mc.ModelInstanceGroup.Kind.Name(groups[0].kind) if groups else "KIND_CPU"
         if kind == "KIND_AUTO":
-            kind = "KIND_GPU" if platform == PLATFORMS["trt"][0] else "KIND_CPU"
+            kind = "KIND_GPU" if platform == PLATFORMS[PLAN_KIND][0] else "KIND_CPU"
         batching = cfg.HasField("dynamic_batching")
         accel = [a for a in cfg.optimization.execution_accelerators.gpu_execution_accelerator if a.name == "tensorrt"]
         return cls(
@@ -193,10 +193,10 @@ def feature_dims(spec: ExportSpec, embed_dims: list[int] | tuple[int, ...]) -> l
 
 def check_request(options: TritonRepoOptions, kind: str, spec: ExportSpec) -> None:
     """Refuse what Triton could not serve, before any export work is done."""
-    if kind == "trt" and options.device == "cpu":
+    if kind == PLAN_KIND and options.device == "cpu":
         raise OptionError("a TensorRT plan runs on a GPU only: Triton instance kind must be GPU "
                           "(drop --triton-device cpu)")
-    if options.ort_trt and (kind != "onnx" or options.device != "gpu"):
+    if options.ort_trt and (kind != ONNX_KIND or options.device != "gpu"):
         raise OptionError("ONNX Runtime's TensorRT accelerator applies to ONNX models on a GPU: "
                           "use it with --triton-device gpu and --fmt onnx")
     b = spec.batch
@@ -233,7 +233,7 @@ def model_for(manifest: Manifest, options: TritonRepoOptions, name: str | None =
     inputs = (TensorConfig(manifest.input.name, dtype, (*lead, 3, h, w)),)
     outputs = tuple(TensorConfig(n, dtype, (*lead, *d)) for n, d in zip(manifest.outputs, out_dims))
     preferred = options.preferred_batch or tuple(sorted({p for p in (b.opt, b.max) if p > 1}))
-    device = "gpu" if manifest.kind == "trt" or options.device == "gpu" else "cpu"
+    device = "gpu" if manifest.is_plan or options.device == "gpu" else "cpu"
     return TritonModel(
         name=check_model_name(name or options.name or Path(manifest.artifact).stem),
         platform=PLATFORMS[manifest.kind][0], max_batch_size=b.max if batched else 0,
