@@ -22,16 +22,18 @@ from twins_deploy.manifest import Manifest, read_manifest
 
 
 def open_runner(path: str | os.PathLike[str], manifest: Manifest | None = None, *, route: str | None = None,
-                device: str = "cpu", threads: int | None = None, use_cuda_graph: bool = False) -> Runner:
+                device: str = "cpu", threads: int | None = None, use_cuda_graph: bool = False,
+                spinning: bool = True) -> Runner:
     """The Runner for the artifact at ``path``: on ``route`` (a table name or alias) when
-    given, else the table's first route that runs its kind on ``device``. Not yet active."""
+    given, else the table's first route that runs its kind on ``device``. Not yet active.
+    ``spinning`` False: a CPU runtime's idle threads sleep (for runners sharing the cores)."""
     path = Path(path)
     manifest = manifest or read_manifest(path)
     row = route_for(manifest, route, device)
     if artifact_kind(manifest).startswith("plan-") and manifest.sha256 and file_sha256(path) != manifest.sha256:
         raise ArtifactError(f"{path.name} is not the plan its manifest describes (sha256 differs): "
                             "corrupt or replaced; rebuild it with twins-export --fmt trt")
-    return row.runner.from_route(row, RunTarget(path=path, manifest=manifest, threads=threads,
+    return row.runner.from_route(row, RunTarget(path=path, manifest=manifest, threads=threads, spinning=spinning,
                                                 cuda_graphs=use_cuda_graph))
 
 

@@ -140,23 +140,30 @@ def artifact_kind(manifest: Manifest) -> str:
     return f"{_FILE_KIND[manifest.kind]}-{manifest.precision}"
 
 
+def default_route(kind: str, device: str = "cpu") -> Route:
+    """The table's first route that runs artifacts of ``kind`` on ``device`` (or, when none
+    does, the first that runs ``kind`` at all: a plan runs on the GPU whatever was asked)."""
+    fits = [r for r in ROUTES.values() if kind in r.consumes]
+    if not fits:
+        raise OptionError(f"no route runs {kind} artifacts")
+    return next((r for r in fits if r.device in (device, "auto")), fits[0])
+
+
 def route_for(manifest: Manifest, name: str | None = None, device: str = "cpu") -> Route:
     """The route that runs ``manifest``'s artifact: ``name`` when given (it must run this
     kind), else the first row that runs it on ``device`` (or the first that runs it at all:
     a plan runs on the GPU whatever was asked)."""
     kind = artifact_kind(manifest)
-    fits = [r for r in ROUTES.values() if kind in r.consumes]
     if name is not None:
         route = get_route(name)
+        fits = [r for r in ROUTES.values() if kind in r.consumes]
         if route not in fits:
             what = _KIND_WORDS[kind.split("-")[0]]
             families = " and ".join(dict.fromkeys(r.family for r in fits))
             raise OptionError(f"{manifest.artifact} is {what} ({kind}): it runs in {families} only "
                               f"({', '.join(r.name for r in fits)}); route {route.name} runs {', '.join(route.consumes)}")
         return route
-    if not fits:
-        raise OptionError(f"no route runs {kind} artifacts")
-    return next((r for r in fits if r.device in (device, "auto")), fits[0])
+    return default_route(kind, device)
 
 
 def judged_precision(route: Route, manifest: Manifest | None = None) -> str:

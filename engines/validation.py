@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from twins_deploy.engines.runners.base import Runner
+from twins_deploy.engines.runners.pytorch import TorchRunner
 from twins_deploy.exporters.spec import ExportSpec
 from twins_deploy.preprocess import load_image_folder, normalise
 from twins_deploy.registry import MIN_IMAGE_SIDE, Preprocess
@@ -253,8 +254,6 @@ def validate_against_pytorch(model: Any, candidate: Runner, precision: str, case
                              overrides: dict[str, float | None] | None = None) -> ValidationReport:
     """``candidate`` vs ``model`` in PyTorch FP32 (explicit attention, CPU) on ``cases``,
     judged with the thresholds of ``precision`` and the user's ``overrides``."""
-    from twins_deploy.engines.runners.pytorch import TorchRunner
-
     th = Thresholds.for_precision(precision).override(**(overrides or {}))
     reference = TorchRunner(model, device="cpu", attn_impl="explicit", name="torch-fp32-cpu")
     return validate(reference, candidate, cases, precision, th)

@@ -6,6 +6,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+import onnx
+
 from twins_deploy.artifacts import existing_file
 from twins_deploy.errors import ArtifactError
 from twins_deploy.exporters.trt_ops import PROFILES
@@ -42,7 +45,6 @@ class GraphReport:
 
 
 def _load(model: Any) -> Any:
-    import onnx
 
     if isinstance(model, (str, os.PathLike)):
         p = existing_file(model, "ONNX file")
@@ -58,7 +60,6 @@ def _load(model: Any) -> Any:
 
 
 def _value_info(vi: Any) -> dict[str, Any]:
-    import onnx
 
     t = vi.type.tensor_type
     dims = [d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else "?")
@@ -69,7 +70,6 @@ def _value_info(vi: Any) -> dict[str, Any]:
 
 def _float_tensors(model: Any) -> set[str]:
     """Names of float-typed values (after shape inference), to tell data from shape math."""
-    import onnx
 
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
@@ -130,8 +130,6 @@ def trt_verdicts(model: Any, opset: int) -> list[TrtVerdict]:
 
 def inspect_onnx(model: Any) -> GraphReport:
     """Everything ``twins-inspect`` prints, from a path or a ModelProto."""
-    import onnx
-    import numpy as np
 
     path = str(model) if isinstance(model, (str, os.PathLike)) else "<in memory>"
     m = _load(model)

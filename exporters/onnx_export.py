@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 
 from twins_deploy.errors import ExportError
+from twins_deploy.exporters.fp16 import to_mixed_fp16
 from twins_deploy.exporters.spec import INPUT_NAME, LOGITS_NAME, ExportSpec
 from twins_deploy.precision import PrecisionPlan
 from twins_deploy.twins import Twins
@@ -65,7 +67,6 @@ def export_mode(model: Twins, spec: ExportSpec) -> Iterator[Twins]:
 
 def trace_to_onnx(model: Twins, spec: ExportSpec) -> "onnx.ModelProto":  # noqa: F821
     """Trace ``model`` into an ONNX ModelProto following ``spec`` (FP32)."""
-    import onnx
 
     batch = 2 if spec.batch.dynamic else spec.batch.min  # 2: a batch of 1 invites specialisation
     sample = torch.randn(batch, 3, *spec.img_size)
@@ -92,7 +93,6 @@ def trace_to_onnx(model: Twins, spec: ExportSpec) -> "onnx.ModelProto":  # noqa:
 def trace_plain_onnx(model: torch.nn.Module, hw: tuple[int, int], opset: int = 17) -> "onnx.ModelProto":  # noqa: F821
     """timm's own export recipe (TorchScript exporter, opset 17, dynamic batch), for models
     that are not ours: Swin-T in the benchmark, timm's Twins in the graph comparison."""
-    import onnx
 
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
@@ -191,7 +191,6 @@ def check_graph(model: "onnx.ModelProto") -> "onnx.ModelProto":  # noqa: F821
     (TensorRT's parser, OpenVINO, onnx2torch) deserve concrete ones, so value_info is
     cleared and strict shape inference with data propagation rebuilds it.
     """
-    import onnx
 
     try:
         onnx.checker.check_model(model, full_check=True)
@@ -206,7 +205,6 @@ def export_onnx(model: torch.nn.Module, spec: ExportSpec,
     """The whole ONNX export of ``spec`` in the plan's graph precision, returned in memory
     (the caller writes it). Models other than ours (the benchmark's Swin-T) are traced
     with timm's recipe instead, then simplified, converted and checked the same way."""
-    from twins_deploy.exporters.fp16 import to_mixed_fp16
 
     info = ExportInfo()
     t0 = time.perf_counter()

@@ -14,7 +14,7 @@ def export_to(out_dir: Path, model: str, *, precision: str = "fp32", io_fp16: bo
     """Export ``model`` to ONNX; returns the file and its manifest as written (a dict)."""
     req = ArtifactRequest(
         spec=ExportSpec(model=model, batch=batch, **spec_kw), precision=precision, io_fp16=io_fp16,
-        weights=WeightsRequest(path=weights), out_dir=out_dir, images=images, quiet=True,
+        weights=WeightsRequest(path=weights), out_dir=out_dir, images=images,
     )
     art = make_artifacts(req).final
     return art.path, art.manifest.to_dict()

@@ -27,6 +27,7 @@ from twins_deploy.cli.export import main as export_main
 from twins_deploy.cli.inspect import main as inspect_main
 from twins_deploy.cli.predict import main as predict_main
 from twins_deploy.cli.validate import main as validate_main
+from twins_deploy.engines.runners.onnxrt import OrtRunner
 
 SMALL = ["--model", "pcpvt_s", "--img-size", "32", "--min-batch", "1", "--opt-batch", "2", "--max-batch", "2", "-q"]
 STEM = "pcpvt_s_fp32_32x32"
@@ -377,20 +378,36 @@ BENCH_CASES = {
     "name climbing out of --out": (["--name", "../../escape"], "may hold only letters"),
     "name an absolute path": (["--name", "/tmp/escape"], "may hold only letters"),
     "name hidden": (["--name", ".hidden"], "may not start with '.'"),
+    # the comparisons (formerly python -m twins_deploy.cli.cpu_compare / onnx_compare) are presets
+    "cpu-compare rounds 0": (["--preset", "cpu-compare", "--rounds", "0"], "must be >= 1"),
+    "cpu-compare name climbing": (["--preset", "cpu-compare", "--name", "../x"], "may hold only"),
+    "cpu-compare unknown model": (["--preset", "cpu-compare", "--model", "vit_b"], "unknown model 'vit_b'"),
+    "onnx-vs-timm min-time negative": (["--preset", "onnx-vs-timm", "--min-time", "-1"], "must be >= 0"),
+    "onnx-vs-timm unknown model": (["--preset", "onnx-vs-timm", "--model", "svt_s,vit_b"], "unknown model 'vit_b'"),
+    "compare unknown": (["--compare", "timm-onnx,vgg"], "--compare takes swin_t, timm-onnx"),
+    "compare empty": (["--compare", ","], "--compare takes"),
+    "rounds text": (["--rounds", "two"], "not an integer"),
+    "out inside the package": (["--out", "{package}/results"], "lies inside the package source"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BENCH_CASES))
 def test_bench_refuses_bad_input_with_one_line(case, files, tmp_path, capsys):
+    import twins_deploy.bench
+
+    package = Path(twins_deploy.bench.__file__).parent
     args, needle = BENCH_CASES[case]
-    args = [a.format(**{k: str(v) for k, v in files.items()}) for a in args]
+    args = [a.format(package=package, **{k: str(v) for k, v in files.items()}) for a in args]
     out = tmp_path / "bench"
     if "--out" not in args:
         args += ["--out", str(out)]
-    before = snapshot(tmp_path)
+    def source(root: Path) -> dict:  # Python's own bytecode cache aside
+        return {k: v for k, v in snapshot(root).items() if "__pycache__" not in Path(k).parts}
+
+    before, in_package = snapshot(tmp_path), source(package)
     rc, _, err = call(bench_main, [*args, "-q"], capsys)
     assert_one_error(rc, err, 2, needle)
-    assert snapshot(tmp_path) == before and not out.exists()
+    assert snapshot(tmp_path) == before and not out.exists() and source(package) == in_package
 
 
 def _backbone_copy(files, tmp_path: Path) -> Path:
@@ -468,9 +485,10 @@ def _interrupt_install(monkeypatch, n: int) -> None:
 
 STEPS = {
     "building the model": lambda mp, g: mp.setattr(pipeline, "create_model", _interrupt),
-    "exporting": lambda mp, g: mp.setattr("twins_deploy.exporters.onnx_export.export_onnx", _interrupt),
-    "after writing the file": lambda mp, g: mp.setattr("twins_deploy.exporters.inspect.inspect_onnx", _interrupt),
-    "validating": lambda mp, g: mp.setattr("twins_deploy.engines.runners.onnxrt.OrtRunner", _Interrupting),
+    "exporting": lambda mp, g: mp.setattr(pipeline, "export_onnx", _interrupt),
+    "after writing the file": lambda mp, g: mp.setattr(pipeline, "inspect_onnx", _interrupt),
+    # the route table opens ort-cpu through the Runner class's from_route
+    "validating": lambda mp, g: mp.setattr(OrtRunner, "from_route", classmethod(lambda cls, *a: _Interrupting())),
     "installing the artifact": lambda mp, g: _interrupt_install(mp, 1),
     "installing the manifest": lambda mp, g: _interrupt_install(mp, 2),
 }
@@ -479,7 +497,7 @@ STEPS = {
 @pytest.mark.parametrize("existing", [False, True], ids=["new out-dir", "overwriting with --force"])
 @pytest.mark.parametrize("step", sorted(STEPS))
 def test_ctrl_c_at_any_step_leaves_what_was_there(step, existing, exported_graph, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("twins_deploy.exporters.onnx_export.export_onnx", lambda *a, **k: exported_graph)
+    monkeypatch.setattr(pipeline, "export_onnx", lambda *a, **k: exported_graph)
     STEPS[step](monkeypatch, exported_graph)
     out = tmp_path / "out"
     if existing:
@@ -494,7 +512,7 @@ def test_ctrl_c_at_any_step_leaves_what_was_there(step, existing, exported_graph
 
 def test_the_same_export_interrupted_nowhere_installs_both_files(exported_graph, tmp_path, monkeypatch, capsys):
     """The control for the test above: with no interruption the same run installs the pair."""
-    monkeypatch.setattr("twins_deploy.exporters.onnx_export.export_onnx", lambda *a, **k: exported_graph)
+    monkeypatch.setattr(pipeline, "export_onnx", lambda *a, **k: exported_graph)
     out = tmp_path / "out"
     rc, _, err = call(export_main, [*SMALL, "--out-dir", str(out)], capsys)
     assert rc == 0, err
@@ -565,17 +583,3 @@ def test_console_scripts_print_one_line_and_verbose_shows_the_traceback(tmp_path
     assert res.stderr.strip().splitlines() == [res.stderr.strip()] and res.stderr.startswith("error: unknown model")
     res = subprocess.run([str(script), "--model", "svt_x", "--verbose"], capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "Traceback" in res.stderr and "UnknownModelError" in res.stderr
-
-
-@pytest.mark.parametrize("module, args, needle", [
-    ("cpu_compare", ["--rounds", "0"], "must be >= 1"), ("cpu_compare", ["--name", "../x"], "may hold only"),
-    ("cpu_compare", ["--model", "vit_b"], "unknown model"), ("onnx_compare", ["--min-time", "-1"], "must be >= 0"),
-    ("onnx_compare", ["--models", "svt_s,vit_b"], "unknown model"),
-])
-def test_comparison_command_lines_refuse_bad_input_with_one_line(module, args, needle, tmp_path, capsys):
-    import importlib
-
-    main = importlib.import_module(f"twins_deploy.cli.{module}").main
-    rc, out, err = call(main, [*args, "--out", str(tmp_path / "o")], capsys)
-    assert_one_error(rc, err, 2, needle)
-    assert out == "" and not (tmp_path / "o").exists()

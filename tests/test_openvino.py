@@ -39,7 +39,7 @@ NATIVE_BF16 = "BF16" in REAL_CORE().get_property("CPU", "OPTIMIZATION_CAPABILITI
 @pytest.fixture(scope="module")
 def dyn_onnx(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ov")
-    return make_artifacts(ArtifactRequest(spec=DYN, out_dir=out, validate=False, quiet=True)).final.path
+    return make_artifacts(ArtifactRequest(spec=DYN, out_dir=out, validate=False)).final.path
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +242,7 @@ def test_the_runner_is_correct_small_then_large_on_one_compiled_model(dyn_onnx, 
 
 def test_static_hw_models_keep_snippets(tmp_path):
     spec = replace(DYN, dynamic_hw=False, batch=BatchRange(1, 2, 2))
-    path = make_artifacts(ArtifactRequest(spec=spec, out_dir=tmp_path, validate=False, quiet=True)).final.path
+    path = make_artifacts(ArtifactRequest(spec=spec, out_dir=tmp_path, validate=False)).final.path
     with OpenVinoRunner(path) as r:
         info = r.describe()
         outs = [r.infer(np.ones((b, 3, 64, 64), np.float32))[0] for b in (1, 2, 1)]
@@ -321,55 +321,68 @@ def test_bench_rows_record_the_precision_used(tmp_path):
     assert "openvino-f32,fp32," in (tmp_path / "ov.csv").read_text()
 
 
-# -- the interleaved CPU comparison ------------------------------------------------------------------
-def _route(label: str, img_s: float, precision: str = "fp32", passed: bool | None = True, skipped: str | None = None):
-    from twins_deploy.bench.cpu_compare import Route
-
-    r = Route(label, label, lambda: None, precision=precision, skipped=skipped)
-    if not skipped:
-        r.validation = {"passed": passed, "thresholds": precision, "runner": {"precision": precision}}
-        r.samples = {1: [img_s / 2, img_s / 2], 8: [img_s * 0.9, img_s, img_s * 1.5]}
-    return r
-
-
-def test_cpu_compare_speedups_and_verdict():
-    from twins_deploy.bench.cpu_compare import BASELINE, summarise
-
-    routes = [_route(BASELINE, 10), _route("ort", 11), _route("openvino-f32", 14),
-              _route("openvino-bf16", 25, "bf16"), _route("torch", 6), _route("broken", 99, passed=False)]
-    rows, verdict = summarise(routes, [1, 8])
-    by = {r["route"]: r for r in rows}
-    assert by[BASELINE]["b8_vs_baseline"] == 1.0 and by["openvino-f32"]["b8_img_s"] == 14
-    assert by["openvino-bf16"]["b8_vs_baseline"] == 2.5 and by["openvino-bf16"]["precision"] == "bf16"
-    assert verdict["batch"] == 8
-    assert verdict["best_validated"] == {"route": "openvino-bf16", "speedup": 2.5, "target": 2.0, "met": True}
-    assert verdict["best_fp32"] == {"route": "openvino-f32", "speedup": 1.4, "target": 1.3, "met": True}
-    routes[3] = _route("openvino-bf16", 0, "bf16", skipped="no native BF16")
-    rows, verdict = summarise(routes, [1, 8])
-    assert verdict["best_validated"]["route"] == "openvino-f32" and not verdict["best_validated"]["met"]
-    assert {r["route"]: r for r in rows}["openvino-bf16"] == {
-        "route": "openvino-bf16", "what": "openvino-bf16", "judged_as": "bf16", "status": "skipped",
-        "reason": "no native BF16"}
+# -- the CPU comparison: twins-bench --preset cpu-compare ---------------------------------------------
+def _row(model: str, backend: str, ips: float, judged_as: str = "fp32", passed: bool | None = True,
+         batch: int = 8) -> dict[str, Any]:
+    row = {"model": model, "backend": backend, "infer_batch_size": batch, "infer_samples_per_sec": ips,
+           "status": "ok"}
+    if passed is not None:
+        row["validation"] = {"passed": passed, "judged_as": judged_as}
+    return row
 
 
-def test_cpu_compare_end_to_end_with_tiny_settings(tmp_path):
-    from twins_deploy.bench.cpu_compare import BASELINE, run_comparison, to_markdown, write_results
+def test_cpu_compare_targets_against_timm_onnx():
+    from twins_deploy.bench.harness import add_speedups
+    from twins_deploy.bench.targets import cpu_targets
 
-    result = run_comparison("pcpvt_s", batches=(1, 2), hw=(64, 64), threads=1, rounds=1, min_time_s=0,
-                            min_iters=1, note="test run")
-    rows = {r["route"]: r for r in result["rows"]}
-    assert list(rows) == [BASELINE, "ort", "openvino-f32", "openvino-bf16", "torch"]
-    for label, r in rows.items():
+    rows = [_row("timm-onnx:svt_s", "ort-cpu", 10), _row("svt_s", "ort-cpu", 11), _row("svt_s", "openvino-f32", 14),
+            _row("svt_s", "openvino-bf16", 25, "bf16"), _row("svt_s", "torch", 6),
+            _row("svt_s", "torch-compile", 99, passed=False), _row("svt_s", "openvino-f32", 99, batch=1),
+            {"model": "svt_s", "backend": "ort-cuda", "infer_batch_size": 8, "status": "skipped", "reason": "r"}]
+    add_speedups(rows)
+    assert [r["speedup_vs_timm_onnx"] for r in rows] == [1.0, 1.1, 1.4, 2.5, 0.6, 9.9, None, None]
+    verdict = cpu_targets(rows, [1, 8])
+    assert verdict == {"batch": 8,
+                       "best_validated": {"model": "svt_s", "backend": "openvino-bf16", "speedup": 2.5, "target": 2.0,
+                                          "met": True},
+                       "best_fp32": {"model": "svt_s", "backend": "openvino-f32", "speedup": 1.4, "target": 1.3,
+                                     "met": True}}
+    del rows[3]  # no BF16: the best validated route is the FP32 one, and 1.4x misses 2x
+    verdict = cpu_targets(rows, [1, 8])
+    assert verdict["best_validated"]["backend"] == "openvino-f32" and not verdict["best_validated"]["met"]
+    # without batch 8 the largest batch measured is judged; timm's export is never its own winner
+    assert cpu_targets(rows[:1], [1, 2]) == {"batch": 2, "best_validated": None, "best_fp32": None}
+
+
+def test_cpu_compare_preset_end_to_end_with_tiny_settings(tmp_path):
+    from twins_deploy.cli.bench import main as bench_main
+
+    assert bench_main(["--preset", "cpu-compare", "--model", "pcpvt_s", "--img-size", "32", "--batch", "1,2",
+                       "--threads", "1", "--rounds", "2", "--min-time", "0", "--min-iters", "1", "--warmup", "1",
+                       "--warmup-time", "0", "--note", "test run", "--out", str(tmp_path), "-q"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [
+        "cpu_compare.csv", "cpu_compare.json", "cpu_compare.md", "cpu_compare.png"]
+    result = json.loads((tmp_path / "cpu_compare.json").read_text())
+    rows = {(r["model"], r["backend"], r["infer_batch_size"]): r for r in result["rows"]}
+    assert list(dict.fromkeys(k[:2] for k in rows)) == [
+        ("pcpvt_s", "torch"), ("pcpvt_s", "ort-cpu"), ("pcpvt_s", "openvino-f32"), ("pcpvt_s", "openvino-bf16"),
+        ("timm-onnx:pcpvt_s", "ort-cpu")]
+    for (model, backend, b), r in rows.items():
         if r["status"] == "skipped":
-            assert label == "openvino-bf16" and not NATIVE_BF16 and "no native BF16" in r["reason"]
+            assert backend == "openvino-bf16" and not NATIVE_BF16 and "no native BF16" in r["reason"]
             continue
-        assert r["validation"]["passed"], (label, r["validation"]["failures"])
-        assert len(r["b1_rounds"]) == len(r["b2_rounds"]) == 1 and r["b2_img_s"] > 0
-    assert rows[BASELINE]["b2_vs_baseline"] == 1.0
-    assert rows["openvino-f32"]["validation"]["runner"]["config"]["INFERENCE_NUM_THREADS"] == "1"
-    assert result["graphs"]["timm"]["nodes"] > result["graphs"]["ours"]["nodes"]
-    assert result["tools"]["openvino"] and result["machine"]["cpu"] and result["verdict"]["batch"] == 2
-    paths = write_results(result, tmp_path, "cc")
-    assert [p.name for p in paths] == ["cc.json", "cc.md"]
-    md = to_markdown(result)
-    assert "timm's ONNX export, ONNX Runtime" in md and "## Targets (batch 2" in md and "test run" in md
+        assert r["validation"]["passed"], (model, backend, r["validation"]["failures"])
+        assert r["validation"]["judged_as"] == ("bf16" if backend == "openvino-bf16" else "fp32")
+        assert len(r["rounds_samples_per_sec"]) == 2 and r["infer_samples_per_sec"] > 0
+        assert r["speedup_vs_timm_onnx"] == pytest.approx(
+            r["infer_samples_per_sec"] / rows[("timm-onnx:pcpvt_s", "ort-cpu", b)]["infer_samples_per_sec"], rel=1e-2)
+    assert rows[("timm-onnx:pcpvt_s", "ort-cpu", 2)]["speedup_vs_timm_onnx"] == 1.0
+    assert rows[("pcpvt_s", "openvino-f32", 1)]["runner"]["config"]["INFERENCE_NUM_THREADS"] == "1"
+    assert rows[("pcpvt_s", "ort-cpu", 1)]["runner"]["spinning"] is False  # threads pinned
+    graphs = result["graphs"]
+    assert graphs["timm-onnx:pcpvt_s"]["onnx-fp32"]["nodes"] > graphs["pcpvt_s"]["onnx-fp32"]["nodes"] > 0
+    assert result["environment"]["tools"]["openvino"] and isinstance(result["environment"]["machine"]["cpu_flags"], list)
+    assert result["targets"]["batch"] == 2 and result["note"] == "test run"
+    md = (tmp_path / "cpu_compare.md").read_text()
+    assert "## Targets (batch 2, against timm's ONNX export" in md and "- note: test run" in md
+    assert "- command: `twins-bench --preset cpu-compare --model pcpvt_s" in md

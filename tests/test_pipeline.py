@@ -16,7 +16,8 @@ from twins_deploy.engines.runners.base import Runner
 from twins_deploy.engines.validation import validate_against_pytorch
 from twins_deploy.exporters.spec import BatchRange, ExportSpec
 from twins_deploy.manifest import SCHEMA, Manifest, read_manifest
-from twins_deploy.pipeline import ArtifactRequest, make_artifacts, reuse_verdict
+from twins_deploy.manifest import reuse_verdict
+from twins_deploy.pipeline import ArtifactRequest, make_artifacts
 
 SMALL = ExportSpec(model="pcpvt_s", img_size=(32, 32), batch=BatchRange(1, 2, 2))
 
@@ -25,7 +26,7 @@ SMALL = ExportSpec(model="pcpvt_s", img_size=(32, 32), batch=BatchRange(1, 2, 2)
 def small_onnx(tmp_path_factory):
     """One real export (no validation) shared by the tests below; copy before changing it."""
     out = tmp_path_factory.mktemp("pipe")
-    art = make_artifacts(ArtifactRequest(spec=SMALL, out_dir=out, validate=False, quiet=True)).final
+    art = make_artifacts(ArtifactRequest(spec=SMALL, out_dir=out, validate=False)).final
     return art.path
 
 
@@ -123,16 +124,16 @@ def test_fp16_request_exports_the_graph_its_route_needs(tmp_path, monkeypatch):
     from twins_deploy.engines.trt import env
 
     fake_trt = type("trt", (), {"__version__": "8.6.1"})
-    monkeypatch.setattr(env, "probe_build_env", lambda: env.BuildEnv(fake_trt, {"name": "GPU", "compute_capability": "8.0"}))
+    monkeypatch.setattr(pipeline, "probe_build_env", lambda: env.BuildEnv(fake_trt, {"name": "GPU", "compute_capability": "8.0"}))
     engine_calls = []
 
-    def engine_stage(req, plan, model, env_, onnx, path, profile, steps):  # stands in for the TensorRT build
-        engine_calls.append((plan, path, profile))
-        return pipeline.Artifact(path, onnx.manifest)
+    def engine_stage(self, run):  # stands in for the TensorRT build
+        engine_calls.append((run.plan, self.path, run.profile))
+        run.engine = pipeline.Artifact(self.path, run.onnx.manifest)
 
-    monkeypatch.setattr(pipeline, "_engine_stage", engine_stage)
+    monkeypatch.setattr(pipeline.EngineStage, "run", engine_stage)
     arts = make_artifacts(ArtifactRequest(spec=SMALL, precision="fp16", fmt="trt", out_dir=tmp_path,
-                                          validate=False, quiet=True))
+                                          validate=False))
     assert arts.plan.route == "weak" and arts.onnx.path.name == "pcpvt_s_fp32_32x32.onnx"
     assert arts.onnx.manifest.precision == "fp32" and arts.onnx.manifest.plan.requested == "fp16"
     (plan, path, profile), = engine_calls

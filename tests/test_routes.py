@@ -14,16 +14,27 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers_export import export_to
 
 import twins_deploy
 import twins_deploy.bench as bench_pkg
 import twins_deploy.engines as engines_pkg
 import twins_deploy.exporters as exporters_pkg
-from helpers_export import export_to
-from twins_deploy.engines import routes
 from twins_deploy.engines.opening import open_model, open_runner
-from twins_deploy.engines.routes import (MODEL, ONNX_FP16, ONNX_FP32, PLAN_FP16, PLAN_FP32, ROUTES, Route,
-                                         artifact_routes, get_route, judged_precision, route_for, routes_help)
+from twins_deploy.engines.routes import (
+    MODEL,
+    ONNX_FP16,
+    ONNX_FP32,
+    PLAN_FP16,
+    PLAN_FP32,
+    ROUTES,
+    Route,
+    artifact_routes,
+    get_route,
+    judged_precision,
+    route_for,
+    routes_help,
+)
 from twins_deploy.engines.runners.base import RunTarget
 from twins_deploy.engines.runners.onnxrt import OrtRunner
 from twins_deploy.engines.runners.pytorch import TorchRunner

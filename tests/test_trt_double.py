@@ -440,7 +440,7 @@ def bench_onnx(tmp_path_factory):
     from twins_deploy.pipeline import ArtifactRequest, make_artifacts
 
     make_artifacts(ArtifactRequest(spec=ExportSpec(model="svt_s", img_size=(64, 64), batch=BatchRange(1, 4, 4)),
-                                   precision="fp16", out_dir=cache, on_existing="reuse", validate=False, quiet=True),
+                                   precision="fp16", out_dir=cache, on_existing="reuse", validate=False),
                    model=subject.model())  # the FP16 graph the strong route builds from
     return cache
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-from twins_deploy.artifacts import ONNX_KIND, PLAN_KIND, existing_file, manifest_path
+from twins_deploy.artifacts import ONNX_KIND, PLAN_KIND, existing_file, file_sha256, manifest_path
 from twins_deploy.errors import ArtifactError
 from twins_deploy.exporters.spec import ExportSpec
 from twins_deploy.precision import PrecisionPlan
@@ -196,6 +197,36 @@ def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
                        "source_onnx": d.get("onnx") or {}, "tf32": bool(trt.get("tf32")),
                        "build": trt.get("build") or {}, "trtexec": trt.get("trtexec", "")}
     return d
+
+
+def _identity_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _identity_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return out
+
+
+def reuse_verdict(path: Path, planned: Manifest, require_validated: bool) -> tuple[Manifest | None, str]:
+    """(the existing manifest, "") when the artifact at ``path`` can stand in for
+    ``planned``; otherwise (None, why not)."""
+    if not Path(path).exists():
+        return None, "absent"
+    try:
+        existing = read_manifest(path)
+    except ArtifactError as e:
+        return None, str(e)
+    diff = _identity_diff(existing.identity(), planned.identity())
+    if diff:
+        return None, "made with other inputs (" + "; ".join(diff[:4]) + ")"
+    if not existing.sha256 or file_sha256(path) != existing.sha256:
+        return None, "its file differs from its manifest (sha256)"
+    if existing.passed is False or (require_validated and not existing.passed):
+        return None, "it did not pass validation" if existing.passed is False else "it was never validated"
+    return existing, ""
 
 
 def read_manifest(artifact: str | os.PathLike[str]) -> Manifest:

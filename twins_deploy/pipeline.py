@@ -15,37 +15,62 @@ not fail validation.
 """
 from __future__ import annotations
 
+import functools
 import os
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from twins_deploy.artifacts import (ONNX_KIND, PLAN_KIND, check_output_dir, file_sha256, install_artifact, manifest_path, now_iso,
-                                    output_dir, refuse_non_files, refuse_overwrite, staged_file, tool_versions)
+from twins_deploy.artifacts import (
+    ONNX_KIND,
+    PLAN_KIND,
+    file_sha256,
+    install_artifact,
+    manifest_path,
+    now_iso,
+    output_dir,
+    refuse_non_files,
+    refuse_overwrite,
+    staged_file,
+    tool_versions,
+)
 from twins_deploy.engines.opening import open_runner, warn_if_changed
 from twins_deploy.engines.routes import judged_precision, route_for
 from twins_deploy.engines.runners.base import Runner
+from twins_deploy.engines.trt.build import build_engine
+from twins_deploy.engines.trt.env import BuildEnv, probe_build_env
 from twins_deploy.engines.trt.options import TrtBuildOptions
+from twins_deploy.engines.trt.profile import Profile, profile_for
+from twins_deploy.engines.trt.trtexec import trtexec_command
 from twins_deploy.engines.validation import ValidationReport, smallest_hw, validate_against_pytorch, validation_cases
-from twins_deploy.errors import (ArtifactError, BackendUnavailableError, CheckpointError, InputShapeError,
-                                 OptionError, ValidationFailedError)
+from twins_deploy.errors import (
+    ArtifactError,
+    BackendUnavailableError,
+    CheckpointError,
+    InputShapeError,
+    OptionError,
+    ValidationFailedError,
+)
+from twins_deploy.exporters.inspect import inspect_onnx
+from twins_deploy.exporters.onnx_export import export_onnx
 from twins_deploy.exporters.spec import INPUT_NAME, ExportSpec
 from twins_deploy.factory import create_model
-from twins_deploy.manifest import EngineInfo, InputInfo, Manifest, ModelInfo, OnnxInfo, read_manifest
+from twins_deploy.manifest import EngineInfo, InputInfo, Manifest, ModelInfo, OnnxInfo, read_manifest, reuse_verdict
 from twins_deploy.precision import PrecisionPlan, resolve_precision
 from twins_deploy.preprocess import check_image_folder
 from twins_deploy.progress import Steps
 from twins_deploy.registry import Preprocess, get_config
-from twins_deploy.serving.triton_repo import TritonRepoOptions, check_request, entry_dir, refuse_existing_entry, write_entry
+from twins_deploy.serving.triton_repo import TritonRepoOptions, check_entry, entry_dir, write_entry
 from twins_deploy.twins import Twins
 from twins_deploy.weights import WeightsInfo
 
 FORMATS = (ONNX_KIND, PLAN_KIND)
 ON_EXISTING = ("refuse", "overwrite", "reuse")
 ENGINE_SUFFIX = ".plan"
+SILENT = functools.partial(Steps, quiet=True)  # make_artifacts' progress when the caller shows none
 
 
 @dataclass(frozen=True)
@@ -77,7 +102,6 @@ class ArtifactRequest:
     thresholds: dict[str, float | None] = field(default_factory=dict)
     onnx_without_engine: bool = True  # --fmt trt without TensorRT: still write the ONNX, then fail
     triton: TritonRepoOptions | None = None  # also lay the final artifact out in a Triton model repository
-    quiet: bool = False
 
     def __post_init__(self) -> None:
         if self.fmt not in FORMATS:
@@ -117,15 +141,6 @@ def build_model(model: str, w: WeightsRequest, features: bool) -> Twins:
                         features=features, reset_head=w.reset_head, seed=w.seed)
 
 
-def _build_step(req: ArtifactRequest, steps: Steps) -> Twins:
-    """The first step of every export: the model with its weights, and where they came from."""
-    with steps.step(f"build {req.spec.model} ({'backbone' if req.spec.features else 'classifier'})"):
-        model = build_model(req.spec.model, req.weights, req.spec.features)
-        w = model.weights_info
-        steps.note(f"weights: {w.source}" + (f" {w.path}" if w.path else f" (seed {w.seed}; {w.note})"))
-    return model
-
-
 def _model_facts(model: torch.nn.Module, spec: ExportSpec) -> tuple[ModelInfo, Preprocess, WeightsInfo]:
     """What a manifest says about the model: a Twins variant from the registry, or (for the
     benchmark's comparisons) another timm model described by its own attributes."""
@@ -157,36 +172,6 @@ def _describe(kind: str, path: Path, spec: ExportSpec, plan: PrecisionPlan, mode
 
 
 # -- reuse and staging ----------------------------------------------------------------------------
-def _identity_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _identity_diff(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
-    return out
-
-
-def reuse_verdict(path: Path, planned: Manifest, require_validated: bool) -> tuple[Manifest | None, str]:
-    """(the existing manifest, "") when the artifact at ``path`` can stand in for
-    ``planned``; otherwise (None, why not)."""
-    if not path.exists():
-        return None, "absent"
-    try:
-        existing = read_manifest(path)
-    except ArtifactError as e:
-        return None, str(e)
-    diff = _identity_diff(existing.identity(), planned.identity())
-    if diff:
-        return None, "made with other inputs (" + "; ".join(diff[:4]) + ")"
-    if not existing.sha256 or file_sha256(path) != existing.sha256:
-        return None, "its file differs from its manifest (sha256)"
-    if existing.passed is False or (require_validated and not existing.passed):
-        return None, "it did not pass validation" if existing.passed is False else "it was never validated"
-    return existing, ""
-
-
 def _use_existing(path: Path, planned: Manifest, req: ArtifactRequest, final: bool, steps: Steps) -> Artifact | None:
     """Reuse a matching artifact, or say why one in the way cannot be overwritten."""
     if not path.exists() and not manifest_path(path).exists():
@@ -218,32 +203,107 @@ def _fail_unless_passed(manifest: Manifest, path: Path) -> None:
             f"(report in {manifest_path(path)})")
 
 
-def _validate(req: ArtifactRequest, model: torch.nn.Module, candidate: Runner, manifest: Manifest,
-              steps: Steps, label: str) -> dict[str, Any] | None:
-    """The validation report of ``candidate``, the artifact ``manifest`` describes."""
+def _validate(run: Run, candidate: Runner, manifest: Manifest, label: str) -> dict[str, Any] | None:
+    """The validation report of ``candidate``, the artifact ``manifest`` describes, judged with
+    the thresholds of the precision it computes in."""
+    req = run.req
     if not req.validate:
         return None
-    with steps.step(label):
+    with run.steps.step(f"{label} ({manifest.precision} thresholds)"):
         cases = validation_cases(req.spec, manifest.preprocess, images=req.images, min_hw=smallest_hw(manifest))
-        report = validate_against_pytorch(model, candidate, manifest.precision, cases, req.thresholds)
-        steps.note(report.summary())
+        report = validate_against_pytorch(run.model, candidate, manifest.precision, cases, req.thresholds)
+        run.steps.note(report.summary())
     return report.to_dict()
 
 
 # -- the stages --------------------------------------------------------------------------------
-def _onnx_stage(req: ArtifactRequest, plan: PrecisionPlan, model: torch.nn.Module, path: Path,
-                steps: Steps) -> Artifact:
-    from twins_deploy.exporters.inspect import inspect_onnx
-    from twins_deploy.exporters.onnx_export import export_onnx
+@dataclass
+class Run:
+    """One :func:`make_artifacts` call as its stages see it: what was resolved before any
+    work, and what each stage has made so far."""
 
-    planned = _describe(ONNX_KIND, path, req.spec, plan, model)
-    reused = _use_existing(path, planned, req, final=req.fmt == ONNX_KIND, steps=steps)
-    if reused is not None:
-        return reused
-    spec = req.spec
-    with staged_file(path) as tmp:  # becomes `path` (with its manifest) only once complete
+    req: ArtifactRequest
+    plan: PrecisionPlan
+    env: BuildEnv
+    profile: Profile | None
+    steps: Steps
+    model: torch.nn.Module | None = None
+    onnx: Artifact | None = None
+    engine: Artifact | None = None
+    triton_entry: Path | None = None
+
+    @property
+    def final(self) -> Artifact:
+        artifact = self.engine or self.onnx
+        assert artifact is not None, "the ONNX stage runs before every stage that reads the final artifact"
+        return artifact
+
+
+class Stage:
+    """One step of the pipeline: ``steps`` progress steps (counted before any runs, so the
+    counter adds up), and ``run``, which adds what it makes to the :class:`Run`."""
+
+    steps: int = 1
+
+    def run(self, run: Run) -> None:
+        raise NotImplementedError
+
+
+class ModelStage(Stage):
+    """The model with its weights, and where they came from (when the caller gave none)."""
+
+    def run(self, run: Run) -> None:
+        spec, steps = run.req.spec, run.steps
+        with steps.step(f"build {spec.model} ({'backbone' if spec.features else 'classifier'})"):
+            run.model = build_model(spec.model, run.req.weights, spec.features)
+            w = run.model.weights_info
+            steps.note(f"weights: {w.source}" + (f" {w.path}" if w.path else f" (seed {w.seed}; {w.note})"))
+
+
+class ArtifactStage(Stage):
+    """Make (or reuse) one artifact at ``path``: staged under a temporary name, validated
+    there, installed with its manifest only when complete."""
+
+    label = "artifact"
+
+    def __init__(self, path: Path, final: bool, validate: bool) -> None:
+        self.path, self.final = path, final
+        self.steps = 2 if validate else 1  # make (or reuse), validate
+
+    def run(self, run: Run) -> None:
+        planned = self.planned(run)
+        artifact = _use_existing(self.path, planned, run.req, final=self.final, steps=run.steps)
+        if artifact is None:
+            with staged_file(self.path) as tmp:
+                manifest = self.make(run, planned, tmp)
+                manifest.validation = _validate(run, open_runner(tmp, manifest), manifest, self.label)
+                install_artifact(tmp, self.path, manifest.to_dict())
+            _fail_unless_passed(manifest, self.path)
+            artifact = Artifact(self.path, manifest)
+        self.keep(run, artifact)
+
+    def planned(self, run: Run) -> Manifest:
+        """The manifest before the artifact exists: its identity and contract."""
+        raise NotImplementedError
+
+    def make(self, run: Run, planned: Manifest, tmp: Path) -> Manifest:
+        """Write the artifact to ``tmp``; its manifest with the file's facts."""
+        raise NotImplementedError
+
+    def keep(self, run: Run, artifact: Artifact) -> None:
+        raise NotImplementedError
+
+
+class OnnxStage(ArtifactStage):
+    label = "validate ONNX Runtime vs PyTorch FP32"
+
+    def planned(self, run: Run) -> Manifest:
+        return _describe(ONNX_KIND, self.path, run.req.spec, run.plan, run.model)
+
+    def make(self, run: Run, planned: Manifest, tmp: Path) -> Manifest:
+        spec, plan, steps = run.req.spec, run.plan, run.steps
         with steps.step(f"export {spec.model} to ONNX ({plan.graph}, opset {spec.opset})"):
-            graph, info = export_onnx(model, spec, plan)
+            graph, info = export_onnx(run.model, spec, plan)
             if info.simplify_note:
                 steps.note(f"simplify: {info.simplify_note}")
             if info.fp16:
@@ -251,45 +311,63 @@ def _onnx_stage(req: ArtifactRequest, plan: PrecisionPlan, model: torch.nn.Modul
             data = graph.SerializeToString()
             tmp.write_bytes(data)
         report = inspect_onnx(graph)
-        del graph
-        manifest = replace(
-            planned, sha256=file_sha256(tmp), size_bytes=len(data),
-            onnx=OnnxInfo(spec.opset, report.ir_version, report.num_nodes, report.op_census, report.roll_free,
-                          {v.version: v.compatible for v in report.trt}, info.to_dict()))
-        del data
-        manifest.validation = _validate(req, model, open_runner(tmp, manifest), manifest, steps,
-                                        f"validate ONNX Runtime vs PyTorch FP32 ({manifest.precision} thresholds)")
-        install_artifact(tmp, path, manifest.to_dict())
-    _fail_unless_passed(manifest, path)
-    return Artifact(path, manifest)
+        return replace(planned, sha256=file_sha256(tmp), size_bytes=len(data),
+                       onnx=OnnxInfo(spec.opset, report.ir_version, report.num_nodes, report.op_census,
+                                     report.roll_free, {v.version: v.compatible for v in report.trt}, info.to_dict()))
+
+    def keep(self, run: Run, artifact: Artifact) -> None:
+        run.onnx = artifact
 
 
-def _engine_stage(req: ArtifactRequest, plan: PrecisionPlan, model: torch.nn.Module, env: Any,
-                  onnx: Artifact, path: Path, profile: Any, steps: Steps) -> Artifact:
-    from twins_deploy.engines.trt.build import build_engine
-    from twins_deploy.engines.trt.trtexec import trtexec_command
+class EngineStage(ArtifactStage):
+    """The TensorRT plan, built from the ONNX artifact; without TensorRT it fails once the
+    ONNX model is in place (``--fmt trt`` on a CPU box still leaves a validated ONNX)."""
 
-    engine = EngineInfo(trt_version=env.version, gpu=env.gpu, profile=profile.to_dict(),
-                        build_options=req.trt.to_dict(), tf32=req.trt.tf32,
-                        source_onnx={"file": onnx.path.name, "sha256": onnx.manifest.sha256 or ""})
-    planned = _describe(PLAN_KIND, path, req.spec, plan, model, engine)
-    reused = _use_existing(path, planned, req, final=True, steps=steps)
-    if reused is not None:
-        return reused
-    with staged_file(path) as tmp:  # becomes `path` (with its manifest) only once complete
-        with steps.step(f"build TensorRT {env.version} engine ({plan.requested}, route {plan.route}) "
-                        f"on {env.gpu['name']}"):
-            data, info = build_engine(onnx.path, profile, req.trt, plan, gpu=env.gpu)
+    label = "validate TensorRT vs PyTorch FP32"
+
+    def __init__(self, path: Path, validate: bool, env: BuildEnv) -> None:
+        super().__init__(path, final=True, validate=validate)
+        if env.missing:
+            self.steps = 0
+
+    def run(self, run: Run) -> None:
+        onnx = run.final
+        if run.env.missing:
+            raise BackendUnavailableError(
+                f"{onnx.path} was {'reused' if onnx.reused else 'written'}"
+                f"{' and validated' if onnx.manifest.passed else ''}, but no engine was built: {run.env.missing}")
+        super().run(run)
+
+    def planned(self, run: Run) -> Manifest:
+        req, env, onnx = run.req, run.env, run.final
+        engine = EngineInfo(trt_version=env.version, gpu=env.gpu, profile=run.profile.to_dict(),
+                            build_options=req.trt.to_dict(), tf32=req.trt.tf32,
+                            source_onnx={"file": onnx.path.name, "sha256": onnx.manifest.sha256 or ""})
+        return _describe(PLAN_KIND, self.path, req.spec, run.plan, run.model, engine)
+
+    def make(self, run: Run, planned: Manifest, tmp: Path) -> Manifest:
+        req, env, plan, onnx = run.req, run.env, run.plan, run.final
+        with run.steps.step(f"build TensorRT {env.version} engine ({plan.requested}, route {plan.route}) "
+                            f"on {env.gpu['name']}"):
+            data, info = build_engine(onnx.path, run.profile, req.trt, plan, gpu=env.gpu)
             tmp.write_bytes(data)
-            steps.note(f"{len(data) / 2**20:.1f} MiB in {info.build_seconds} s")
-        engine = replace(engine, build=info.to_dict(), trtexec=trtexec_command(
-            onnx.path.name, path.name, profile, req.trt, env.major, plan, info.timing_cache))
-        manifest = replace(planned, sha256=file_sha256(tmp), size_bytes=len(data), engine=engine)
-        manifest.validation = _validate(req, model, open_runner(tmp, manifest), manifest, steps,
-                                        "validate TensorRT vs PyTorch FP32")
-        install_artifact(tmp, path, manifest.to_dict())
-    _fail_unless_passed(manifest, path)
-    return Artifact(path, manifest)
+            run.steps.note(f"{len(data) / 2**20:.1f} MiB in {info.build_seconds} s")
+        engine = replace(planned.engine, build=info.to_dict(), trtexec=trtexec_command(
+            onnx.path.name, self.path.name, run.profile, req.trt, env.major, plan, info.timing_cache))
+        return replace(planned, sha256=file_sha256(tmp), size_bytes=len(data), engine=engine)
+
+    def keep(self, run: Run, artifact: Artifact) -> None:
+        run.engine = artifact
+
+
+class TritonStage(Stage):
+    """The final artifact, laid out as a Triton model repository entry (one more artifact)."""
+
+    def run(self, run: Run) -> None:
+        options, final = run.req.triton, run.final
+        with run.steps.step(f"write Triton model repository entry {entry_dir(options, final.path.stem)}"):
+            run.triton_entry = write_entry(options, final.path, final.manifest,
+                                           overwrite=run.req.on_existing != "refuse")
 
 
 def artifact_paths(req: ArtifactRequest, plan: PrecisionPlan) -> tuple[Path, Path | None]:
@@ -299,51 +377,45 @@ def artifact_paths(req: ArtifactRequest, plan: PrecisionPlan) -> tuple[Path, Pat
     return onnx, engine
 
 
-def make_artifacts(req: ArtifactRequest, model: torch.nn.Module | None = None) -> Artifacts:
-    """Everything from a name (or a ``model`` built by the caller) to validated artifacts."""
-    from twins_deploy.engines.trt.env import BuildEnv, probe_build_env
-    from twins_deploy.engines.trt.profile import profile_for
+def make_artifacts(req: ArtifactRequest, model: torch.nn.Module | None = None,
+                   progress: Callable[[int], Steps] | None = None) -> Artifacts:
+    """Everything from a name (or a ``model`` built by the caller) to validated artifacts.
 
-    env = probe_build_env() if req.fmt == PLAN_KIND else BuildEnv(None, None, None)
+    Everything that can be refused is checked first; then the run's stages are listed, their
+    steps counted, and run in order inside the locked output directory. ``progress`` makes
+    the step printer for that count (the caller decides how progress is shown, e.g.
+    ``functools.partial(Steps, quiet=args.quiet)``); None: silent."""
+
+    wants_engine = req.fmt == PLAN_KIND
+    env = probe_build_env() if wants_engine else BuildEnv(None, None, None)
     if env.missing and not req.onnx_without_engine:
         raise BackendUnavailableError(env.missing)
     plan = resolve_precision(req.precision, req.io_fp16, env.major, req.trt.weak_fp16)
     onnx_path, engine_path = artifact_paths(req, plan)
-    profile = profile_for(req.spec, req.trt.min_hw, req.trt.max_hw) if req.fmt == PLAN_KIND else None
-    if req.images:
-        check_image_folder(req.images)  # an empty folder or a bad image fails here, before any work
     final = engine_path or onnx_path
-    if req.triton is not None:  # what Triton could not serve, and an entry in the way, fail here too
-        check_request(req.triton, req.fmt, req.spec)
-        check_output_dir(req.triton.repo)
-        refuse_existing_entry(entry_dir(req.triton, final.stem), overwrite=req.on_existing != "refuse")
+    # Every check before any work: what Triton could not serve and an entry in the way, the
+    # engine's profile, an empty folder or a bad image.
+    if req.triton is not None:
+        check_entry(req.triton, req.fmt, req.spec, final.stem, overwrite=req.on_existing != "refuse")
+    profile = profile_for(req.spec, req.trt.min_hw, req.trt.max_hw) if wants_engine else None
+    if req.images:
+        check_image_folder(req.images)
 
-    per_artifact = 2 if req.validate else 1  # make (or reuse), validate
-    engines = 1 if req.fmt == PLAN_KIND and env.missing is None else 0
-    steps = Steps(int(model is None) + per_artifact * (1 + engines) + int(req.triton is not None), quiet=req.quiet)
+    stages: list[Stage] = [ModelStage()] if model is None else []
+    stages.append(OnnxStage(onnx_path, final=not wants_engine, validate=req.validate))
+    if engine_path is not None:
+        stages.append(EngineStage(engine_path, req.validate, env))
+    if req.triton is not None:
+        stages.append(TritonStage())
+    run = Run(req, plan, env, profile, (progress or SILENT)(sum(s.steps for s in stages)), model)
     with output_dir(req.out_dir):  # held until the run ends: checks below see no other run's files appear
         refuse_non_files([p for a in (onnx_path, engine_path) if a is not None for p in (a, manifest_path(a))])
         if req.on_existing == "refuse":
             refuse_overwrite([final, manifest_path(final)], force=False)
-        if model is None:
-            model = _build_step(req, steps)
-        onnx = _onnx_stage(req, plan, model, onnx_path, steps)
-        if req.fmt == ONNX_KIND:
-            return Artifacts(plan, onnx, triton_entry=_triton_stage(req, onnx, steps))
-        if env.missing:
-            raise BackendUnavailableError(
-                f"{onnx.path} was {'reused' if onnx.reused else 'written'}"
-                f"{' and validated' if onnx.manifest.passed else ''}, but no engine was built: {env.missing}")
-        engine = _engine_stage(req, plan, model, env, onnx, engine_path, profile, steps)
-        return Artifacts(plan, onnx, engine, _triton_stage(req, engine, steps))
-
-
-def _triton_stage(req: ArtifactRequest, final: Artifact, steps: Steps) -> Path | None:
-    """The final artifact, laid out as a Triton model repository entry (one more artifact)."""
-    if req.triton is None:
-        return None
-    with steps.step(f"write Triton model repository entry {entry_dir(req.triton, final.path.stem)}"):
-        return write_entry(req.triton, final.path, final.manifest, overwrite=req.on_existing != "refuse")
+        for stage in stages:
+            stage.run(run)
+    assert run.onnx is not None
+    return Artifacts(plan, run.onnx, run.engine, run.triton_entry)
 
 
 # -- re-checking artifacts ---------------------------------------------------------------------

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from twins_deploy.artifacts import PLAN_KIND
-from twins_deploy.errors import InputShapeError
+from twins_deploy.errors import BackendUnavailableError, InputShapeError
 
 PRECISIONS = ("fp32", "fp16")
 ROUTES = ("fp32", "strong", "weak")
@@ -70,8 +70,6 @@ class PrecisionPlan:
     def check_trt(self, trt_major: int) -> None:
         """Refuse a plan TensorRT ``trt_major`` cannot build: weak typing is gone from 11."""
         if self.route == "weak" and trt_major >= FIRST_STRONG_ONLY_MAJOR:
-            from twins_deploy.errors import BackendUnavailableError
-
             raise BackendUnavailableError(
                 f"--weak-fp16 needs TensorRT 8.6-10.x: TensorRT 11 removed BuilderFlag.FP16 (weak typing; this is "
                 f"TensorRT {trt_major}); drop the flag to build the strongly typed FP16 graph")

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from twins_deploy.errors import ArtifactError, InputShapeError
 from twins_deploy.registry import INTERPOLATIONS, Preprocess
@@ -22,7 +23,6 @@ def normalise(images01: np.ndarray, pre: Preprocess) -> np.ndarray:
 
 
 def _resample(name: str) -> int:
-    from PIL import Image
 
     if name not in INTERPOLATIONS:
         raise InputShapeError(f"unknown interpolation {name!r} in the preprocessing (known: {', '.join(INTERPOLATIONS)})")
@@ -64,7 +64,6 @@ def image_errors() -> tuple[type[BaseException], ...]:
     """What PIL raises on a file that is not a usable image: unknown formats, damaged data,
     and images over its pixel limit (``DecompressionBombError``: a small file that would
     decode to gigabytes), which is no ``OSError``."""
-    from PIL import Image, UnidentifiedImageError
 
     return (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError)
 
@@ -73,7 +72,6 @@ def preprocess_image(path: str | os.PathLike[str], hw: tuple[int, int], pre: Pre
     """timm's eval transform (crop mode "center"), pixel for pixel: RGB, resize by
     :func:`resized_size` with PIL, :func:`center_crop`, scale to [0, 1], normalise.
     Returns a (1, 3, H, W) float32 batch."""
-    from PIL import Image
 
     try:
         with Image.open(path) as im:
@@ -102,7 +100,6 @@ def image_files(directory: str | os.PathLike[str]) -> list[Path]:
 def check_image_folder(directory: str | os.PathLike[str]) -> list[Path]:
     """The folder's images, each proven readable (header and structure, no decoding), so a
     bad file fails before any work instead of in the middle of validation."""
-    from PIL import Image
 
     files = image_files(directory)
     for f in files:

@@ -8,13 +8,17 @@ of PyTorch's wall of text, and guesses which variant a foreign checkpoint belong
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
+import pickletools
+import socket
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +26,7 @@ from torch import Tensor, nn
 from twins_deploy.artifacts import file_sha256
 from twins_deploy.errors import CheckpointError, WeightsUnavailableError
 from twins_deploy.registry import TwinsConfig, get_config, list_models
+from twins_deploy.twins import Twins
 
 # Wrappers seen in the wild, in the order they are preferred: training scripts save the
 # plain weights under 'state_dict'/'model' and an EMA copy beside them.
@@ -137,7 +142,6 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
 
 def _parses_as_pickle(p: Path) -> bool:
     """Whether ``p`` is a well-formed pickle stream (read opcode by opcode, never executed)."""
-    import pickletools
 
     try:
         with open(p, "rb") as f:
@@ -181,7 +185,6 @@ def _listed(names: list[str]) -> str:
 
 
 def _meta_shapes(cfg: TwinsConfig) -> dict[str, tuple[int, ...]]:
-    from twins_deploy.twins import Twins
 
     with torch.device("meta"):
         m = Twins(cfg, num_classes=0)
@@ -275,8 +278,6 @@ def _hub_unreachable(timeout_s: float = 3.0) -> str | None:
         return "HF_HUB_OFFLINE is set"
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return None
-    import socket
-    from urllib.parse import urlparse
 
     url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
@@ -289,7 +290,6 @@ def _hub_unreachable(timeout_s: float = 3.0) -> str | None:
 
 @contextlib.contextmanager
 def _quiet_logger(name: str) -> Iterator[None]:
-    import logging
 
     logger = logging.getLogger(name)
     level = logger.level

@@ -31,6 +31,7 @@ class RunTarget:
     path: Path | None = None
     manifest: Manifest | None = None
     threads: int | None = None
+    spinning: bool = True     # CPU runtimes: idle threads spin (off where runners share the cores)
     cuda_graphs: bool = False
 
 

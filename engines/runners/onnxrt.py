@@ -34,7 +34,7 @@ class OrtRunner(Runner):
 
     @classmethod
     def from_route(cls, route: Route, target: RunTarget) -> OrtRunner:
-        runner = cls(target.path, provider=route.device, threads=target.threads)
+        runner = cls(target.path, provider=route.device, threads=target.threads, spinning=target.spinning)
         runner.name = route.name
         return runner
 

@@ -53,7 +53,7 @@ class TorchRunner(Runner):
         if p.device.type != torch.device(self.device).type or p.dtype != self.dtype:
             self.model = copy.deepcopy(self.model).to(self.device, self.dtype)
         self.model.eval()
-        if self.attn_impl:
+        if self.attn_impl and hasattr(self.model, "set_attention_impl"):  # ours; another model runs as it is
             self.model.set_attention_impl(self.attn_impl)
         self._fn = torch.compile(self.model) if self.compile else self.model
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from twins_deploy.engines.runners.base import Runner, RunTarget, as_numpy
 from twins_deploy.engines.trt.compat import check_engine_compat
@@ -169,7 +170,6 @@ class TrtRunner(Runner):
         input shape is checked; afterwards the context points at this runner's own buffers
         again (or at nothing it will use unbound), never at the caller's tensors, which may
         be freed as soon as this returns."""
-        import torch
 
         if not getattr(x, "is_cuda", False) or x.device.index not in (None, 0):
             raise InputShapeError(f"infer_torch needs a CUDA tensor on GPU 0 (the engine's device), got one on {x.device}")
@@ -257,7 +257,6 @@ class TrtRunner(Runner):
     @property
     def torch_stream(self) -> Any:
         """This runner's stream as a torch stream, so CUDA-event timing records on it."""
-        import torch
 
         return torch.cuda.ExternalStream(self.stream.handle)
 

@@ -1,19 +1,28 @@
-"""``twins-bench``: throughput of Twins through PyTorch, ONNX Runtime and TensorRT.
+"""``twins-bench``: throughput of Twins through every route (PyTorch, ONNX Runtime, OpenVINO,
+TensorRT), optionally validated, in interleaved rounds, and against timm's own ONNX export;
+or (``--serve``) a load test of twins-serve.
 
 Each backend that cannot run here (no GPU, no TensorRT, no onnxruntime-gpu) is skipped
 with its reason; the run goes on, and an out-of-memory batch is reported for its row.
+With --validate, a route that fails validation is still timed and recorded; the command
+then exits 1 after writing the results.
 """
 from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from twins_deploy.bench.harness import BenchConfig
+from twins_deploy.bench.harness import COMPARISONS, BenchConfig
+from twins_deploy.bench.report import paper_table, rerender, results_table, targets_lines
+from twins_deploy.bench.run import run_benchmark, validation_failures
 from twins_deploy.cli.common import Parser, hw_arg, int_list, number, run_cli
-from twins_deploy.errors import OptionError
+from twins_deploy.engines.routes import ROUTES, routes_help
+from twins_deploy.errors import OptionError, ValidationFailedError
+from twins_deploy.registry import resolve_name
 
 if TYPE_CHECKING:
     from twins_deploy.bench.serve_load import LoadConfig
@@ -21,31 +30,55 @@ if TYPE_CHECKING:
 EPILOG = """\
 examples:
   twins-bench --preset paper                 # Twins-SVT-S, 224, batch 192: PyTorch vs deployed
+  twins-bench --preset cpu-compare --out results   # every CPU route, validated, vs timm's ONNX export
+  twins-bench --preset onnx-vs-timm --out results  # our ONNX graph vs timm's export, svt_s and pcpvt_s
   twins-bench --model svt_s,pcpvt_s --backends torch,ort-cpu --batch 1,8
   twins-bench --model svt_s --backends torch,trt-fp16 --batch 1,32,192 --compare swin_t --cuda-graphs
+  twins-bench --model svt_s --backends ort-cpu,openvino-f32 --threads 2 --rounds 5 --validate --compare timm-onnx
   twins-bench --serve repo --concurrency 1,2,4,8,16 --requests 256   # load-test twins-serve (serving env)
 
 Methodology (as trtexec): fixed shapes, input staged on the device once, warm-up by count
 and time, then >= --min-iters iterations and >= --min-time seconds; CUDA events on the GPU,
-copies excluded unless --include-copies. Results: <out>/<name>.{json,csv,md,png}.
+copies excluded unless --include-copies. --rounds N: every runner opened first, then timed
+in N interleaved rounds (order reversed every other round), the median over rounds reported.
+Results: <out>/<name>.{json,csv,md,png}; --out must lie outside the package's source.
 """
 
 PRESETS = {  # defaults for the flags below; what the user types wins
     "paper": dict(model="svt_s", backends="torch,torch-fp16,torch-compile,ort-cpu,ort-cuda,trt-fp32,trt-fp16",
                   batch=[192], img_size=(224, 224)),
+    # every CPU route, validated, timed interleaved against timm's ONNX export; the targets judged
+    "cpu-compare": dict(model="svt_s", backends="torch,ort-cpu,openvino-f32,openvino-bf16", batch=[1, 8],
+                        img_size=(224, 224), threads=2, rounds=5, validate=True, compare=["timm-onnx"],
+                        targets=True, name="cpu_compare"),
+    # our ONNX graph vs timm's export of the same model, in ONNX Runtime, beside PyTorch eager
+    "onnx-vs-timm": dict(model="svt_s,pcpvt_s", backends="torch,ort-cpu", batch=[1, 8], img_size=(224, 224),
+                         threads=2, rounds=3, compare=["timm-onnx"], name="onnx_vs_timm_cpu"),
 }
+PRESET_HELP = ("'paper': svt_s, 224, batch 192, all backends; 'cpu-compare': svt_s, 224, batch 1,8, every CPU "
+               "route, 2 threads, 5 rounds, --validate, --compare timm-onnx, the targets judged (best validated "
+               "route >= 2x timm's ONNX export at batch 8, best FP32 route >= 1.3x), name cpu_compare; "
+               "'onnx-vs-timm': svt_s,pcpvt_s, 224, batch 1,8, torch and ort-cpu, 2 threads, 3 rounds, "
+               "--compare timm-onnx, name onnx_vs_timm_cpu")
+
+
+def compare_list(text: str) -> list[str]:
+    values = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [v for v in values if v not in COMPARISONS]
+    if not values or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: --compare takes {', '.join(COMPARISONS)} (comma-separated)")
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from twins_deploy.bench.backends import BACKENDS
 
     p = Parser("twins-bench", __doc__, EPILOG)
     p.add_argument("--preset", choices=sorted(PRESETS),
-                   help="a named comparison: defaults for --model, --backends, --batch and --img-size, "
-                        "each overridden by the flag if you give it; 'paper': svt_s, 224, batch 192, all backends")
+                   help="a named comparison: defaults for the flags below, each overridden by the flag if you "
+                        f"give it; {PRESET_HELP}")
     p.add_argument("--model", default="svt_s", help="comma-separated variants (default: %(default)s)")
     p.add_argument("--backends", default="torch,ort-cpu",
-                   help=f"comma-separated, from: {', '.join(BACKENDS)} (default: %(default)s)")
+                   help=f"comma-separated routes, from: {routes_help(list(ROUTES))} (default: %(default)s)")
     p.add_argument("--batch", type=int_list, default=[1, 8], metavar="N[,N...]",
                    help="comma-separated batch sizes (default: 1,8)")
     p.add_argument("--img-size", type=hw_arg, default=(224, 224), metavar="N|HxW", help="image size (default: 224)")
@@ -59,10 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="warm-up seconds, at least (default: %(default)s)")
     p.add_argument("--include-copies", action="store_true", help="time host<->device copies too")
     p.add_argument("--cuda-graphs", action="store_true", help="replay TensorRT inferences from a CUDA graph")
-    p.add_argument("--threads", type=number(int, 1, 1024), help="CPU threads for PyTorch and ONNX Runtime (default: all)")
-    p.add_argument("--compare", choices=("swin_t",), help="also run timm's Swin-T through the same backends")
-    p.add_argument("--out", type=Path, default=Path("bench_out"), help="output directory (default: %(default)s)")
-    p.add_argument("--name", help="file stem of the results (default: derived from the run)")
+    p.add_argument("--threads", type=number(int, 1, 1024), help="CPU threads per runner (PyTorch, ONNX Runtime with spin-waiting off, OpenVINO; default: all)")
+    p.add_argument("--rounds", type=number(int, 1, 1000), default=1,
+                   help="open every runner first, then time them in N interleaved rounds (order reversed every "
+                        "other round) and report the median over rounds (default: %(default)s)")
+    p.add_argument("--validate", action=argparse.BooleanOptionalAction, default=False,
+                   help="check each runner against the PyTorch FP32 model, with the thresholds of the precision "
+                        "its route computes in, and record the verdict in its rows; a failing route is still "
+                        "timed, and the command exits 1 after writing the results")
+    p.add_argument("--compare", type=compare_list, default=[], metavar="WHAT[,WHAT]",
+                   help="also measure: swin_t, timm's Swin-T through the same backends; timm-onnx, timm's own "
+                        "ONNX export of each --model (timm's model, the same weights, timm's recipe) in "
+                        "ONNX Runtime on the CPU, the baseline of the speedup_vs_timm_onnx column")
+    p.add_argument("--out", type=Path, default=Path("bench_out"),
+                   help="output directory, outside the package's source (default: %(default)s)")
+    p.add_argument("--name", help="file stem of the results (default: the preset's, or derived from the run)")
+    p.add_argument("--note", default="", help="a remark recorded with the results (e.g. 'machine otherwise idle')")
     p.add_argument("--rerender", metavar="JSON", type=Path,
                    help="measure nothing: rewrite the markdown table and chart of a recorded run from its JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -83,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dynamic: the repository's dynamic batching; batch1: --max-batch 1 (default: %(default)s)")
     g.add_argument("--instances", type=number(int, 1, 64), metavar="N",
                    help="twins-serve --instances (default: the config's)")
+    p.set_defaults(targets=False)  # set by --preset cpu-compare only
     return p
 
 
@@ -90,11 +136,10 @@ def load_config_from_args(args: argparse.Namespace, argv: list[str] | None) -> L
     from twins_deploy.bench.serve_load import LoadConfig
 
     modes = tuple(m.strip() for m in args.serve_modes.split(",") if m.strip())
-    command = "twins-bench " + " ".join(sys.argv[1:] if argv is None else argv)
     return LoadConfig(target=args.serve, model=args.serve_model, concurrency=tuple(args.concurrency),
                       requests=args.requests, protocol=args.protocol, modes=modes, instances=args.instances,
                       threads=args.threads, out=args.out, name=args.name or "serve_load", quiet=args.quiet,
-                      command=command)
+                      command=command_line(argv))
 
 
 def _serve_main(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> int:
@@ -113,8 +158,12 @@ def _serve_main(parser: argparse.ArgumentParser, args: argparse.Namespace, argv:
     return 0
 
 
-def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    from twins_deploy.registry import resolve_name
+def command_line(argv: list[str] | None) -> str:
+    """The command as typed, recorded with the results."""
+    return shlex.join(["twins-bench", *(sys.argv[1:] if argv is None else argv)])
+
+
+def config_from_args(args: argparse.Namespace, argv: list[str] | None = None) -> BenchConfig:
 
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
     models = tuple(resolve_name(m) for m in args.model.split(",") if m.strip())
@@ -122,7 +171,9 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     return BenchConfig(models=models, backends=backends, batches=tuple(args.batch), img_size=tuple(args.img_size),
                        warmup=args.warmup, warmup_s=args.warmup_time, min_iters=args.min_iters,
                        min_time_s=args.min_time, include_copies=args.include_copies, cuda_graphs=args.cuda_graphs,
-                       threads=args.threads, compare=args.compare, out=args.out, name=name, quiet=args.quiet)
+                       threads=args.threads, compare=tuple(dict.fromkeys(args.compare)), rounds=args.rounds,
+                       validate=args.validate, targets=args.targets, out=args.out, name=name, note=args.note,
+                       command=command_line(argv), quiet=args.quiet)
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -137,26 +188,29 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
 def _main(argv: list[str] | None) -> int:
     parser, args = parse_args(argv)
     if args.rerender:
-        from twins_deploy.bench.report import rerender
 
         print("\n".join(str(p) for p in rerender(args.rerender)))
         return 0
     if args.serve is not None:
         return _serve_main(parser, args, argv)
     try:
-        cfg = config_from_args(args)
+        cfg = config_from_args(args, argv)
     except OptionError as e:
         parser.error(str(e))
-    from twins_deploy.bench.run import run_benchmark
-
-    from twins_deploy.bench.report import paper_table, results_table
 
     paths, result = run_benchmark(cfg)
     print("\n".join(results_table(result["rows"])))
     if result.get("paper"):
         print("\nthe paper's setting (Twins-SVT-S, 224x224, batch 192):")
         print("\n".join(paper_table(result["paper"])))
+    if result.get("targets"):
+        print(f"\ntargets (batch {result['targets']['batch']}, against timm's ONNX export in ONNX Runtime):")
+        print("\n".join(targets_lines(result["targets"])))
     print("\nresults: " + ", ".join(str(p) for p in paths))
+    failed = validation_failures(result)
+    if failed:
+        raise ValidationFailedError(f"validation failed for {', '.join(failed)} (timed and recorded anyway; "
+                                    f"the reasons are in {paths[0]})")
     return 0
 
 

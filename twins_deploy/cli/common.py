@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 
+from twins_deploy.engines.routes import get_route
 from twins_deploy.engines.trt.options import DEFAULT_TIMING_CACHE, HW_COMPAT_LEVELS, TrtBuildOptions
 from twins_deploy.errors import TwinsDeployError
 from twins_deploy.exporters.spec import BatchRange, parse_hw
@@ -59,7 +60,6 @@ def hw_arg(text: str) -> tuple[int, int]:
 
 def route_arg(text: str) -> str:
     """A route of the table by name or alias, as its name (argparse then checks the choices)."""
-    from twins_deploy.engines.routes import get_route
 
     try:
         return get_route(text).name

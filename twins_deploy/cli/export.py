@@ -2,14 +2,27 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
-from twins_deploy.cli.common import (Parser, add_batch_args, add_threshold_args, add_trt_args, batch_from_args,
-                                      hw_arg, int_list, number, positive_int, run_cli, thresholds_from_args,
-                                      trt_options_from_args)
+from twins_deploy.cli.common import (
+    Parser,
+    add_batch_args,
+    add_threshold_args,
+    add_trt_args,
+    batch_from_args,
+    hw_arg,
+    int_list,
+    number,
+    positive_int,
+    run_cli,
+    thresholds_from_args,
+    trt_options_from_args,
+)
 from twins_deploy.exporters.spec import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, ExportSpec
-from twins_deploy.pipeline import ArtifactRequest, WeightsRequest
+from twins_deploy.pipeline import ArtifactRequest, WeightsRequest, make_artifacts
+from twins_deploy.progress import Steps
 from twins_deploy.registry import list_models, resolve_name
 from twins_deploy.serving.triton_repo import DEFAULT_QUEUE_DELAY_US, DEVICES, TritonRepoOptions
 
@@ -108,7 +121,7 @@ def request_from_args(args: argparse.Namespace) -> ArtifactRequest:
         weights=WeightsRequest(args.weights, args.pretrained, args.reset_head, args.num_classes, args.seed),
         out_dir=args.out_dir, on_existing="overwrite" if args.force else "refuse",
         validate=not args.no_validate, images=args.images, thresholds=thresholds_from_args(args),
-        triton=triton_options_from_args(args), quiet=args.quiet,
+        triton=triton_options_from_args(args),
     )
 
 
@@ -119,9 +132,7 @@ def _main(argv: list[str] | None) -> int:
         req = request_from_args(args)
     except ValueError as e:  # spec and option constraints (opset, batch range, workspace)
         parser.error(str(e))
-    from twins_deploy.pipeline import make_artifacts
-
-    arts = make_artifacts(req)
+    arts = make_artifacts(req, progress=functools.partial(Steps, quiet=args.quiet))
     final = arts.final
     val = final.manifest.validation
     status = "not validated" if val is None else val["summary"]

@@ -1,21 +1,30 @@
 """``twins-inspect MODEL.onnx``: census, I/O, size, roll-free and TensorRT verdicts."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
+from twins_deploy.artifacts import manifest_path
 from twins_deploy.cli.common import Parser, run_cli
+from twins_deploy.commands import polygraphy_commands
+from twins_deploy.errors import ArtifactError
+from twins_deploy.exporters.inspect import format_report, inspect_onnx
+from twins_deploy.manifest import read_manifest
 
 
-def _main(argv: list[str] | None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = Parser("twins-inspect", __doc__,
                "Exit codes: 0 when the graph is roll-free and every TensorRT line can parse it, 1 otherwise, "
                "2 when the file is not a readable ONNX model.")
     p.add_argument("onnx", help="path to an .onnx file")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="full tracebacks on errors")
-    args = p.parse_args(argv)
-    from twins_deploy.exporters.inspect import format_report, inspect_onnx
+    return p
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
 
     report = inspect_onnx(args.onnx)
     commands = _commands(args.onnx)
@@ -31,10 +40,6 @@ def _main(argv: list[str] | None) -> int:
 
 def _commands(path: str) -> dict[str, str]:
     """Polygraphy lines when a twins-deploy manifest sits beside the file; none otherwise."""
-    from twins_deploy.artifacts import manifest_path
-    from twins_deploy.commands import polygraphy_commands
-    from twins_deploy.errors import ArtifactError
-    from twins_deploy.manifest import read_manifest
 
     if not manifest_path(path).is_file():
         return {}

@@ -11,6 +11,7 @@ import sys
 
 from twins_deploy.cli.common import Parser, number, route_arg, run_cli
 from twins_deploy.engines.routes import artifact_routes, routes_help
+from twins_deploy.predict import predict
 
 EPILOG = """\
 examples:
@@ -45,7 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    from twins_deploy.predict import predict
 
     preds = predict(args.artifact, args.images, args.top_k, args.provider, route=args.backend)
     if args.json:

@@ -8,9 +8,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from twins_deploy.cli.common import (Parser, add_threshold_args, int_list, number, route_arg, run_cli,
-                                     thresholds_from_args)
+from twins_deploy.artifacts import check_report_path, write_json_atomic
+from twins_deploy.cli.common import (
+    Parser,
+    add_threshold_args,
+    int_list,
+    number,
+    route_arg,
+    run_cli,
+    thresholds_from_args,
+)
 from twins_deploy.engines.routes import artifact_routes, routes_help
+from twins_deploy.pipeline import revalidate
 
 EPILOG = """\
 exit codes: 0 parity holds, 1 a check failed (report still written), 2 bad input,
@@ -49,10 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-
-    from twins_deploy.artifacts import check_report_path, write_json_atomic
-    from twins_deploy.pipeline import revalidate
-
     if args.report:
         check_report_path(args.report, args.artifact)  # before the work, not after it
     report = revalidate(args.artifact, args.weights, args.pretrained, args.batch, args.images,

@@ -28,11 +28,13 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import sysconfig
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,8 +46,15 @@ from twins_deploy.engines.opening import open_runner
 from twins_deploy.errors import ArtifactError, BackendUnavailableError, InputShapeError, OptionError
 from twins_deploy.manifest import Manifest, read_manifest
 from twins_deploy.registry import MIN_IMAGE_SIDE
-from twins_deploy.serving.triton_repo import CONFIG_FILE, RepoEntry, TritonModel, TritonRepoOptions, find_entries, \
-    model_for, read_entry
+from twins_deploy.serving.triton_repo import (
+    CONFIG_FILE,
+    RepoEntry,
+    TritonModel,
+    TritonRepoOptions,
+    find_entries,
+    model_for,
+    read_entry,
+)
 
 NUMPY_TYPES = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16}
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -452,7 +461,6 @@ class ServerProcess:
 
     def __init__(self, targets: list[str | os.PathLike[str]], args: list[str], workdir: Path,
                  ignore_sigint: bool = False) -> None:
-        import subprocess
 
         self.http, self.grpc, self.metrics = free_ports(3)
         self.workdir = workdir
@@ -480,7 +488,6 @@ class ServerProcess:
 
     def metric(self, name: str, model: str) -> float:
         """A Prometheus counter of ``model`` (e.g. nv_inference_count, nv_inference_exec_count)."""
-        import urllib.request
 
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics}/metrics", timeout=30) as r:
             text = r.read().decode()
@@ -489,7 +496,6 @@ class ServerProcess:
 
     def stop(self, sig: int = signal.SIGINT, timeout_s: float = 300.0) -> int:
         """Ask the server to stop with ``sig``; its exit code (0 for a clean stop)."""
-        import subprocess
 
         if self.proc.poll() is None:
             self.proc.send_signal(sig)

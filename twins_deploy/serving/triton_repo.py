@@ -23,8 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twins_deploy.artifacts import ONNX_KIND, PLAN_KIND, check_file_stem, file_sha256, manifest_path, output_dir
-from twins_deploy.errors import ArtifactError, OptionError
+from twins_deploy.artifacts import (
+    ONNX_KIND,
+    PLAN_KIND,
+    check_file_stem,
+    check_output_dir,
+    file_sha256,
+    manifest_path,
+    output_dir,
+)
+from twins_deploy.errors import ArtifactError, BackendUnavailableError, OptionError
 from twins_deploy.exporters.spec import ExportSpec
 from twins_deploy.manifest import Manifest
 
@@ -141,8 +149,6 @@ class TritonModel:
         try:
             from tritonclient.grpc import model_config_pb2 as mc
         except ImportError as e:
-            from twins_deploy.errors import BackendUnavailableError
-
             raise BackendUnavailableError(
                 f"reading a Triton config needs tritonclient[grpc] ({e}); pip install 'twins-deploy[serve]'") from None
         try:
@@ -242,6 +248,17 @@ def model_for(manifest: Manifest, options: TritonRepoOptions, name: str | None =
         ort_trt_precision=("FP16" if manifest.precision == "fp16" else "FP32") if options.ort_trt else None,
         parameters={"twins_deploy_manifest": f"{VERSION}/{PLATFORMS[manifest.kind][2]}.json"},
     )
+
+
+def check_entry(options: TritonRepoOptions, kind: str, spec: ExportSpec, default_name: str, overwrite: bool) -> Path:
+    """Everything about the entry REPO/<name>/ that can be refused before any export work:
+    what Triton could not serve, a repository that cannot be written, an entry in the way.
+    Returns the entry's folder."""
+    check_request(options, kind, spec)
+    check_output_dir(options.repo)
+    path = entry_dir(options, default_name)
+    refuse_existing_entry(path, overwrite)
+    return path
 
 
 def entry_dir(options: TritonRepoOptions, default_name: str) -> Path:
