@@ -1,38 +1,38 @@
-"""Benchmark backends: how each becomes a Runner for a subject, or why it is skipped.
+"""Benchmark subjects, and how a route of the table becomes a Runner for one.
 
-A backend turns a *subject* (a Twins variant, or timm's Swin-T for comparison) into a
-Runner: PyTorch backends run the model itself; the others run an artifact that the
-pipeline makes once into the output directory's cache (``.artifacts/``), or reuses from
-there when every input that shapes it matches, and opens through the same checks as any
-user's load. ONNX Runtime and OpenVINO (``openvino-f32``, ``openvino-bf16``) run the same
-FP32 ONNX file.
+A backend is a route of :mod:`twins_deploy.engines.routes`; it turns a *subject* (a Twins
+variant, timm's Swin-T, or timm's own ONNX export of a Twins variant) into a Runner: routes
+that run the model run it itself; the others run the artifact kind their row consumes first,
+which the pipeline makes once into the output directory's cache (``.artifacts/``), or reuses
+from there when every input that shapes it matches, and which opens through the same checks
+as any user's load (:mod:`twins_deploy.engines.opening`). ONNX Runtime and OpenVINO run the
+same FP32 ONNX file. A subject with a graph of its own (timm's export,
+:mod:`twins_deploy.bench.timm_baseline`) runs that file on the routes it names.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from twins_deploy.engines.runners.base import Runner
-from twins_deploy.engines.runners.pytorch import TorchRunner
+from twins_deploy.engines.opening import open_model, open_runner
+from twins_deploy.engines.routes import Route, get_route
+from twins_deploy.engines.runners.base import Runner, RunTarget
 from twins_deploy.errors import BackendUnavailableError, TwinsDeployError
-from twins_deploy.pipeline import open_runner
+from twins_deploy.exporters.spec import BatchRange, ExportSpec
+from twins_deploy.factory import create_model
+from twins_deploy.pipeline import Artifact, ArtifactRequest, make_artifacts
+from twins_deploy.registry import Preprocess, get_config
+from twins_deploy.weights import random_info, randomize_
 
-if TYPE_CHECKING:
-    from twins_deploy.pipeline import Artifact
-
-BACKENDS = ("torch", "torch-fp16", "torch-compile", "ort-cpu", "ort-cuda", "trt-fp32", "trt-fp16",
-            "openvino-f32", "openvino-bf16")
-# What each backend computes in, for the rows of runners that do not say it themselves
-# (OpenVINO's runner reports the precision it read back from its compiled model).
-PRECISION = {"torch": "fp32", "torch-fp16": "fp16", "torch-compile": "fp32", "ort-cpu": "fp32",
-             "ort-cuda": "fp32", "trt-fp32": "fp32", "trt-fp16": "fp16"}
-BASELINE = "torch"
-SWIN_T = "swin_tiny_patch4_window7_224"
+SWIN = "swin_t"  # the subject --compare swin_t adds
+SWIN_T = "swin_tiny_patch4_window7_224"  # its timm name
 
 
 @dataclass
@@ -44,9 +44,19 @@ class Subject:
     img_size: tuple[int, int]
     max_batch: int
     cache: Path
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    # the PyTorch FP32 model --validate compares against (default: a copy of the model, so that
+    # the reference's explicit attention never touches the model a PyTorch route is timing)
+    reference_build: Callable[[], torch.nn.Module] | None = None
+    # a graph made outside the pipeline (timm's own export): the subject runs this file, on
+    # the routes named in ``routes`` only; None: the pipeline's artifacts, on every --backends route
+    graph: Callable[[], Path] | None = None
+    routes: tuple[str, ...] | None = None
     param_count: int = 0
     gmacs: float | None = None
+    graphs: dict[str, dict[str, Any]] = field(default_factory=dict)  # artifact kind -> facts, for the report
     _model: torch.nn.Module | None = field(default=None, repr=False)
+    _reference: torch.nn.Module | None = field(default=None, repr=False)
 
     def model(self) -> torch.nn.Module:
         if self._model is None:
@@ -55,10 +65,18 @@ class Subject:
             self.gmacs = count_gmacs(self._model, self.img_size)
         return self._model
 
+    def reference(self) -> torch.nn.Module:
+        if self._reference is None:
+            self._reference = (self.reference_build() if self.reference_build else copy.deepcopy(self.model())).eval()
+        return self._reference
+
+    def backends(self, wanted: tuple[str, ...]) -> tuple[str, ...]:
+        """The routes this subject runs in a run of ``wanted`` (its own, when it names them)."""
+        return self.routes if self.routes is not None else wanted
+
 
 def count_gmacs(model: torch.nn.Module, hw: tuple[int, int]) -> float | None:
     """Multiply-accumulates per image (GMACs), counted by torch's FLOP counter."""
-    from torch.utils.flop_counter import FlopCounterMode
 
     impl = getattr(model, "attn_impl", None)
     if impl is not None:
@@ -75,9 +93,9 @@ def count_gmacs(model: torch.nn.Module, hw: tuple[int, int]) -> float | None:
 
 
 def twins_subject(name: str, hw: tuple[int, int], max_batch: int, cache: Path, seed: int = 0) -> Subject:
-    from twins_deploy.factory import create_model
 
-    return Subject(name, lambda: create_model(name, seed=seed), hw, max_batch, cache)
+    return Subject(name, lambda: create_model(name, seed=seed), hw, max_batch, cache,
+                   preprocess=get_config(name).preprocess)
 
 
 def swin_subject(hw: tuple[int, int], max_batch: int, cache: Path, seed: int = 0) -> Subject:
@@ -85,62 +103,53 @@ def swin_subject(hw: tuple[int, int], max_batch: int, cache: Path, seed: int = 0
     try:
         import timm
     except ImportError:
-        raise BackendUnavailableError("--compare swin_t needs timm: pip install timm") from None
-    from twins_deploy.weights import random_info, randomize_
+        raise BackendUnavailableError(f"--compare {SWIN} needs timm: pip install timm") from None
 
     def build() -> torch.nn.Module:
         model = randomize_(timm.create_model(SWIN_T, exportable=True), seed)
         model.weights_info = random_info(seed)
         return model
 
-    return Subject("swin_t", build, hw, max_batch, cache)
+    return Subject(SWIN, build, hw, max_batch, cache)
 
 
-def subject_artifact(subject: Subject, backend: str, quiet: bool = True) -> Artifact:
-    """The artifact ``backend`` runs, made by the pipeline or reused from the cache when
-    every input that shapes it matches (see :func:`twins_deploy.pipeline.reuse_verdict`)."""
-    from twins_deploy.exporters.spec import BatchRange, ExportSpec
-    from twins_deploy.pipeline import ArtifactRequest, make_artifacts
+def subject_artifact(subject: Subject, route: str | Route) -> Artifact:
+    """The artifact ``route`` runs (the first kind its row consumes), made by the pipeline or
+    reused from the cache when every input that shapes it matches (see
+    :func:`twins_deploy.pipeline.reuse_verdict`)."""
 
+    row = route if isinstance(route, Route) else get_route(route)
+    fmt, precision = row.makes
     b = subject.max_batch
     spec = ExportSpec(model=subject.name, img_size=subject.img_size, batch=BatchRange(1, b, b))
-    req = ArtifactRequest(spec=spec, precision="fp16" if backend == "trt-fp16" else "fp32",
-                          fmt="trt" if backend.startswith("trt") else "onnx", out_dir=subject.cache,
-                          on_existing="reuse", validate=False, onnx_without_engine=False, quiet=quiet)
-    return make_artifacts(req, model=subject.model()).final
+    req = ArtifactRequest(spec=spec, precision=precision, fmt=fmt, out_dir=subject.cache,
+                          on_existing="reuse", validate=False, onnx_without_engine=False)
+    art = make_artifacts(req, model=subject.model()).final
+    m = art.manifest
+    subject.graphs[row.consumes[0]] = {"file": art.path.name, "nodes": m.onnx.nodes if m.onnx else None,
+                                       "size_mb": round(art.path.stat().st_size / 1e6, 2), "sha256": m.sha256,
+                                       "made_by": "the pipeline (twins-export)"}
+    return art
 
 
-def _cuda_reason() -> str | None:
-    return None if torch.cuda.is_available() else "no CUDA GPU visible to PyTorch"
+def make_runner(backend: str, subject: Subject, *, cuda_graphs: bool = False, threads: int | None = None) -> Runner:
+    """The Runner of route ``backend`` for ``subject``, or :class:`BackendUnavailableError`
+    saying why not (before any artifact is made for it).
 
-
-def make_runner(backend: str, subject: Subject, *, cuda_graphs: bool = False, threads: int | None = None,
-                quiet: bool = True) -> Runner:
-    """The Runner for ``backend``, or :class:`BackendUnavailableError` saying why not."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    gpu_needed = backend in ("torch-fp16", "ort-cuda", "trt-fp32", "trt-fp16")
-    if gpu_needed and (reason := _cuda_reason()):
-        raise BackendUnavailableError(reason)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if backend == "torch":
-        return TorchRunner(subject.model(), device=device, name="torch")
-    if backend == "torch-fp16":
-        return TorchRunner(subject.model(), device="cuda", dtype=torch.float16, name="torch-fp16")
-    if backend == "torch-compile":
-        return TorchRunner(subject.model(), device=device, compile=True, name="torch-compile")
-    if backend in ("ort-cpu", "ort-cuda"):
-        import onnxruntime as ort
-
-        provider = backend.split("-")[1]
-        if provider == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise BackendUnavailableError("onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
-    art = subject_artifact(subject, backend, quiet=quiet)
-    runner = open_runner(art.path, art.manifest, backend=backend if backend.startswith("openvino") else None,
-                         provider="cuda" if backend == "ort-cuda" else "cpu", threads=threads,
-                         use_cuda_graph=cuda_graphs)
-    runner.name = backend
-    return runner
+    With ``threads`` pinned, ONNX Runtime's idle intra-op threads sleep instead of spinning:
+    runners that share the cores (an interleaved run keeps several open) then do not steal
+    each other's time."""
+    route = get_route(backend)
+    if route.needs_gpu and not torch.cuda.is_available():
+        raise BackendUnavailableError("no CUDA GPU visible to PyTorch")
+    spinning = not threads
+    if subject.graph is not None:
+        return route.runner.from_route(route, RunTarget(path=subject.graph(), threads=threads, spinning=spinning))
+    if route.runs_model:
+        return open_model(route, subject.model(), threads=threads)
+    art = subject_artifact(subject, route)
+    return open_runner(art.path, art.manifest, route=route.name, threads=threads, use_cuda_graph=cuda_graphs,
+                       spinning=spinning)
 
 
 def describe_skip(e: BaseException) -> str:

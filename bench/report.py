@@ -1,25 +1,55 @@
-"""Benchmark results on disk: JSON (everything), CSV (timm's columns first), markdown, PNG."""
+"""Benchmark results on disk, for every twins-bench run (Runner timings and the serving load
+test alike): JSON (everything), CSV (timm's columns first), markdown, PNG, each written
+atomically, into a folder outside the package's source."""
 from __future__ import annotations
 
 import csv
+import io
+import json
 from pathlib import Path
 from typing import Any
 
-from twins_deploy.artifacts import write_bytes_atomic, write_json_atomic
+import twins_deploy
+import twins_deploy.bench
+import twins_deploy.engines
+import twins_deploy.exporters
+from twins_deploy.artifacts import check_output_dir, write_bytes_atomic, write_json_atomic
+from twins_deploy.engines.routes import TENSORRT, get_route
+from twins_deploy.errors import ArtifactError, OptionError
 
 CSV_COLUMNS = ["model", "backend", "precision", "infer_samples_per_sec", "infer_step_time", "infer_batch_size",
                "infer_img_size", "param_count", "infer_gmacs", "latency_ms_p90", "latency_ms_p99",
-               "speedup_vs_torch", "achieved_gflops", "peak_memory_mib", "iterations", "status", "reason"]
+               "speedup_vs_torch", "speedup_vs_timm_onnx", "achieved_gflops", "peak_memory_mib", "iterations",
+               "validated", "status", "reason"]
+SERVE_CSV_COLUMNS = ["mode", "concurrency", "requests", "ok", "errors", "throughput_ips", "latency_ms_p50",
+                     "latency_ms_p90", "latency_ms_p99", "latency_ms_mean", "executions", "avg_batch", "wall_s"]
 
 
-def to_csv(rows: list[dict[str, Any]]) -> str:
-    import io
+def check_results_dir(out: Path) -> Path:
+    """``out`` can be written and lies outside the installed package's source folders
+    (a benchmark never writes into the source tree, whatever the working directory)."""
+    target = Path(out).resolve()
+    for pkg in (twins_deploy, twins_deploy.bench, twins_deploy.engines, twins_deploy.exporters):
+        src = Path(pkg.__file__).resolve().parent
+        if target == src or src in target.parents:
+            raise OptionError(f"--out {str(out)!r} lies inside the package source ({src}); "
+                              "write results to a folder outside it (e.g. --out results)")
+    return check_output_dir(out)
 
+
+def _is_serve(result: dict[str, Any]) -> bool:
+    return result.get("kind") == "serve_load" or "servers" in result  # older serve results have no kind
+
+
+def to_csv(rows: list[dict[str, Any]], columns: list[str] = CSV_COLUMNS) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_COLUMNS})
+        values = dict(r)
+        if r.get("validation") is not None:
+            values["validated"] = "pass" if r["validation"]["passed"] else "fail"
+        w.writerow({k: ("" if values.get(k) is None else values.get(k)) for k in columns})
     return buf.getvalue()
 
 
@@ -29,19 +59,33 @@ def _fmt(v: Any, nd: int = 1) -> str:
     return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 
+def _verdict(v: dict[str, Any]) -> str:
+    if not v.get("passed"):
+        return f"FAIL ({v.get('judged_as')}): " + "; ".join(v.get("failures") or [])[:200]
+    t1 = v.get("top1_agreement")
+    return (f"PASS ({v.get('judged_as')}): max abs {v['max_abs']:.2g}, min cos {v['min_cosine']:.6f}"
+            + (f", top-1 {100 * t1:.0f}%" if t1 is not None else ""))
+
+
 def results_table(rows: list[dict[str, Any]]) -> list[str]:
-    """The rows as a markdown table (also what twins-bench prints when it ends)."""
-    lines = ["| model | backend | batch | img/s | median ms | p90 ms | p99 ms | speedup vs torch | GFLOP/s | peak MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    """The rows as a markdown table (also what twins-bench prints when it ends); the columns
+    for timm's export and for validation appear when the run had them."""
+    timm = any(r.get("speedup_vs_timm_onnx") is not None for r in rows)
+    valid = any(r.get("validation") for r in rows)
+    head = ["model", "backend", "batch", "img/s", "median ms", "p90 ms", "p99 ms", "speedup vs torch"]
+    head += ["vs timm's ONNX"] * timm + ["GFLOP/s", "peak MiB"] + ["validation"] * valid
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        head = f"| {r['model']} | {r['backend']} | {r['infer_batch_size']} "
+        cells = [r["model"], r["backend"], str(r["infer_batch_size"])]
         if r["status"] != "ok":
-            lines.append(head + f"| {r['status']}: {r.get('reason', '')} | | | | | | |")
-            continue
-        lines.append(head + f"| {_fmt(r['infer_samples_per_sec'])} | {_fmt(r['infer_step_time'], 2)} "
-                     f"| {_fmt(r['latency_ms_p90'], 2)} | {_fmt(r['latency_ms_p99'], 2)} "
-                     f"| {_fmt(r.get('speedup_vs_torch'), 2)} | {_fmt(r.get('achieved_gflops'))} "
-                     f"| {_fmt(r.get('peak_memory_mib'))} |")
+            cells += [f"{r['status']}: {r.get('reason', '')}"] + [""] * (len(head) - 4)
+        else:
+            cells += [_fmt(r["infer_samples_per_sec"]), _fmt(r["infer_step_time"], 2), _fmt(r["latency_ms_p90"], 2),
+                      _fmt(r["latency_ms_p99"], 2), _fmt(r.get("speedup_vs_torch"), 2)]
+            cells += [_fmt(r.get("speedup_vs_timm_onnx"), 2)] * timm
+            cells += [_fmt(r.get("achieved_gflops")), _fmt(r.get("peak_memory_mib"))]
+            cells += [_verdict(r["validation"]) if r.get("validation") else "-"] * valid
+        lines.append("|" + "|".join(f" {c} " if c else " " for c in cells) + "|")
     return lines
 
 
@@ -51,27 +95,103 @@ def paper_table(paper: list[dict[str, Any]]) -> list[str]:
     lines = ["| backend | measured speedup vs PyTorch eager FP32 | the paper's claim |", "|---|---|---|"]
     for p in paper:
         measured = _fmt(p["measured_speedup"], 2) + "x" if p["measured_speedup"] else f"{p['status']}: {p.get('reason')}"
-        claim = f"{p['paper_speedup']}x (TensorRT, GPU)" if p["backend"].startswith("trt") else "no figure (not TensorRT)"
+        claim = f"{p['paper_speedup']}x (TensorRT, GPU)" if get_route(p["backend"]).family == TENSORRT else "no figure (not TensorRT)"
         lines.append(f"| {p['backend']} | {measured} | {claim} |")
     return lines
 
 
-def to_markdown(result: dict[str, Any]) -> str:
+def targets_lines(t: dict[str, Any]) -> list[str]:
+    """The CPU comparison's verdict, one line per target."""
+    out = []
+    for key, what in (("best_validated", "best validated route"),
+                      ("best_fp32", "best route passing the FP32 thresholds")):
+        v = t.get(key)
+        out.append(f"- {what}: none measured" if v is None else
+                   f"- {what}: {v['model']} / {v['backend']} at {v['speedup']:.2f}x (target >= {v['target']}x): "
+                   + ("met" if v["met"] else "NOT met"))
+    return out
+
+
+def _graphs_line(graphs: dict[str, dict[str, Any]]) -> list[str]:
+    parts = []
+    for subject, kinds in graphs.items():
+        for kind, g in kinds.items():
+            extra = f", exported in {g['export_s']} s with timm's recipe" if "export_s" in g else ""
+            parts.append(f"{subject} {kind} {_fmt(g.get('nodes'))} nodes, {_fmt(g.get('size_mb'))} MB{extra}")
+    return [f"- graphs: {'; '.join(parts)}"] if parts else []
+
+
+def _header(result: dict[str, Any], title: str) -> list[str]:
     env = result["environment"]
-    gpu = env["machine"].get("gpu")
-    lines = [f"# twins-bench: {result['title']}", "",
-             f"- machine: {env['machine']['cpu']} ({env['machine']['cores']} cores)"
+    m, gpu = env["machine"], env["machine"].get("gpu")
+    flags = f", flags: {', '.join(m['cpu_flags']) or '-'}" if "cpu_flags" in m else ""
+    lines = [f"# {title}", "",
+             f"- machine: {m['cpu']} ({m['cores']} cores{flags})"
              + (f"; GPU {gpu['name']} (SM {gpu['compute_capability']}, {gpu['memory_gib']} GiB)" if gpu else "; no GPU"),
              "- versions: " + ", ".join(f"{k} {v}" for k, v in env["tools"].items() if v),
-             f"- method: {result['method']}", f"- created: {result['created']}", "", *results_table(result["rows"])]
+             f"- method: {result['method']}", f"- created: {result['created']}"]
+    if result.get("note"):
+        lines.append(f"- note: {result['note']}")
+    if result.get("command"):
+        lines.append(f"- command: `{result['command']}`")
+    return lines
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    if _is_serve(result):
+        return serve_markdown(result)
+    lines = [*_header(result, f"twins-bench: {result['title']}"), *_graphs_line(result.get("graphs") or {}),
+             "", *results_table(result["rows"])]
     if result.get("paper"):
         lines += ["", "## The paper's comparison (Twins-SVT-S, 224x224, batch 192)", "", *paper_table(result["paper"])]
+    if result.get("targets"):
+        t = result["targets"]
+        lines += ["", f"## Targets (batch {t['batch']}, against timm's ONNX export in ONNX Runtime)", "",
+                  *targets_lines(t)]
     return "\n".join(lines) + "\n"
 
 
-def chart_png(rows: list[dict[str, Any]], title: str) -> bytes | None:
-    """Throughput per (model, backend): bars when one batch size was measured, lines over
-    the batch sizes otherwise; the y axis always starts at zero. None without matplotlib."""
+def serve_markdown(result: dict[str, Any]) -> str:
+    env = result["environment"]
+    lines = [*_header(result, f"twins-serve load test: {result['title']}"),
+             "- clients and server on the same machine",
+             f"- load average (1 min) at start/end: {env['loadavg_1min']['start']} / {env['loadavg_1min']['end']} "
+             f"on {env['machine']['cores']} cores (the test's own server and clients included)", "",
+             "| mode | concurrency | requests | errors | img/s | p50 ms | p90 ms | p99 ms | executions | avg batch |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['mode']} | {r['concurrency']} | {r['requests']} | {r['errors']} | {r['throughput_ips']} | "
+                     f"{r['latency_ms_p50']} | {r['latency_ms_p90']} | {r['latency_ms_p99']} | {r['executions']} | "
+                     f"{r['avg_batch']} |")
+    if result["gains"]:
+        lines += ["", "Dynamic batching vs batch-1 serving (same server, same clients):", "",
+                  "| concurrency | dynamic img/s | batch-1 img/s | gain | dynamic p99 ms | batch-1 p99 ms |",
+                  "|---|---|---|---|---|---|"]
+        for g in result["gains"]:
+            lines.append(f"| {g['concurrency']} | {g['dynamic_ips']} | {g['batch1_ips']} | {g['gain']}x | "
+                         f"{g['dynamic_p99_ms']} | {g['batch1_p99_ms']} |")
+    if not result.get("command") and result.get("config", {}).get("command"):  # recorded before 'command' moved up
+        lines += ["", f"Command: `{result['config']['command']}`"]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _series(result: dict[str, Any]) -> tuple[dict[str, list[tuple[int, float]]], str]:
+    """Throughput per line of the chart, over batch size (or client concurrency)."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    if _is_serve(result):
+        for r in result["rows"]:
+            if r.get("throughput_ips"):
+                series.setdefault(r["mode"], []).append((r["concurrency"], r["throughput_ips"]))
+        return series, "concurrent clients"
+    for r in result["rows"]:
+        if r["status"] == "ok":
+            series.setdefault(f"{r['model']} {r['backend']}", []).append((r["infer_batch_size"], r["infer_samples_per_sec"]))
+    return series, "batch size"
+
+
+def chart_png(result: dict[str, Any]) -> bytes | None:
+    """Throughput per series: bars when one batch size (concurrency) was measured, lines over
+    them otherwise; the y axis always starts at zero. None without matplotlib."""
     try:
         import matplotlib
 
@@ -79,35 +199,29 @@ def chart_png(rows: list[dict[str, Any]], title: str) -> bytes | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    import io
-
+    series, x_label = _series(result)
     fig, ax = plt.subplots(figsize=(8, 5))
-    series: dict[str, list[tuple[int, float]]] = {}
-    for r in rows:
-        if r["status"] == "ok":
-            series.setdefault(f"{r['model']} {r['backend']}", []).append((r["infer_batch_size"], r["infer_samples_per_sec"]))
-    batches = sorted({b for pts in series.values() for b, _ in pts})
-    if len(batches) == 1:
+    xs = sorted({x for pts in series.values() for x, _ in pts})
+    if len(xs) == 1:
         labels = sorted(series)
-        values = [series[k][0][1] for k in labels]
-        bars = ax.bar(range(len(labels)), values, color="tab:blue")
+        bars = ax.bar(range(len(labels)), [series[k][0][1] for k in labels], color="tab:blue")
         ax.bar_label(bars, fmt="%.1f", fontsize=8)
         ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
-        ax.set_xlabel(f"batch size {batches[0]}")
+        ax.set_xlabel(f"{x_label} {xs[0]}")
     else:
         for label, pts in sorted(series.items()):
             pts.sort()
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
         ax.set_xscale("log", base=2)
-        if batches:
-            ax.set_xticks(batches, [str(b) for b in batches])
+        if xs:
+            ax.set_xticks(xs, [str(x) for x in xs])
             ax.minorticks_off()
-        ax.set_xlabel("batch size")
+        ax.set_xlabel(x_label)
         if series:
             ax.legend(fontsize=8)
     ax.set_ylim(bottom=0)
     ax.set_ylabel("images / s")
-    ax.set_title(title)
+    ax.set_title(result["title"])
     ax.grid(True, axis="y", alpha=0.3)
     buf = io.BytesIO()
     fig.tight_layout()
@@ -117,29 +231,25 @@ def chart_png(rows: list[dict[str, Any]], title: str) -> bytes | None:
 
 
 def write_all(out_dir: Path, stem: str, result: dict[str, Any]) -> list[Path]:
+    """``<stem>.json``, ``.csv``, ``.md`` and (with matplotlib) ``.png`` in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.csv", out_dir / f"{stem}.md"]
     write_json_atomic(paths[0], result)
-    write_bytes_atomic(paths[1], to_csv(result["rows"]).encode())
+    write_bytes_atomic(paths[1], to_csv(result["rows"], SERVE_CSV_COLUMNS if _is_serve(result) else CSV_COLUMNS).encode())
     write_bytes_atomic(paths[2], to_markdown(result).encode())
-    png = chart_png(result["rows"], result["title"])
+    png = chart_png(result)
     if png is not None:
         paths.append(out_dir / f"{stem}.png")
         write_bytes_atomic(paths[-1], png)
     return paths
 
 
-
 def rerender(json_path: Path) -> list[Path]:
     """Rewrite the markdown and PNG of a recorded run from its JSON (the measurements)."""
-    import json
-
-    from twins_deploy.errors import ArtifactError
-
     try:
         result = json.loads(Path(json_path).read_text())
-        md, png = to_markdown(result), chart_png(result["rows"], result["title"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        md, png = to_markdown(result), chart_png(result)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ArtifactError(f"{str(json_path)!r} is not a twins-bench result: {type(e).__name__}: {e}") from None
     paths = [Path(json_path).with_suffix(".md")]
     write_bytes_atomic(paths[0], md.encode())

@@ -4,33 +4,64 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from twins_deploy.artifacts import check_output_dir, now_iso, tool_versions
-from twins_deploy.bench.backends import swin_subject, twins_subject
-from twins_deploy.bench.harness import BenchConfig, paper_comparison, run
+from twins_deploy.artifacts import now_iso, tool_versions
+from twins_deploy.bench.backends import SWIN, Subject, swin_subject, twins_subject
+from twins_deploy.bench.harness import BenchConfig, run, step_count
 from twins_deploy.bench.machine import machine_info
-from twins_deploy.bench.report import write_all
+from twins_deploy.bench.report import check_results_dir, write_all
+from twins_deploy.bench.targets import PAPER_BATCH, PAPER_MODEL, cpu_targets, paper_comparison
+from twins_deploy.bench.timm_baseline import TIMM_ONNX, timm_onnx_subject
 from twins_deploy.progress import Steps
+
+
+def subjects_of(cfg: BenchConfig) -> list[Subject]:
+    """The Twins variants, each followed by timm's export of it (``--compare timm-onnx``), then Swin-T."""
+    cache, b = cfg.out / ".artifacts", max(cfg.batches)
+    subjects = []
+    for m in cfg.models:
+        subjects.append(twins_subject(m, cfg.img_size, b, cache))
+        if TIMM_ONNX in cfg.compare:
+            subjects.append(timm_onnx_subject(m, cfg.img_size, b, cache))
+    if SWIN in cfg.compare:
+        subjects.append(swin_subject(cfg.img_size, b, cache))
+    return subjects
+
+
+def method(cfg: BenchConfig) -> str:
+    rounds = (f"{cfg.rounds} interleaved rounds (order reversed every other round), img/s the median over rounds; "
+              if cfg.rounds > 1 else "")
+    return (f"warm-up >= {cfg.warmup} iters and {cfg.warmup_s} s, then >= {cfg.min_iters} iters and "
+            f"{cfg.min_time_s} s per timed loop; {rounds}copies {'included' if cfg.include_copies else 'excluded'}; "
+            f"CUDA graphs {'on (TensorRT)' if cfg.cuda_graphs else 'off'}; threads {cfg.threads or 'all'}"
+            + (" (ONNX Runtime spin-waiting off)" if cfg.threads else "")
+            + ("; each runner validated against PyTorch FP32 with its precision's thresholds at batches "
+               f"{', '.join(map(str, sorted(set(cfg.batches))))}" if cfg.validate else "")
+            + "; weights seeded random (non-zero biases)")
 
 
 def run_benchmark(cfg: BenchConfig) -> tuple[list[Path], dict[str, Any]]:
     """Measure every (model, backend, batch) of ``cfg``; write JSON, CSV, markdown and PNG."""
-    check_output_dir(cfg.out)  # before any measurement, not when the results are written
-    cache = cfg.out / ".artifacts"
-    subjects = [twins_subject(m, cfg.img_size, max(cfg.batches), cache) for m in cfg.models]
-    if cfg.compare == "swin_t":
-        subjects.append(swin_subject(cfg.img_size, max(cfg.batches), cache))
-    steps = Steps(len(subjects) * len(cfg.backends), quiet=cfg.quiet)
+    check_results_dir(cfg.out)  # before any measurement, not when the results are written
+    subjects = subjects_of(cfg)
+    steps = Steps(step_count(subjects, cfg), quiet=cfg.quiet)
     rows = run(subjects, cfg, steps)
     result: dict[str, Any] = {
-        "title": cfg.name, "created": now_iso(),
-        "environment": {"machine": machine_info(), "tools": tool_versions(("tensorrt", "cuda-bindings"))},
-        "method": (f"warm-up >= {cfg.warmup} iters and {cfg.warmup_s} s, then >= {cfg.min_iters} iters and "
-                   f"{cfg.min_time_s} s; copies {'included' if cfg.include_copies else 'excluded'}; "
-                   f"CUDA graphs {'on (TensorRT)' if cfg.cuda_graphs else 'off'}; threads {cfg.threads or 'all'}; "
-                   "weights seeded random (non-zero biases)"),
+        "kind": "bench", "title": cfg.name, "created": now_iso(),
+        "environment": {"machine": machine_info(),
+                        "tools": tool_versions(("openvino", "tensorrt", "cuda-bindings"))},
+        "method": method(cfg), "command": cfg.command, "note": cfg.note,
         "config": cfg.to_dict(),
+        "graphs": {s.name: s.graphs for s in subjects if s.graphs},
         "rows": rows,
     }
-    if "svt_s" in cfg.models and 192 in cfg.batches:
+    if PAPER_MODEL in cfg.models and PAPER_BATCH in cfg.batches:
         result["paper"] = paper_comparison(rows)
+    if cfg.targets:
+        result["targets"] = cpu_targets(rows, list(cfg.batches))
     return write_all(cfg.out, cfg.name, result), result
+
+
+def validation_failures(result: dict[str, Any]) -> list[str]:
+    """'model / backend' of every runner that failed its validation."""
+    return list(dict.fromkeys(f"{r['model']} / {r['backend']}" for r in result["rows"]
+                              if r.get("validation") and not r["validation"]["passed"]))

@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from twins_deploy.artifacts import check_file_stem, now_iso, tool_versions, write_bytes_atomic, write_json_atomic
+from twins_deploy.artifacts import check_file_stem, now_iso, tool_versions
 from twins_deploy.bench.machine import machine_info
+from twins_deploy.bench.report import check_results_dir, write_all
 from twins_deploy.bench.timing import percentile
 from twins_deploy.errors import OptionError, ValidationFailedError
 from twins_deploy.progress import Steps
@@ -224,38 +225,14 @@ def gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def to_markdown(result: dict[str, Any]) -> str:
-    env, cfg = result["environment"], result["config"]
-    lines = [f"# twins-serve load test: {result['title']}", "",
-             f"- machine: {env['machine']['cpu']} ({env['machine']['cores']} cores); "
-             "clients and server on the same machine",
-             f"- load average (1 min) at start/end: {env['loadavg_1min']['start']} / {env['loadavg_1min']['end']} "
-             f"on {env['machine']['cores']} cores (the test's own server and clients included)",
-             "- versions: " + ", ".join(f"{k} {v}" for k, v in env["tools"].items() if v),
-             f"- method: {result['method']}", f"- created: {result['created']}", "",
-             "| mode | concurrency | requests | errors | img/s | p50 ms | p90 ms | p99 ms | executions | avg batch |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        lines.append(f"| {r['mode']} | {r['concurrency']} | {r['requests']} | {r['errors']} | {r['throughput_ips']} | "
-                     f"{r['latency_ms_p50']} | {r['latency_ms_p90']} | {r['latency_ms_p99']} | {r['executions']} | "
-                     f"{r['avg_batch']} |")
-    if result["gains"]:
-        lines += ["", "Dynamic batching vs batch-1 serving (same server, same clients):", "",
-                  "| concurrency | dynamic img/s | batch-1 img/s | gain | dynamic p99 ms | batch-1 p99 ms |",
-                  "|---|---|---|---|---|---|"]
-        for g in result["gains"]:
-            lines.append(f"| {g['concurrency']} | {g['dynamic_ips']} | {g['batch1_ips']} | {g['gain']}x | "
-                         f"{g['dynamic_p99_ms']} | {g['batch1_p99_ms']} |")
-    lines += ["", f"Command: `{cfg['command']}`" if cfg.get("command") else ""]
-    return "\n".join(lines).rstrip() + "\n"
-
-
 def run_load_test(cfg: LoadConfig) -> tuple[list[Path], dict[str, Any]]:
-    """Every mode and level; results as JSON and markdown. Errors, or a server that did not stop
-    cleanly, fail the run (exit 1) after the results are written."""
+    """Every mode and level; results as JSON, CSV, markdown and PNG, written like every
+    twins-bench run's (:mod:`twins_deploy.bench.report`). Errors, or a server that did not
+    stop cleanly, fail the run (exit 1) after the results are written."""
     from twins_deploy.serving.server import check_environment
 
     check_environment()
+    check_results_dir(cfg.out)
     chosen = chosen_model(cfg)
     load_before = _loadavg()
     steps = Steps(len(cfg.modes) * (1 + len(cfg.concurrency)), quiet=cfg.quiet)
@@ -267,6 +244,7 @@ def run_load_test(cfg: LoadConfig) -> tuple[list[Path], dict[str, Any]]:
     tools = tool_versions(("nvidia-pytriton", "tritonclient"))
     tools["tritonserver"] = next((s.get("tritonserver") for s in servers.values() if s.get("tritonserver")), None)
     result = {
+        "kind": "serve_load",
         "title": f"{next(iter(servers.values())).get('served')} over {cfg.protocol}, batch-1 requests",
         "created": now_iso(),
         "method": (f"{cfg.requests} single-image requests per level, concurrency {list(cfg.concurrency)} "
@@ -276,18 +254,17 @@ def run_load_test(cfg: LoadConfig) -> tuple[list[Path], dict[str, Any]]:
                    "executions and avg batch from Triton's nv_inference_count / nv_inference_exec_count"),
         "environment": {"machine": machine_info(), "tools": tools,
                         "loadavg_1min": {"start": load_before, "end": _loadavg()}},
+        "command": cfg.command,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "servers": servers, "rows": rows, "gains": gains(rows),
     }
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = cfg.out / f"{cfg.name}.json", cfg.out / f"{cfg.name}.md"
-    write_json_atomic(json_path, result)
-    write_bytes_atomic(md_path, to_markdown(result).encode())
+    paths = write_all(cfg.out, cfg.name, result)
+    json_path = paths[0]
     errors = sum(r["errors"] for r in rows)
     unclean = {m: s for m, s in servers.items() if s["exit_code"] != 0 or s["leftovers"]}
     if errors or unclean:
         raise ValidationFailedError(f"load test: {errors} failed requests"
                                     + (f"; servers that did not stop cleanly: {unclean}" if unclean else "")
                                     + f" (results in {json_path})")
-    return [json_path, md_path], result
+    return paths, result
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from twins_deploy.engines.runners.base import Runner
 
@@ -76,8 +77,6 @@ def time_runner(runner: Runner, x: np.ndarray, *, warmup: int = 3, warmup_s: flo
 
 
 def _time_cuda(runner: Runner, batch: int, min_iters: int, min_time_s: float, max_iters: int) -> Timing:
-    import torch
-
     events: list[tuple[Any, Any]] = []
     first = torch.cuda.Event(enable_timing=True)
     last = torch.cuda.Event(enable_timing=True)

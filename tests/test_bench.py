@@ -1,17 +1,21 @@
-"""twins-bench on CPU with tiny iteration counts: report structure, arithmetic, skips, errors.
+"""twins-bench on CPU with tiny iteration counts: report structure, arithmetic, skips, errors,
+interleaved rounds, validation verdicts, where results go.
 No timing assertions: only that what is reported is consistent with what was measured."""
 from __future__ import annotations
 
 import csv
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from twins_deploy.bench.backends import Subject, make_runner, twins_subject
-from twins_deploy.bench.harness import BenchConfig, add_speedups, paper_comparison, run
+from twins_deploy.bench.harness import BenchConfig, add_speedups, run
 from twins_deploy.bench.report import CSV_COLUMNS
+from twins_deploy.bench.targets import paper_comparison
 from twins_deploy.bench.timing import Timing, percentile, time_runner
 from twins_deploy.cli.bench import main as bench_main
 from twins_deploy.engines.runners.base import Runner
@@ -85,7 +89,7 @@ def test_unknown_backend_is_a_usage_error(tmp_path, capsys):
         bench_main(["--backends", "torch,tensorflow", "--out", str(tmp_path)])
     assert e.value.code == 2
     assert "unknown backend(s) tensorflow" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="unknown backend"):
+    with pytest.raises(ValueError, match="unknown route .tflite."):
         make_runner("tflite", twins_subject("svt_s", (64, 64), 1, tmp_path))
 
 
@@ -102,6 +106,12 @@ def test_percentiles_and_speedups_arithmetic():
             {"model": "m", "backend": "ort-cuda", "infer_batch_size": 8, "status": "skipped", "reason": "r"}]
     add_speedups(rows)
     assert [r["speedup_vs_torch"] for r in rows] == [1.0, 1.7, None, None]
+    assert [r["speedup_vs_timm_onnx"] for r in rows] == [None] * 4  # timm's export did not run
+    rows += [{"model": "timm-onnx:m", "backend": "ort-cpu", "infer_batch_size": 8, "infer_samples_per_sec": 34.0,
+              "status": "ok"}]
+    add_speedups(rows)
+    assert [r["speedup_vs_timm_onnx"] for r in rows] == [1.176, 2.0, None, None, 1.0]
+    assert rows[-1]["speedup_vs_torch"] is None  # timm's export has no PyTorch row of its own
     paper = paper_comparison(rows, model="m", batch=8)
     assert [(p["backend"], p["measured_speedup"], p["paper_speedup"]) for p in paper] == \
         [("trt-fp16", 1.7, 1.7), ("ort-cuda", None, 1.7)]
@@ -194,7 +204,155 @@ def test_a_preset_gives_defaults_and_typed_flags_win():
     _, args = parse_args(["--preset", "paper", "--model", "pcpvt_s", "--img-size", "256"])
     cfg = config_from_args(args)
     assert cfg.batches == (192,) and cfg.models == ("pcpvt_s",) and cfg.img_size == (256, 256)
-    assert config_from_args(parse_args([])[1]).batches == (1, 8)
+    plain = config_from_args(parse_args([])[1])
+    assert plain.batches == (1, 8) and plain.rounds == 1 and not plain.validate and plain.compare == ()
+    assert not plain.targets and plain.out == Path("bench_out")
+
+
+def test_the_comparison_presets_are_runs_of_the_same_harness():
+    from twins_deploy.cli.bench import config_from_args, parse_args
+
+    argv = ["--preset", "cpu-compare", "--out", "results"]
+    cfg = config_from_args(parse_args(argv)[1], argv)
+    assert (cfg.models, cfg.batches, cfg.img_size, cfg.threads, cfg.rounds) == (("svt_s",), (1, 8), (224, 224), 2, 5)
+    assert cfg.backends == ("torch", "ort-cpu", "openvino-f32", "openvino-bf16")
+    assert cfg.validate and cfg.targets and cfg.compare == ("timm-onnx",) and cfg.name == "cpu_compare"
+    assert cfg.command == "twins-bench --preset cpu-compare --out results"
+    cfg = config_from_args(parse_args(["--preset", "cpu-compare", "--no-validate", "--rounds", "2", "--name", "x"])[1])
+    assert not cfg.validate and cfg.rounds == 2 and cfg.name == "x" and cfg.targets
+    cfg = config_from_args(parse_args(["--preset", "onnx-vs-timm"])[1])
+    assert cfg.models == ("svt_s", "pcpvt_s") and cfg.backends == ("torch", "ort-cpu") and cfg.rounds == 3
+    assert cfg.compare == ("timm-onnx",) and not cfg.validate and not cfg.targets and cfg.name == "onnx_vs_timm_cpu"
+    cfg = config_from_args(parse_args(["--compare", "swin_t,timm-onnx,swin_t"])[1])
+    assert cfg.compare == ("swin_t", "timm-onnx")
+
+
+class _Scripted(_OomAbove):
+    """A Runner that logs when it opens and closes; what it 'measures' comes from a script."""
+
+    def __init__(self, tag: str, log: list) -> None:
+        super().__init__(limit=64)
+        self.tag, self.log = tag, log
+
+    def _activate(self) -> None:
+        self.log.append(("open", self.tag))
+
+    def _deactivate(self) -> None:
+        self.log.append(("close", self.tag))
+
+
+def test_rounds_interleave_reverse_and_report_the_median(tmp_path, monkeypatch):
+    import twins_deploy.bench.harness as harness
+
+    log: list = []
+    ips = {("torch", 1): [10.0, 30.0, 20.0], ("torch", 2): [40.0, 44.0, 42.0],
+           ("ort-cpu", 1): [25.0, 15.0, 35.0], ("ort-cpu", 2): [80.0, 90.0, 85.0]}
+
+    def scripted_time(runner, x, **kw):
+        b = len(x)
+        log.append(("time", runner.tag, b))
+        v = ips[(runner.tag, b)][sum(1 for e in log if e[:3] == ("time", runner.tag, b)) - 1]
+        return Timing(batch=b, iterations=2, total_s=2 * b / v, latency_ms=[1e3 * b / v] * 2, method="scripted")
+
+    monkeypatch.setattr(harness, "make_runner", lambda backend, *a, **k: _Scripted(backend, log))
+    monkeypatch.setattr(harness, "time_runner", scripted_time)
+    subject = Subject("m", lambda: torch.nn.Identity(), (32, 32), 2, tmp_path)
+    cfg = BenchConfig(("m",), ("torch", "ort-cpu"), (1, 2), rounds=3)
+    rows = run([subject], cfg, Steps(1, quiet=True))
+    t, o = ("time", "torch"), ("time", "ort-cpu")
+    assert log == [("open", "torch"), ("open", "ort-cpu"),
+                   (*t, 1), (*t, 2), (*o, 1), (*o, 2),    # round 1
+                   (*o, 1), (*o, 2), (*t, 1), (*t, 2),    # round 2: reversed
+                   (*t, 1), (*t, 2), (*o, 1), (*o, 2),    # round 3
+                   ("close", "torch"), ("close", "ort-cpu")]
+    by = {(r["backend"], r["infer_batch_size"]): r for r in rows}
+    assert by[("torch", 1)]["rounds_samples_per_sec"] == [10.0, 30.0, 20.0]
+    assert by[("torch", 1)]["infer_samples_per_sec"] == 20.0 and by[("ort-cpu", 1)]["infer_samples_per_sec"] == 25.0
+    assert by[("ort-cpu", 2)]["infer_samples_per_sec"] == 85.0 and by[("ort-cpu", 2)]["iterations"] == 6
+    assert by[("ort-cpu", 1)]["speedup_vs_torch"] == 1.25 and by[("torch", 2)]["speedup_vs_torch"] == 1.0
+    assert by[("torch", 1)]["infer_step_time"] == 50.0  # median latency over every round's steps
+    # one round: each runner is opened, timed and closed before the next opens
+    log.clear()
+    run([subject], BenchConfig(("m",), ("torch", "ort-cpu"), (1,)), Steps(1, quiet=True))
+    assert [e[0] for e in log] == ["open", "time", "close", "open", "time", "close"]
+
+
+def _runner_off_by(delta: float, family: str):
+    """make_runner, with the outputs (not the timed steps) of one route family's runners shifted by ``delta``."""
+    from twins_deploy.bench.backends import make_runner as real
+    from twins_deploy.engines.routes import get_route
+
+    def make(backend, subject, **kw):
+        runner = real(backend, subject, **kw)
+        if get_route(backend).family == family:
+            infer = runner.infer
+            runner.infer = lambda x: [o + delta for o in infer(x)]
+        return runner
+    return make
+
+
+def test_validate_records_a_verdict_per_row_and_a_failing_route_is_timed_and_recorded(result, tmp_path, monkeypatch,
+                                                                                     capsys):
+    import twins_deploy.bench.harness as harness
+    from twins_deploy.engines.routes import ONNXRUNTIME
+
+    out, _ = result
+    shutil.copytree(out / ".artifacts", tmp_path / ".artifacts")  # the fixture's ONNX file, reused
+    monkeypatch.setattr(harness, "make_runner", _runner_off_by(0.01, ONNXRUNTIME))
+    capsys.readouterr()
+    rc = bench_main(["--model", "pcpvt_s", "--backends", "torch,ort-cpu", "--batch", "1,2", "--img-size", "64",
+                     "--validate", "--out", str(tmp_path), "--name", "v", *FAST])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and err[0].startswith("error: validation failed for pcpvt_s / ort-cpu"), err
+    res = json.loads((tmp_path / "v.json").read_text())
+    by = {(r["backend"], r["infer_batch_size"]): r for r in res["rows"]}
+    assert set(by) == {("torch", 1), ("torch", 2), ("ort-cpu", 1), ("ort-cpu", 2)}
+    for (backend, _), r in by.items():
+        v = r["validation"]
+        assert r["status"] == "ok" and r["infer_samples_per_sec"] > 0  # timed either way
+        assert v["judged_as"] == "fp32" and v["cases"] == ["random b=1 64x64", "random b=2 64x64"]
+        if backend == "torch":  # SDPA against the explicit attention path
+            assert v["passed"] and v["failures"] == [] and v["max_abs"] < 1e-4 and v["top1_agreement"] == 1.0
+        else:
+            assert not v["passed"] and v["max_abs"] == pytest.approx(0.01, rel=0.05)
+            assert v["failures"] and all("max abs error" in f for f in v["failures"])
+    assert by[("ort-cpu", 1)]["runner"]["spinning"] is True  # threads not pinned: ONNX Runtime's default
+    csv_rows = list(csv.DictReader((tmp_path / "v.csv").read_text().splitlines()))
+    assert [(r["backend"], r["validated"]) for r in csv_rows] == [("torch", "pass")] * 2 + [("ort-cpu", "fail")] * 2
+    md = (tmp_path / "v.md").read_text()
+    assert md.count("| PASS (fp32)") == 2 and md.count("| FAIL (fp32): ") == 2
+    assert "each runner validated against PyTorch FP32" in res["method"]
+
+
+def _new_files(roots: list[Path], before: set[Path] | None = None) -> set[Path]:
+    now = {p for root in roots for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    return now if before is None else now - before
+
+
+def test_results_never_go_into_the_package_source(tmp_path, monkeypatch, capsys):
+    """The default --out is relative to the working directory, never a folder of the package;
+    an --out inside the package's source is refused before anything runs."""
+    import twins_deploy
+    import twins_deploy.bench
+    import twins_deploy.engines
+    import twins_deploy.exporters
+
+    roots = [Path(m.__file__).resolve().parent for m in (twins_deploy, twins_deploy.bench, twins_deploy.engines,
+                                                        twins_deploy.exporters)]
+    before = _new_files(roots)
+    monkeypatch.chdir(tmp_path)
+    assert bench_main(["--model", "pcpvt_s", "--backends", "torch", "--batch", "1", "--img-size", "32", *FAST]) == 0
+    assert sorted(p.name for p in (tmp_path / "bench_out").iterdir()) == [
+        "pcpvt_s_torch.csv", "pcpvt_s_torch.json", "pcpvt_s_torch.md", "pcpvt_s_torch.png"]
+    for inside in (roots[1], roots[1] / "results", roots[0] / "data" / "new"):
+        capsys.readouterr()
+        assert bench_main(["--model", "pcpvt_s", "--backends", "torch", "--batch", "1", "--out", str(inside),
+                           *FAST]) == 2
+        assert "lies inside the package source" in capsys.readouterr().err
+    monkeypatch.chdir(roots[1])  # the relative default --out, from inside the package, is refused too
+    assert bench_main(["--model", "pcpvt_s", "--backends", "torch", "--batch", "1", *FAST]) == 2
+    assert "'bench_out' lies inside the package source" in capsys.readouterr().err
+    assert _new_files(roots, before) == set()
 
 
 def test_rerender_rewrites_table_and_chart_from_the_json(result, tmp_path, capsys):

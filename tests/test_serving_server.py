@@ -293,6 +293,12 @@ def test_load_test_runs_to_the_end_with_no_errors(svt_s_triton_repo, tmp_path, c
     tools = result["environment"]["tools"]
     assert tools["tritonserver"] == "2.51.0" and tools["nvidia-pytriton"]
     assert "twins-bench --serve" in (tmp_path / "load.md").read_text()
+    # written like every twins-bench run's results (bench/report.py): JSON, CSV, markdown, chart
+    from twins_deploy.bench.report import SERVE_CSV_COLUMNS
+
+    assert {p.name for p in tmp_path.iterdir()} >= {"load.json", "load.csv", "load.md", "load.png"}
+    lines = (tmp_path / "load.csv").read_text().splitlines()
+    assert lines[0].split(",") == SERVE_CSV_COLUMNS and lines[1].startswith("dynamic,1,6,6,0,") and len(lines) == 3
     assert not srv.server_processes(os.getpid())
 
 

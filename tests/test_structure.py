@@ -61,8 +61,9 @@ CHECKER = textwrap.dedent('''
 ''')
 
 
-# bench/ comparisons that export timm's graph on purpose (the baseline they measure against)
-MEASUREMENT_SCRIPTS = ("onnx_compare.py", "cpu_compare.py")
+# The one bench/ module that exports a graph itself: timm's own export, the baseline of
+# --compare timm-onnx (twins-bench --preset cpu-compare and onnx-vs-timm)
+MEASUREMENT_SCRIPTS = ("timm_baseline.py",)
 
 # The installed package's roots: twins_deploy and the folders mapped into it.
 ROOTS = ("twins_deploy", "twins_deploy.exporters", "twins_deploy.engines", "twins_deploy.bench")
@@ -156,11 +157,34 @@ def test_serving_sits_on_both_sides_of_the_pipeline_without_a_cycle():
 def test_the_benchmark_builds_no_artifact_of_its_own():
     building = ("twins_deploy.exporters.onnx_export", "twins_deploy.exporters.fp16", "twins_deploy.engines.trt.build",
                 "torch.onnx")
+    exporting = set()
     for f in _files(bench_pkg):
-        if f.name in MEASUREMENT_SCRIPTS:  # export timm's graph on purpose: the baseline they compare with
-            continue
-        assert not {n for n in _imports(f) if n.startswith(building)}, f"{f} exports or builds by itself"
-        assert "torch.onnx.export" not in f.read_text()
+        if {n for n in _imports(f) if n.startswith(building)} or "torch.onnx.export" in f.read_text():
+            exporting.add(f.name)
+    # timm's baseline export, on purpose, in its one module; everything else comes from the pipeline
+    assert exporting == set(MEASUREMENT_SCRIPTS)
+
+
+def test_twins_bench_is_the_only_benchmark_program():
+    """One console script measures; no other module of the CLI or of bench/ runs as a program."""
+    import importlib.util
+    import pkgutil
+    import tomllib
+
+    import twins_deploy.cli as cli_pkg
+
+    root = Path(__file__).resolve().parents[1]
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["twins-bench"] == "twins_deploy.cli.bench:main"
+    assert [n for n, target in scripts.items() if "bench" in n or "compare" in target or "bench" in target] == ["twins-bench"]
+    script_modules = {target.split(":")[0].rsplit(".", 1)[1] for target in scripts.values()}
+    cli_modules = {m.name for m in pkgutil.iter_modules(cli_pkg.__path__)}
+    assert cli_modules - script_modules == {"common"}, "every CLI module is a console script's (or shared)"
+    for gone in ("twins_deploy.cli.cpu_compare", "twins_deploy.cli.onnx_compare", "twins_deploy.bench.cpu_compare",
+                 "twins_deploy.bench.onnx_compare"):
+        assert importlib.util.find_spec(gone) is None, gone
+    for f in _files(bench_pkg):
+        assert "__main__" not in f.read_text(), f"{f} runs as a program of its own: it belongs in twins-bench"
 
 
 def test_package_docstrings_say_what_they_hold():
