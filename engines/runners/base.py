@@ -8,9 +8,10 @@ on the device, outputs left there, so a benchmark measures compute, not copies).
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -18,8 +19,16 @@ from twins_deploy.errors import InputShapeError
 from twins_deploy.registry import MIN_IMAGE_SIDE
 
 if TYPE_CHECKING:
-    from twins_deploy.engines.routes import Route
     from twins_deploy.manifest import Manifest
+
+
+class RouteRow(Protocol):
+    """What a Runner reads of its row of the route table (``engines/routes.py``'s ``Route``);
+    a Protocol, so that the runners do not import the table that lists them."""
+
+    name: str
+    device: str
+    options: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -63,7 +72,7 @@ class Runner(abc.ABC):
         self.deactivate()
 
     @classmethod
-    def from_route(cls, route: Route, target: RunTarget) -> Runner:
+    def from_route(cls, route: RouteRow, target: RunTarget) -> Runner:
         """The Runner for ``route`` (a row of :mod:`twins_deploy.engines.routes`) on ``target``;
         each Runner class reads the row's options it knows."""
         raise NotImplementedError(f"{cls.__name__} cannot be opened from a route")

@@ -3,16 +3,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from twins_deploy.artifacts import existing_file
-from twins_deploy.engines.runners.base import Runner, RunTarget, as_numpy, check_input_shape
+from twins_deploy.engines.runners.base import RouteRow, Runner, RunTarget, as_numpy, check_input_shape
 from twins_deploy.errors import ArtifactError, BackendUnavailableError
-
-if TYPE_CHECKING:
-    from twins_deploy.engines.routes import Route
 
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -33,7 +30,7 @@ class OrtRunner(Runner):
         self.device = "cuda" if provider == "cuda" else "cpu"
 
     @classmethod
-    def from_route(cls, route: Route, target: RunTarget) -> OrtRunner:
+    def from_route(cls, route: RouteRow, target: RunTarget) -> OrtRunner:
         runner = cls(target.path, provider=route.device, threads=target.threads, spinning=target.spinning)
         runner.name = route.name
         return runner

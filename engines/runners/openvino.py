@@ -26,16 +26,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from twins_deploy.artifacts import existing_file
-from twins_deploy.engines.runners.base import Runner, RunTarget, as_numpy, check_input_shape
+from twins_deploy.engines.runners.base import RouteRow, Runner, RunTarget, as_numpy, check_input_shape
 from twins_deploy.errors import ArtifactError, BackendUnavailableError
-
-if TYPE_CHECKING:
-    from twins_deploy.engines.routes import Route
 
 # Our precision names -> OpenVINO's inference precision hint values.
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
@@ -123,7 +120,7 @@ class OpenVinoRunner(Runner):
         return config
 
     @classmethod
-    def from_route(cls, route: Route, target: RunTarget) -> OpenVinoRunner:
+    def from_route(cls, route: RouteRow, target: RunTarget) -> OpenVinoRunner:
         runner = cls(target.path, precision=route.options["precision"], threads=target.threads)
         runner.name = route.name
         return runner

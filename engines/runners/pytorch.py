@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from twins_deploy.engines.runners.base import Runner, RunTarget, as_numpy
+from twins_deploy.engines.runners.base import RouteRow, Runner, RunTarget, as_numpy
 from twins_deploy.errors import BackendUnavailableError
 from twins_deploy.exporters.spec import FEATURE_NAMES, LOGITS_NAME
-
-if TYPE_CHECKING:
-    from twins_deploy.engines.routes import Route
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
@@ -36,7 +33,7 @@ class TorchRunner(Runner):
         self.output_names = list(FEATURE_NAMES) if getattr(model, "features", False) else [LOGITS_NAME]
 
     @classmethod
-    def from_route(cls, route: Route, target: RunTarget) -> TorchRunner:
+    def from_route(cls, route: RouteRow, target: RunTarget) -> TorchRunner:
         """``device`` "auto" is CUDA when PyTorch sees a GPU; a "cuda" route without one
         is refused by the constructor (BackendUnavailableError)."""
         device = "cuda" if route.device == "cuda" or (route.device == "auto" and torch.cuda.is_available()) else "cpu"

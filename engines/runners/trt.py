@@ -19,14 +19,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from twins_deploy.engines.runners.base import Runner, RunTarget, as_numpy
+from twins_deploy.engines.runners.base import RouteRow, Runner, RunTarget, as_numpy
 from twins_deploy.engines.trt.compat import check_engine_compat
 from twins_deploy.engines.trt.env import gpu_info, import_tensorrt
 from twins_deploy.engines.trt.profile import Profile
 from twins_deploy.errors import ArtifactError, InputShapeError
 
 if TYPE_CHECKING:
-    from twins_deploy.engines.routes import Route
     from twins_deploy.manifest import Manifest
 
 
@@ -47,7 +46,7 @@ class TrtRunner(Runner):
         self.warnings: list[str] = []
 
     @classmethod
-    def from_route(cls, route: Route, target: RunTarget) -> TrtRunner:
+    def from_route(cls, route: RouteRow, target: RunTarget) -> TrtRunner:
         runner = cls(target.path, target.manifest, use_cuda_graph=target.cuda_graphs)
         runner.name = route.name
         return runner
