@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from twins_deploy.artifacts import file_sha256
-from twins_deploy.engines.routes import Route, artifact_kind, get_route, route_for
+from twins_deploy.engines.routes import Route, get_route, route_for
 from twins_deploy.engines.runners.base import Runner, RunTarget
 from twins_deploy.errors import ArtifactError
 from twins_deploy.manifest import Manifest, read_manifest
@@ -30,7 +30,7 @@ def open_runner(path: str | os.PathLike[str], manifest: Manifest | None = None, 
     path = Path(path)
     manifest = manifest or read_manifest(path)
     row = route_for(manifest, route, device)
-    if artifact_kind(manifest).startswith("plan-") and manifest.sha256 and file_sha256(path) != manifest.sha256:
+    if manifest.is_plan and manifest.sha256 and file_sha256(path) != manifest.sha256:
         raise ArtifactError(f"{path.name} is not the plan its manifest describes (sha256 differs): "
                             "corrupt or replaced; rebuild it with twins-export --fmt trt")
     return row.runner.from_route(row, RunTarget(path=path, manifest=manifest, threads=threads, spinning=spinning,
@@ -49,6 +49,6 @@ def warn_if_changed(path: Path, manifest: Manifest, consequence: str) -> None:
     """Say on stderr, before loading, that an ONNX file is not the one its manifest describes:
     if the backend then cannot read it, or it takes other shapes, this says why. (A plan with
     another sha256 is refused outright by :func:`open_runner`.)"""
-    if manifest.engine is None and manifest.sha256 and file_sha256(path) != manifest.sha256:
+    if not manifest.is_plan and manifest.sha256 and file_sha256(path) != manifest.sha256:
         print(f"warning: {path.name} differs from the file its manifest describes (sha256); {consequence}",
               file=sys.stderr, flush=True)

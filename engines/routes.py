@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from twins_deploy.artifacts import ONNX_KIND, PLAN_KIND
 from twins_deploy.engines.runners.base import Runner
 from twins_deploy.engines.runners.onnxrt import OrtRunner
 from twins_deploy.engines.runners.openvino import OpenVinoRunner
@@ -38,7 +39,7 @@ ARTIFACT_KINDS = (MODEL, ONNX_FP32, ONNX_FP16, PLAN_FP32, PLAN_FP16)
 # artifact kind -> (twins-export --fmt, --precision) that makes it
 MADE_BY = {ONNX_FP32: ("onnx", "fp32"), ONNX_FP16: ("onnx", "fp16"), PLAN_FP32: ("trt", "fp32"),
            PLAN_FP16: ("trt", "fp16")}
-_FILE_KIND = {"onnx": "onnx", "trt": "plan"}  # manifest kind -> the artifact kind's file part
+_FILE_KIND = {ONNX_KIND: "onnx", PLAN_KIND: "plan"}  # manifest kind -> the artifact kind's file part
 _KIND_WORDS = {"onnx": "an ONNX model", "plan": "a TensorRT plan", "model": "the PyTorch model"}
 DEVICES = ("cpu", "cuda", "auto")  # auto: CUDA when PyTorch sees a GPU, else the CPU
 PYTORCH, ONNXRUNTIME, OPENVINO, TENSORRT = "PyTorch", "ONNX Runtime", "OpenVINO", "TensorRT"  # families
