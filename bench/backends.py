@@ -123,7 +123,7 @@ def subject_artifact(subject: Subject, route: str | Route) -> Artifact:
     b = subject.max_batch
     spec = ExportSpec(model=subject.name, img_size=subject.img_size, batch=BatchRange(1, b, b))
     req = ArtifactRequest(spec=spec, precision=precision, fmt=fmt, out_dir=subject.cache,
-                          on_existing="reuse", validate=False, onnx_without_engine=False)
+                          on_existing="reuse", validate=False)
     art = make_artifacts(req, model=subject.model()).final
     m = art.manifest
     subject.graphs[row.consumes[0]] = {"file": art.path.name, "nodes": m.onnx.nodes if m.onnx else None,

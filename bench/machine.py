@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 # The instruction-set flags that decide CPU inference speed (and whether native BF16 exists).
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
 def _cpuinfo_field(name: str) -> str | None:

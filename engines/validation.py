@@ -5,8 +5,11 @@ max/mean abs error, cosine similarity and top-1 agreement, with
 
 * FP32: max abs error <= ``atol`` on logits (feature maps, which carry the residual
   stream's magnitude, get ``atol * max(1, max|ref|)``);
-* FP16: cosine >= ``min_cosine`` per sample and output, top-1 agreement >= ``min_top1``
-  over all samples (judged against FP32 PyTorch, never against itself);
+* FP16: cosine >= ``min_cosine`` per sample and output, and top-1 agreement >= ``min_top1``
+  over the *decisive* samples: those whose FP32 top-1 margin is at least ``top1_margin``
+  times the standard deviation of their logits (judged against FP32 PyTorch, never against
+  itself). A near-tie is reported, not judged: a flip there says nothing about the engine
+  (see :meth:`Thresholds.for_precision`);
 * BF16 (OpenVINO on CPUs with native BF16): cosine only, see :meth:`Thresholds.for_precision`;
 * any NaN/Inf fails.
 
@@ -16,7 +19,7 @@ wrong after a small input (OpenVINO's snippets do, see ``runners/openvino.py``) 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -47,11 +50,24 @@ class Thresholds:
     atol: float | None = 1e-4        # FP32 gate
     min_cosine: float | None = None  # FP16 and BF16 gate
     min_top1: float | None = None    # FP16 gate, logits only
+    # top-1 is judged on the samples whose FP32 margin (top-1 minus top-2 logit) is at least
+    # this many standard deviations of the sample's logits; None: on every sample
+    top1_margin: float | None = None
 
     @classmethod
     def for_precision(cls, precision: str) -> Thresholds:
         if precision == "fp16":
-            return cls(atol=None, min_cosine=0.999, min_top1=0.99)
+            # A flip needs the errors of two logits to differ by more than the FP32 margin, so
+            # a sample whose margin exceeds twice the largest logit error cannot flip. Measured
+            # (ONNX Runtime CPU, this project's mixed FP16 graphs, svt_s and pcpvt_s at 224,
+            # seeded random weights, the 41 validation samples plus 64 Gaussian ones): the
+            # largest logit error is 0.0026-0.0047 standard deviations of the sample's logits,
+            # while 5% of svt_s's random-head samples have margins below 0.009 (near-ties that a
+            # 99%-of-all gate failed on). Decisive samples need a margin of 0.1: 10x the worst
+            # error measured on each of two logits, room for a GPU's FP16 kernels being several
+            # times less exact than the CPU's. Every decisive sample must agree; a correct
+            # engine misses that only if its logit error is 10x the measured worst.
+            return cls(atol=None, min_cosine=0.999, min_top1=1.0, top1_margin=0.1)
         if precision == "bf16":
             # BF16 (8-bit mantissa, 8x coarser than FP16), decided from measurements of BF16
             # arithmetic against FP32 PyTorch (torch 2.14 CPU, seeded random weights with
@@ -68,14 +84,9 @@ class Thresholds:
             return cls(atol=None, min_cosine=0.999, min_top1=None)
         return cls(atol=1e-4)
 
-    def override(self, atol: float | None = None, min_cosine: float | None = None,
-                 min_top1: float | None = None) -> Thresholds:
-        """These thresholds with the user's choices (None keeps the default)."""
-        return Thresholds(
-            atol=self.atol if atol is None else atol,
-            min_cosine=self.min_cosine if min_cosine is None else min_cosine,
-            min_top1=self.min_top1 if min_top1 is None else min_top1,
-        )
+    def override(self, **choices: float | None) -> Thresholds:
+        """These thresholds with the user's choices (a None choice keeps the default)."""
+        return replace(self, **{k: v for k, v in choices.items() if v is not None})
 
 
 @dataclass
@@ -89,6 +100,8 @@ class OutputStats:
     min_cosine: float
     top1_agree: int | None = None   # samples whose argmax matches (logits only)
     samples: int = 0
+    decisive: int | None = None        # samples whose FP32 margin makes top-1 meaningful
+    decisive_agree: int | None = None  # ... and whose argmax matches
     nonfinite: int = 0      # NaN/Inf values in the candidate's output
     ref_nonfinite: int = 0  # ... and in the reference's: nothing can be judged against those
 
@@ -113,6 +126,19 @@ class ValidationReport:
         total = sum(s.samples for s in rows)
         return sum(s.top1_agree or 0 for s in rows) / total if total else None
 
+    def decisive_counts(self) -> tuple[int, int]:
+        """(decisive samples, those that agree) over every logits output."""
+        rows = [s for s in self.stats if s.decisive is not None]
+        return sum(s.decisive or 0 for s in rows), sum(s.decisive_agree or 0 for s in rows)
+
+    def judged_top1(self) -> float | None:
+        """The top-1 agreement the gate reads: over the decisive samples when the thresholds
+        name a margin, else over all samples; None when there is nothing to judge."""
+        if self.thresholds.top1_margin is None:
+            return self.top1_agreement()
+        total, agree = self.decisive_counts()
+        return agree / total if total else None
+
     def summary(self) -> str:
         worst = max(self.stats, key=lambda s: s.max_abs, default=None)
         if worst is None:
@@ -121,13 +147,17 @@ class ValidationReport:
         parts = [f"max abs {worst.max_abs:.3g}", f"min cosine {min(s.min_cosine for s in self.stats):.6f}"]
         if t1 is not None:
             parts.append(f"top-1 agreement {100 * t1:.1f}%")
+        if t1 is not None and self.thresholds.top1_margin is not None:
+            total, agree = self.decisive_counts()
+            parts.append(f"{agree}/{total} decisive samples agree")
         return ("PASS" if self.passed else "FAIL") + f" ({self.candidate} vs {self.reference}): " + ", ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "passed": self.passed, "reference": self.reference, "candidate": self.candidate,
             "precision": self.precision, "thresholds": asdict(self.thresholds),
-            "top1_agreement": self.top1_agreement(), "failures": self.failures,
+            "top1_agreement": self.top1_agreement(), "top1_judged": self.judged_top1(),
+            "decisive_samples": self.decisive_counts()[0], "failures": self.failures,
             "summary": self.summary(), "candidate_info": self.candidate_info,
             "stats": [asdict(s) for s in self.stats],
         }
@@ -141,8 +171,19 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(denom == 0, np.where((a2 == b2).all(axis=1), 1.0, 0.0), cos)
 
 
-def compare_outputs(case: str, name: str, ref: np.ndarray, got: np.ndarray) -> OutputStats:
-    """Error statistics of one output of one batch."""
+def decisive_rows(ref: np.ndarray, margin: float) -> np.ndarray:
+    """Which rows of logits ``ref`` have a top-1 margin of at least ``margin`` standard
+    deviations of the row: the samples whose top-1 a small error cannot flip."""
+    if ref.shape[1] < 2:
+        return np.ones(len(ref), dtype=bool)
+    top2 = np.sort(ref.astype(np.float64), axis=1)[:, -2:]
+    gap = top2[:, 1] - top2[:, 0]
+    return (gap > 0) & (gap >= margin * ref.astype(np.float64).std(axis=1))  # an exact tie is never decisive
+
+
+def compare_outputs(case: str, name: str, ref: np.ndarray, got: np.ndarray,
+                    top1_margin: float | None = None) -> OutputStats:
+    """Error statistics of one output of one batch (``top1_margin``: see :class:`Thresholds`)."""
     ref_nonfinite = int((~np.isfinite(ref)).sum())
     ref_max = float(np.abs(ref[np.isfinite(ref)]).max(initial=0.0))
     if ref.shape != got.shape:
@@ -151,13 +192,18 @@ def compare_outputs(case: str, name: str, ref: np.ndarray, got: np.ndarray) -> O
     nonfinite = int((~np.isfinite(got)).sum())
     finite = nonfinite == 0 and ref_nonfinite == 0
     diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
-    top1 = int((ref.argmax(axis=1) == got.argmax(axis=1)).sum()) if got.ndim == 2 else None
+    logits = got.ndim == 2
+    agree = ref.argmax(axis=1) == got.argmax(axis=1) if logits else None
+    decisive = decisive_rows(ref, top1_margin) if logits and top1_margin is not None and finite else None
     return OutputStats(
         case=case, output=name, shape=list(got.shape),
         max_abs=float(diff.max()) if finite else float("inf"),
         mean_abs=float(diff.mean()) if finite else float("inf"),
         ref_max_abs=ref_max, min_cosine=float(_cosines(ref, got).min()) if finite else 0.0,
-        top1_agree=top1, samples=len(got), nonfinite=nonfinite, ref_nonfinite=ref_nonfinite,
+        top1_agree=int(agree.sum()) if agree is not None else None, samples=len(got), nonfinite=nonfinite,
+        ref_nonfinite=ref_nonfinite,
+        decisive=int(decisive.sum()) if decisive is not None else None,
+        decisive_agree=int((agree & decisive).sum()) if decisive is not None else None,
     )
 
 
@@ -182,9 +228,15 @@ def judge(report: ValidationReport) -> None:
                 report.failures.append(f"{where}: max abs error {s.max_abs:.3g} > {bound:.3g}")
         if th.min_cosine is not None and s.min_cosine < th.min_cosine:
             report.failures.append(f"{where}: cosine {s.min_cosine:.6f} < {th.min_cosine}")
-    t1 = report.top1_agreement()
+    t1 = report.judged_top1()
     if th.min_top1 is not None and t1 is not None and t1 < th.min_top1:
-        report.failures.append(f"top-1 agreement {100 * t1:.2f}% < {100 * th.min_top1:.2f}%")
+        if th.top1_margin is None:
+            report.failures.append(f"top-1 agreement {100 * t1:.2f}% < {100 * th.min_top1:.2f}%")
+        else:
+            total, agree = report.decisive_counts()
+            report.failures.append(
+                f"top-1 agreement on decisive samples {100 * t1:.2f}% < {100 * th.min_top1:.2f}%: {total - agree} of "
+                f"{total} samples whose FP32 margin is >= {th.top1_margin:g} std of their logits changed class")
 
 
 def validate(reference: Runner, candidate: Runner, cases: list[tuple[str, np.ndarray]],
@@ -202,7 +254,7 @@ def validate(reference: Runner, candidate: Runner, cases: list[tuple[str, np.nda
                 report.failures.append(f"[{case}]: {len(gots)} outputs, reference has {len(refs)}")
                 continue
             for name, r, g in zip(names, refs, gots):
-                report.stats.append(compare_outputs(case, name, r, g))
+                report.stats.append(compare_outputs(case, name, r, g, report.thresholds.top1_margin))
     judge(report)
     return report
 

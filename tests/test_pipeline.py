@@ -124,7 +124,8 @@ def test_fp16_request_exports_the_graph_its_route_needs(tmp_path, monkeypatch):
     from twins_deploy.engines.trt import env
 
     fake_trt = type("trt", (), {"__version__": "8.6.1"})
-    monkeypatch.setattr(pipeline, "probe_build_env", lambda: env.BuildEnv(fake_trt, {"name": "GPU", "compute_capability": "8.0"}))
+    monkeypatch.setattr(pipeline, "checked_build_env",
+                        lambda workspace_gib: env.BuildEnv(fake_trt, {"name": "GPU", "compute_capability": "8.0"}))
     engine_calls = []
 
     def engine_stage(self, run):  # stands in for the TensorRT build

@@ -41,28 +41,16 @@ SKIP_GPU = _trt_and_gpu()
 
 # -- without TensorRT -----------------------------------------------------------------------
 @pytest.mark.skipif(SKIP_GPU is None, reason="TensorRT and a GPU are present: the missing path cannot be shown")
-def test_fmt_trt_without_tensorrt_keeps_validated_onnx_and_exits_3(tmp_path, capsys):
+def test_fmt_trt_without_tensorrt_exits_3_before_exporting(tmp_path, capsys):
+    """The preflight runs before the ONNX export: nothing is written, and the one error names
+    what to install."""
     out = tmp_path / "o"
-    rc = export_main(["--model", "pcpvt_s", "--fmt", "trt", "--precision", "fp16", "--out-dir", str(out),
-                      "--min-batch", "1", "--opt-batch", "2", "--max-batch", "2", "-q"])
+    rc = export_main(["--model", "pcpvt_s", "--fmt", "trt", "--precision", "fp16", "--out-dir", str(out), "-q"])
     assert rc == 3
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ")
-    assert "written and validated, but no engine was built" in err[0]
-    assert "pip install 'twins-deploy[trt]'" in err[0] or "no usable CUDA GPU" in err[0]
-    manifest = json.loads((out / "pcpvt_s_fp16.onnx.json").read_text())
-    assert manifest["validation"]["passed"] and manifest["precision"] == "fp16"
-    assert manifest["precision_plan"]["route"] == "strong"
-    assert not list(out.glob("*.plan")) and not list(out.glob("*.partial"))
-    # the same command again (say, after installing TensorRT) reuses the validated ONNX model
-    onnx_file = out / "pcpvt_s_fp16.onnx"
-    stamp = onnx_file.stat().st_mtime_ns
-    rc = export_main(["--model", "pcpvt_s", "--fmt", "trt", "--precision", "fp16", "--out-dir", str(out),
-                      "--min-batch", "1", "--opt-batch", "2", "--max-batch", "2"])
-    err = capsys.readouterr().err
-    assert rc == 3 and "already exists" not in err and "reuse " in err and "was reused and validated" in err
-    assert onnx_file.stat().st_mtime_ns == stamp
-
+    assert err[0] == "error: TensorRT cannot run here:" and len(err) == 2
+    assert "pip install 'twins-deploy[trt]'" in err[1]
+    assert not out.exists()  # not even the output folder: no export work was done
 
 def test_tensorrt_import_is_refused_clearly_when_absent():
     try:

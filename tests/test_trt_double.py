@@ -474,3 +474,36 @@ def test_bench_runs_the_tensorrt_backends(doubles, torch_cuda, bench_onnx, tmp_p
     assert bool(replays) == graphs
     if "--include-copies" in flags:
         assert doubles.device.copies and all(c["pinned"] for c in doubles.device.copies[-2:])
+
+
+# -- what the runner refuses before it runs ------------------------------------------------------
+@pytest.mark.parametrize("line", ["10", "11"])
+def test_runner_preflight_refuses_a_gpu_the_line_does_not_support(doubles, engine):
+    """A plan copied onto a V100 (SM 7.0): TensorRT >= 10.5 no longer runs there; the runner
+    says so before deserializing, not with a foreign-engine message."""
+    from twins_deploy.engines.opening import open_runner
+
+    doubles.device.compute_capability = (7, 0)
+    with pytest.raises(BackendUnavailableError, match=r"compute capability 7\.5 and newer.*is 7\.0"):
+        open_runner(engine).activate()
+    assert not doubles.calls("Runtime.deserialize_cuda_engine")
+
+
+@pytest.mark.parametrize("line", RUNTIME_LINES)
+def test_runner_checks_the_execution_context(doubles, engine, monkeypatch):
+    from trt_doubles.fake_trt import ICudaEngineB
+    from twins_deploy.engines.opening import open_runner
+
+    monkeypatch.setattr(ICudaEngineB, "create_execution_context", lambda self, *a, **k: None)
+    with pytest.raises(ArtifactError, match="could not create an execution context"):
+        open_runner(engine).activate()
+
+
+@pytest.mark.parametrize("line", ["10", "11"])
+def test_runner_refuses_io_it_cannot_feed_by_name(doubles, engine, monkeypatch):
+    from trt_doubles.fake_trt import ICudaEngineB, _enum
+    from twins_deploy.engines.opening import open_runner
+
+    monkeypatch.setattr(ICudaEngineB, "get_tensor_dtype", lambda self, name: _enum(self.mod, "DataType").BF16)
+    with pytest.raises(ArtifactError, match=r"tensor 'input' is BF16.*FP32 or FP16 I/O only"):
+        open_runner(engine).activate()

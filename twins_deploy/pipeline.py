@@ -41,14 +41,14 @@ from twins_deploy.engines.opening import open_runner, warn_if_changed
 from twins_deploy.engines.routes import judged_precision, route_for
 from twins_deploy.engines.runners.base import Runner
 from twins_deploy.engines.trt.build import build_engine
-from twins_deploy.engines.trt.env import BuildEnv, probe_build_env
+from twins_deploy.engines.trt.env import BuildEnv
 from twins_deploy.engines.trt.options import TrtBuildOptions
+from twins_deploy.engines.trt.preflight import checked_build_env
 from twins_deploy.engines.trt.profile import Profile, profile_for
 from twins_deploy.engines.trt.trtexec import trtexec_command
 from twins_deploy.engines.validation import ValidationReport, smallest_hw, validate_against_pytorch, validation_cases
 from twins_deploy.errors import (
     ArtifactError,
-    BackendUnavailableError,
     CheckpointError,
     InputShapeError,
     OptionError,
@@ -100,7 +100,6 @@ class ArtifactRequest:
     validate: bool = True
     images: str | None = None
     thresholds: dict[str, float | None] = field(default_factory=dict)
-    onnx_without_engine: bool = True  # --fmt trt without TensorRT: still write the ONNX, then fail
     triton: TritonRepoOptions | None = None  # also lay the final artifact out in a Triton model repository
 
     def __post_init__(self) -> None:
@@ -320,23 +319,13 @@ class OnnxStage(ArtifactStage):
 
 
 class EngineStage(ArtifactStage):
-    """The TensorRT plan, built from the ONNX artifact; without TensorRT it fails once the
-    ONNX model is in place (``--fmt trt`` on a CPU box still leaves a validated ONNX)."""
+    """The TensorRT plan, built from the ONNX artifact (the preflight has found TensorRT,
+    a driver that runs it and a GPU it supports before any stage ran)."""
 
     label = "validate TensorRT vs PyTorch FP32"
 
-    def __init__(self, path: Path, validate: bool, env: BuildEnv) -> None:
+    def __init__(self, path: Path, validate: bool) -> None:
         super().__init__(path, final=True, validate=validate)
-        if env.missing:
-            self.steps = 0
-
-    def run(self, run: Run) -> None:
-        onnx = run.final
-        if run.env.missing:
-            raise BackendUnavailableError(
-                f"{onnx.path} was {'reused' if onnx.reused else 'written'}"
-                f"{' and validated' if onnx.manifest.passed else ''}, but no engine was built: {run.env.missing}")
-        super().run(run)
 
     def planned(self, run: Run) -> Manifest:
         req, env, onnx = run.req, run.env, run.final
@@ -387,9 +376,9 @@ def make_artifacts(req: ArtifactRequest, model: torch.nn.Module | None = None,
     ``functools.partial(Steps, quiet=args.quiet)``); None: silent."""
 
     wants_engine = req.fmt == PLAN_KIND
-    env = probe_build_env() if wants_engine else BuildEnv(None, None, None)
-    if env.missing and not req.onnx_without_engine:
-        raise BackendUnavailableError(env.missing)
+    # TensorRT, the driver, the GPU and its free memory first: a machine where no engine can
+    # be built says so (exit 3) before half a minute of ONNX export, not after
+    env = checked_build_env(req.trt.workspace_gib) if wants_engine else BuildEnv(None, None)
     plan = resolve_precision(req.precision, req.io_fp16, env.major, req.trt.weak_fp16)
     onnx_path, engine_path = artifact_paths(req, plan)
     final = engine_path or onnx_path
@@ -404,7 +393,7 @@ def make_artifacts(req: ArtifactRequest, model: torch.nn.Module | None = None,
     stages: list[Stage] = [ModelStage()] if model is None else []
     stages.append(OnnxStage(onnx_path, final=not wants_engine, validate=req.validate))
     if engine_path is not None:
-        stages.append(EngineStage(engine_path, req.validate, env))
+        stages.append(EngineStage(engine_path, req.validate))
     if req.triton is not None:
         stages.append(TritonStage())
     run = Run(req, plan, env, profile, (progress or SILENT)(sum(s.steps for s in stages)), model)

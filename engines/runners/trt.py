@@ -21,12 +21,26 @@ import torch
 
 from twins_deploy.engines.runners.base import RouteRow, Runner, RunTarget, as_numpy
 from twins_deploy.engines.trt.compat import check_engine_compat
-from twins_deploy.engines.trt.env import gpu_info, import_tensorrt
+from twins_deploy.engines.trt.preflight import preflight
 from twins_deploy.engines.trt.profile import Profile
 from twins_deploy.errors import ArtifactError, InputShapeError
 
 if TYPE_CHECKING:
     from twins_deploy.manifest import Manifest
+
+
+IO_DTYPES = {"FLOAT": np.float32, "HALF": np.float16}  # what twins-export writes and the runner feeds
+
+
+def io_dtype(trt: Any, engine: Any, name: str, plan: str) -> np.dtype:
+    """The numpy dtype of I/O tensor ``name``; a plan with other I/O types (BF16, FP8, INT8:
+    not made by twins-export) is refused by name instead of failing in ``trt.nptype``."""
+    dtype = engine.get_tensor_dtype(name)
+    kind = getattr(dtype, "name", str(dtype))
+    if kind not in IO_DTYPES:
+        raise ArtifactError(f"{plan}: tensor {name!r} is {kind}; the TensorRT runner feeds FP32 or FP16 I/O only "
+                            "(rebuild the plan with twins-export --fmt trt)")
+    return np.dtype(IO_DTYPES[kind])
 
 
 class TrtRunner(Runner):
@@ -57,8 +71,9 @@ class TrtRunner(Runner):
 
         info = self.manifest.engine
         vc = bool(info.build_options.get("version_compat"))
-        trt = import_tensorrt(lean_ok=vc)
-        self.gpu = gpu_info()
+        found = preflight(build=False, lean_ok=vc)  # driver, GPU support: one line each, before any load
+        found.raise_if_failed()
+        trt, self.gpu = found.trt, found.gpu
         self.warnings = check_engine_compat(info, trt.__version__, self.gpu)
         self.shapes = Profile.from_dict(info.profile)
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -69,13 +84,16 @@ class TrtRunner(Runner):
         if engine is None:
             raise ArtifactError(f"TensorRT could not deserialize {self.path.name}: corrupt or foreign plan")
         self.runtime, self.engine = runtime, engine
-        self.context = engine.create_execution_context()
         self.inputs, self.output_names = [], []
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
             (self.inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else self.output_names).append(name)
         self.input_name = self.inputs[0]
-        self.np_dtype = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in self.inputs + self.output_names}
+        self.np_dtype = {n: io_dtype(trt, engine, n, self.path.name) for n in self.inputs + self.output_names}
+        self.context = engine.create_execution_context()
+        if self.context is None:  # TensorRT logs why; the usual cause is device memory
+            raise ArtifactError(f"TensorRT could not create an execution context for {self.path.name} "
+                                "(not enough free GPU memory for its activations?)")
         self.stream = Stream()
         self._buffers: dict[str, Any] = {}
         self._bound: dict[str, tuple[int, tuple[int, ...]]] = {}  # name -> (address, shape) set in the context

@@ -70,11 +70,11 @@ def gpu_info(device: int = 0) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class BuildEnv:
-    """TensorRT with its builder and the GPU to build on, or the reason they are missing."""
+    """TensorRT with its builder and the GPU to build on (both None when no engine is built);
+    made by :func:`twins_deploy.engines.trt.preflight.checked_build_env`."""
 
     trt: ModuleType | None
     gpu: dict[str, Any] | None
-    missing: str | None = None
 
     @property
     def version(self) -> str:
@@ -83,21 +83,3 @@ class BuildEnv:
     @property
     def major(self) -> int | None:
         return trt_major(self.version) if self.trt is not None else None
-
-
-def probe_build_env() -> BuildEnv:
-    """Look for a TensorRT builder and a GPU without raising: callers decide what a
-    missing piece means (``twins-export --fmt trt`` still writes the ONNX model)."""
-    try:
-        trt = import_tensorrt()
-        try:
-            import polygraphy  # noqa: F401 - builds the engines (engines.trt.build)
-        except ImportError:
-            raise BackendUnavailableError("Polygraphy is not installed (it builds the TensorRT engines); "
-                                          "pip install 'twins-deploy[trt]'") from None
-        if not has_builder(trt):
-            raise BackendUnavailableError("the installed TensorRT has no builder (lean runtime only); "
-                                          "pip install 'twins-deploy[trt]'")
-        return BuildEnv(trt, gpu_info())
-    except BackendUnavailableError as e:
-        return BuildEnv(None, None, str(e))

@@ -76,8 +76,13 @@ class FakeCudart(ModuleType):
         name = self._device.name.encode()
         props.name = name + b"\x00" * (256 - len(name))
         props.major, props.minor = self._device.compute_capability
-        props.totalGlobalMem = 80 * 2**30
+        props.totalGlobalMem = self._device.total_memory
         return (self.ok, props)
+
+    def _cudaMemGetInfo(self) -> tuple:
+        if err := self._present():
+            return (err, 0, 0)
+        return (self.ok, self._device.free_memory, self._device.total_memory)
 
     def _cudaDriverGetVersion(self) -> tuple:
         return (self.ok, self._device.driver)

@@ -27,8 +27,10 @@ class Capture:
 class FakeDevice:
     compute_capability: tuple[int, int] = (9, 0)
     name: str = GPU_NAME
-    driver: int = 12080
+    driver: int = 13000  # cudaDriverGetVersion: the CUDA a driver runs (cuda-bindings 13 needs a 13.x one)
     present: bool = True
+    total_memory: int = 80 * 2**30
+    free_memory: int = 79 * 2**30  # cudaMemGetInfo's answer
     next_addr: int = DEVICE_BASE
     memory: dict[int, bytearray] = field(default_factory=dict)
     freed: set[int] = field(default_factory=set)

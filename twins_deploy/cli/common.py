@@ -107,11 +107,16 @@ def add_threshold_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-cosine", type=number(float, -1, 1),
                    help="FP16 and BF16 cosine threshold, -1..1 (default: 0.999)")
     p.add_argument("--min-top1", type=number(float, 0, 1),
-                   help="FP16 top-1 agreement threshold, 0..1 (default: 0.99; BF16: reported, gated only if given)")
+                   help="FP16 top-1 agreement threshold over the decisive samples, 0..1 (default: 1.0; "
+                        "BF16: over all samples, reported, gated only if given)")
+    p.add_argument("--top1-margin", type=number(float, 0, 100),
+                   help="a sample is decisive (its top-1 judged) when its FP32 top-1 margin is at least this many "
+                        "standard deviations of its logits; 0 judges every sample (default: FP16 0.1)")
 
 
 def thresholds_from_args(args: argparse.Namespace) -> dict[str, float | None]:
-    return {"atol": args.atol, "min_cosine": args.min_cosine, "min_top1": args.min_top1}
+    return {"atol": args.atol, "min_cosine": args.min_cosine, "min_top1": args.min_top1,
+            "top1_margin": args.top1_margin}
 
 
 def add_trt_args(p: argparse.ArgumentParser) -> None:
