@@ -141,17 +141,3 @@ def test_a_tensorrt_only_benchmark_stops_before_building_anything(tmp_path, caps
     assert rc == 3 and "TensorRT cannot run here" in err and "pip install 'twins-deploy[trt]'" in err
     assert not out.exists()
 
-
-def test_a_mixed_benchmark_records_the_tensorrt_rows_as_skipped(tmp_path):
-    import json
-
-    from twins_deploy.cli.bench import main as bench_main
-
-    out = tmp_path / "bench"
-    rc = bench_main(["--backends", "ort-cpu,trt-fp16", "--batch", "1", "--img-size", "64", "--min-iters", "1",
-                     "--min-time", "0", "--warmup", "0", "--warmup-time", "0", "--out", str(out), "--name", "t", "-q"])
-    assert rc == 0
-    rows = {r["backend"]: r for r in json.loads((out / "t.json").read_text())["rows"]}
-    assert rows["ort-cpu"]["status"] == "ok"
-    assert rows["trt-fp16"]["status"] == "skipped" and rows["trt-fp16"]["reason"]
-    assert not list((out / ".artifacts").glob("*fp16*"))  # nothing exported for the route that cannot run

@@ -376,19 +376,22 @@ def make_artifacts(req: ArtifactRequest, model: torch.nn.Module | None = None,
     ``functools.partial(Steps, quiet=args.quiet)``); None: silent."""
 
     wants_engine = req.fmt == PLAN_KIND
-    # TensorRT, the driver, the GPU and its free memory first: a machine where no engine can
-    # be built says so (exit 3) before half a minute of ONNX export, not after
-    env = checked_build_env(req.trt.workspace_gib) if wants_engine else BuildEnv(None, None)
-    plan = resolve_precision(req.precision, req.io_fp16, env.major, req.trt.weak_fp16)
-    onnx_path, engine_path = artifact_paths(req, plan)
-    final = engine_path or onnx_path
-    # Every check before any work: what Triton could not serve and an entry in the way, the
-    # engine's profile, an empty folder or a bad image.
+    # Every check before any work, the request's own first (exit 2): what Triton could not serve
+    # and an entry in the way, the engine's profile, an empty folder or a bad image. The final
+    # artifact's name does not depend on the TensorRT line, so the draft plan names it.
+    draft = resolve_precision(req.precision, req.io_fp16, None, req.trt.weak_fp16)
+    final = artifact_paths(req, draft)[1 if wants_engine else 0]
     if req.triton is not None:
         check_entry(req.triton, req.fmt, req.spec, final.stem, overwrite=req.on_existing != "refuse")
     profile = profile_for(req.spec, req.trt.min_hw, req.trt.max_hw) if wants_engine else None
     if req.images:
         check_image_folder(req.images)
+    # then TensorRT, the driver, the GPU and its free memory (exit 3): a machine where no engine
+    # can be built says so before half a minute of ONNX export, not after
+    env = checked_build_env(req.trt.workspace_gib) if wants_engine else BuildEnv(None, None)
+    plan = resolve_precision(req.precision, req.io_fp16, env.major, req.trt.weak_fp16) if wants_engine else draft
+    onnx_path, engine_path = artifact_paths(req, plan)
+    assert (engine_path or onnx_path) == final  # an engine is named for what was asked, not for the line
 
     stages: list[Stage] = [ModelStage()] if model is None else []
     stages.append(OnnxStage(onnx_path, final=not wants_engine, validate=req.validate))
