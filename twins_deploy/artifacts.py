@@ -20,7 +20,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from twins_deploy.engines.trt.env import FULL_MODULES, LEAN_MODULES
 from twins_deploy.errors import ArtifactError, OptionError
 
 
@@ -279,32 +278,12 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     write_bytes_atomic(path, _json_bytes(obj))
 
 
-def trt_distribution() -> tuple[str, str] | None:
-    """(name, version) of the pip distribution that installed the TensorRT module the runner
-    imports (the full one before the lean runtime), or None. Looked up by module, not by the
-    name ``tensorrt``: NVIDIA's wheels install it as tensorrt-cu12, tensorrt-cu13,
-    tensorrt-cu12-bindings, tensorrt_lean_cu12_bindings, ..., and ``tensorrt`` itself may be absent."""
-    provides = metadata.packages_distributions()
-    for module in FULL_MODULES + LEAN_MODULES:
-        for name in provides.get(module, []):
-            try:
-                return name, metadata.version(name)
-            except metadata.PackageNotFoundError:
-                continue
-    return None
-
-
 def tool_versions(extra: tuple[str, ...] = ()) -> dict[str, str | None]:
-    """Installed versions of the tools that shaped an artifact (None if absent); for
-    ``tensorrt``, the version of whichever distribution provides it, named in ``tensorrt-dist``."""
+    """Installed versions of the tools that shaped an artifact (None if absent)."""
     names = ("twins-deploy", "torch", "onnx", "onnxruntime", "onnxslim",
              "onnxconverter-common", "timm", "numpy") + extra
     out: dict[str, str | None] = {"python": platform.python_version()}
     for n in names:
-        if n == "tensorrt":
-            dist = trt_distribution()
-            out[n], out["tensorrt-dist"] = (dist[1], dist[0]) if dist else (None, None)
-            continue
         try:
             out[n] = metadata.version(n)
         except metadata.PackageNotFoundError:
