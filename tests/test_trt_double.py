@@ -3,8 +3,10 @@
 The doubles (tests/trt_doubles) carry NVIDIA's own API descriptions: TensorRT 8.6.1 and
 11.1 binding sources, the 10.13 stubs, the real 11.4 lean runtime module, and the real
 cuda-bindings signatures. An unknown name, an enum member the version lacks, a wrong
-arity or keyword raises there as it would on a GPU. The doubles compute nothing: these
-tests assert calls, flags, shapes, addresses and the artifacts written, never numbers.
+arity or keyword raises there as it would on a GPU. The fake GPU is asynchronous (work runs
+when its stream is synchronized) and an execution computes the engine's outputs with ONNX
+Runtime on the plan's ONNX file, so these tests check the numbers that come back and the
+order things ran in; nothing they produce is a TensorRT result or a timing.
 """
 from __future__ import annotations
 
@@ -193,7 +195,7 @@ def test_timing_cache_none_and_explicit_path(doubles, onnx_cache, tmp_path):
 def test_parser_failure_is_one_clear_error(doubles, onnx_cache, tmp_path, capsys, monkeypatch):
     from trt_doubles.fake_trt import OnnxParserB
 
-    monkeypatch.setattr(OnnxParserB, "_parse", lambda self, model: self._fail("Unsupported operator Foo"))
+    monkeypatch.setattr(OnnxParserB, "_parse", lambda self, model, path: self._fail("Unsupported operator Foo"))
     rc, out = _export(doubles, onnx_cache, tmp_path, "fp32")
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[0].startswith("error: ") and "could not build svt_s_fp32_64x64.onnx" in err[0]
@@ -507,3 +509,276 @@ def test_runner_refuses_io_it_cannot_feed_by_name(doubles, engine, monkeypatch):
     monkeypatch.setattr(ICudaEngineB, "get_tensor_dtype", lambda self, name: _enum(self.mod, "DataType").BF16)
     with pytest.raises(ArtifactError, match=r"tensor 'input' is BF16.*FP32 or FP16 I/O only"):
         open_runner(engine).activate()
+
+
+# -- the asynchronous device: results, ordering, and the mistakes it must show ---------------------
+def _onnx_reference(engine: Path, x: np.ndarray) -> np.ndarray:
+    """What the double's execution computes (ONNX Runtime on the engine's ONNX file)."""
+    from trt_doubles.fake_trt import onnx_session
+
+    plan = read_plan(engine.read_bytes())
+    return onnx_session(plan["onnx"]).run(None, {"input": x})[0]
+
+
+def _check_infer(runner, engine: Path, batch: int = 2) -> None:
+    """infer() returns the execution's outputs for *this* input (a fresh random one, so a
+    stale buffer from an earlier call cannot pass)."""
+    x = np.random.default_rng().standard_normal((batch, 3, 64, 64)).astype(np.float32)
+    (y,) = runner.infer(x)
+    np.testing.assert_allclose(y, _onnx_reference(engine, x), rtol=1e-5, atol=1e-5)
+
+
+def _check_timing_path(runner, engine: Path) -> None:
+    """prepare() captures a graph (after one plain run), and a replay computes this input's
+    outputs. Batch 4: a shape no earlier call ran, so TensorRT's per-shape set-up is due."""
+    from twins_deploy.engines.trt.cuda import copy_dtoh
+
+    x = np.random.default_rng().standard_normal((4, 3, 64, 64)).astype(np.float32)
+    runner.prepare(x)
+    info = runner.describe()
+    assert info["cuda_graph"] is True, info.get("cuda_graph_fallback")
+    out = runner._buffers["logits"]  # the buffer the graph writes
+    host = np.full((4, 1000), np.nan, np.float32)
+    runner.step()
+    copy_dtoh(host, out, runner.stream)
+    runner.sync()
+    np.testing.assert_allclose(host, _onnx_reference(engine, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("line", LINES)
+def test_runner_returns_the_executions_outputs(doubles, engine):
+    """Copies in, execution, copies out and the synchronize, in that order, on each line's
+    runtime: the numbers are the execution's (ONNX Runtime's, never TensorRT's)."""
+    from twins_deploy.engines.opening import open_runner
+
+    with open_runner(engine, use_cuda_graph=True) as r:
+        _check_infer(r, engine, 2)
+        _check_infer(r, engine, 3)  # rebinds larger buffers
+        _check_timing_path(r, engine)
+    order = [w for w in doubles.device.completed if w != "wait"]
+    assert order[:3] == ["cudaMemcpyHostToDevice", "execute", "cudaMemcpyDeviceToHost"]
+    assert "graph:execute" in order and not doubles.device.queues.get(r.stream.handle if r.active else 0)
+
+
+# Each plant is a real edit of the shipped source (the text must still be there: if the code
+# moves, the plant is updated, never dropped); the checks above must fail on every one.
+PLANTS = {
+    "output copy before execute": (
+        "engines/runners/trt.py",
+        "        self._execute()\n        outs = [np.empty(shapes[n], dtype=self.np_dtype[n]) for n in self.output_names]\n"
+        "        for name, arr in zip(self.output_names, outs):\n            copy_dtoh(arr, self._buffers[name], self.stream)\n",
+        "        outs = [np.empty(shapes[n], dtype=self.np_dtype[n]) for n in self.output_names]\n"
+        "        for name, arr in zip(self.output_names, outs):\n            copy_dtoh(arr, self._buffers[name], self.stream)\n"
+        "        self._execute()\n", "Not equal to tolerance"),
+    "missing synchronize": (
+        "engines/runners/trt.py",
+        "        self.stream.synchronize()\n        return [o.astype(np.float32, copy=False) for o in outs]\n",
+        "        return [o.astype(np.float32, copy=False) for o in outs]\n", "Not equal to tolerance"),
+    "missing warm-up before capture": (
+        "engines/runners/trt.py",
+        "        self._execute()  # first run outside any capture: TensorRT's lazy initialisation\n"
+        "        self.stream.synchronize()\n", "        self.stream.synchronize()\n",
+        "returned False during capture"),
+    "wrong profile index": (
+        "engines/runners/trt.py",
+        "engine.get_tensor_profile_shape(self.input_name, 0)", "engine.get_tensor_profile_shape(self.input_name, 1)",
+        "plan's profile for 'input' is missing"),
+}
+
+
+def _planted(monkeypatch, name: str) -> None:
+    """Replace TrtRunner's methods with those of its source with plant ``name`` applied."""
+    import twins_deploy.engines.runners.trt as module
+
+    rel, old, new, _ = PLANTS[name]
+    src = (Path(__file__).resolve().parents[1] / rel).read_text()
+    assert src.count(old) == 1, f"plant {name!r} no longer matches {rel}: update it to the code's new shape"
+    ns: dict = {"__name__": module.__name__}
+    exec(compile(src.replace(old, new), rel, "exec"), ns)
+    changed = [attr for attr, value in vars(ns["TrtRunner"]).items() if callable(value) and not attr.startswith("__")
+               and _code(value) != _code(vars(module.TrtRunner)[attr])]
+    assert changed, f"plant {name!r} changed no method"
+    for attr in changed:  # only the planted methods (the others may use super(), bound to the real class)
+        monkeypatch.setattr(module.TrtRunner, attr, vars(ns["TrtRunner"])[attr])
+
+
+def _code(fn) -> tuple:
+    return fn.__code__.co_code, fn.__code__.co_consts
+
+
+@pytest.mark.parametrize("line", ["11"])
+@pytest.mark.parametrize("plant", list(PLANTS))
+def test_planted_ordering_mistakes_fail_the_checks(doubles, engine, monkeypatch, plant):
+    from twins_deploy.engines.opening import open_runner
+
+    _planted(monkeypatch, plant)
+    with pytest.raises((AssertionError, ArtifactError), match=PLANTS[plant][3]):
+        with open_runner(engine, use_cuda_graph=True) as r:
+            _check_infer(r, engine)
+            _check_timing_path(r, engine)
+
+
+@pytest.mark.parametrize("line", ["10"])
+def test_events_read_before_completion_raise(doubles, torch_cuda, engine, monkeypatch):
+    """The benchmark's event timing reads only completed events: without the final
+    synchronize, elapsed_time fails as torch's does ("device not ready")."""
+    from twins_deploy.bench import timing
+    from twins_deploy.engines.opening import open_runner
+
+    x = np.ones((2, 3, 64, 64), np.float32)
+    with open_runner(engine) as r:
+        t = timing.time_runner(r, x, warmup=1, warmup_s=0, min_iters=3, min_time_s=0)
+        assert t.iterations == 3 and all(np.isnan(t.latency_ms))  # the doubles time nothing
+        src = Path(timing.__file__).read_text()
+        assert src.count("    last.synchronize()\n") == 1
+        ns: dict = {"__name__": timing.__name__}
+        exec(compile(src.replace("    last.synchronize()\n", ""), "timing.py", "exec"), ns)
+        with pytest.raises(RuntimeError, match="device not ready"):
+            ns["time_runner"](r, x, warmup=1, warmup_s=0, min_iters=3, min_time_s=0)
+
+
+@pytest.mark.parametrize("line", ["10"])
+def test_a_plan_built_for_another_gpu_is_refused(doubles, engine, monkeypatch):
+    """Built on SM 9.0, opened on SM 8.6: the manifest check says so first; without it
+    (planted out), TensorRT's runtime refuses the plan itself."""
+    import twins_deploy.engines.runners.trt as module
+    from twins_deploy.engines.opening import open_runner
+
+    doubles.device.compute_capability = (8, 6)
+    with pytest.raises(ArtifactError, match="compute capability|GPU"):
+        open_runner(engine).activate()
+    monkeypatch.setattr(module, "check_engine_compat", lambda *a, **k: [])
+    with pytest.raises(ArtifactError, match="could not deserialize"):
+        open_runner(engine).activate()
+
+
+# -- what the builder and the parser refuse, per line ------------------------------------------
+def _gelu_onnx(path: Path, opset: int, domain: str = "") -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Gelu", ["input"], ["logits"], domain=domain)], "g",
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 8, 8])])
+    ops = [helper.make_opsetid("", opset)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    onnx.save(helper.make_model(g, opset_imports=ops), path)
+
+
+def test_parser_refuses_what_the_line_lacks(doubles, tmp_path):
+    """Gelu is an opset-20 op: 8.6's parser stops at opset 17; 10.x and 11.x import it.
+    A custom-domain op needs a plugin on every line."""
+    from twins_deploy.engines.trt.build import build_engine
+    from twins_deploy.engines.trt.profile import Profile
+
+    shapes = Profile("input", (1, 3, 8, 8), (1, 3, 8, 8), (1, 3, 8, 8))
+    _gelu_onnx(tmp_path / "gelu.onnx", 20)
+    if doubles.line == "8.6":
+        with pytest.raises(ExportError, match="opset 20"):
+            build_engine(tmp_path / "gelu.onnx", shapes, TrtBuildOptions(timing_cache=None), PrecisionPlan())
+    else:
+        data, _ = build_engine(tmp_path / "gelu.onnx", shapes, TrtBuildOptions(timing_cache=None), PrecisionPlan())
+        assert read_plan(data)["onnx"] == str((tmp_path / "gelu.onnx").resolve())
+    _gelu_onnx(tmp_path / "custom.onnx", 17, domain="com.example")
+    with pytest.raises(ExportError, match="No importer registered for op: Gelu"):
+        build_engine(tmp_path / "custom.onnx", shapes, TrtBuildOptions(timing_cache=None), PrecisionPlan())
+
+
+@pytest.mark.parametrize("line, cc, ok", [("8.6", (10, 0), False), ("8.6", (7, 0), True), ("10", (7, 0), False),
+                                          ("10", (12, 0), True), ("11", (7, 0), False), ("11", (7, 5), True)])
+def test_builder_refuses_a_gpu_the_line_does_not_support(doubles, tmp_path, cc, ok):
+    """Below the preflight (which says it first): the builder itself refuses, as TensorRT's does."""
+    from twins_deploy.engines.trt.build import build_engine
+    from twins_deploy.engines.trt.profile import Profile
+
+    doubles.device.compute_capability = cc
+    _tiny_onnx(tmp_path / "m.onnx")
+    shapes = Profile("input", (1, 3, 8, 8), (1, 3, 8, 8), (1, 3, 8, 8))
+    if ok:
+        data, _ = build_engine(tmp_path / "m.onnx", shapes, TrtBuildOptions(timing_cache=None), PrecisionPlan())
+        assert read_plan(data)["compute_capability"] == list(cc)
+    else:
+        with pytest.raises(ExportError, match=f"Unsupported SM: 0x{cc[0]}{cc[1]}"):
+            build_engine(tmp_path / "m.onnx", shapes, TrtBuildOptions(timing_cache=None), PrecisionPlan())
+
+
+@pytest.mark.parametrize("line", ["8.6", "11"])
+def test_serialized_plans_are_buffers_not_bytes(doubles, tmp_path):
+    """IHostMemory has the buffer protocol only: len() or slicing it is a TypeError on a GPU."""
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath
+
+    _tiny_onnx(tmp_path / "m.onnx")
+    network = NetworkFromOnnxPath(str(tmp_path / "m.onnx"), strongly_typed=doubles.line != "8.6")
+    plan = EngineBytesFromNetwork(network, config=CreateConfig())()
+    assert type(plan).__name__ == "IHostMemory" and plan and plan.nbytes == len(bytes(plan))
+    assert bytes(memoryview(plan)).startswith(PLAN_MAGIC)
+    for misuse in (len, lambda p: p[:4], list, lambda p: b"x" + p):
+        with pytest.raises(TypeError):
+            misuse(plan)
+
+
+# -- the default path: build, then validate against PyTorch, on every line ------------------------
+@pytest.fixture(scope="module")
+def validated_onnx(tmp_path_factory):
+    """The ONNX an engine export reuses only when it was validated: made once per graph."""
+    made: dict[tuple, Path] = {}
+
+    def get(precision: str, io: list[str], out: Path) -> None:
+        key = (precision, tuple(io))
+        if key not in made:
+            made[key] = tmp_path_factory.mktemp("validated")
+            assert export_main([*MODEL, "--fmt", "onnx", "--precision", precision, "--out-dir", str(made[key]),
+                                "-q", *io]) == 0
+        out.mkdir(parents=True, exist_ok=True)
+        for f in made[key].iterdir():
+            _link(f, out / f.name)
+
+    return get
+
+
+@pytest.mark.parametrize("precision, io", [("fp32", []), ("fp16", ["--io-fp16"])], ids=["fp32", "fp16-io-fp16"])
+def test_default_export_builds_then_validates(doubles, validated_onnx, tmp_path, capsys, precision, io):
+    """``twins-export --fmt trt`` as a user runs it (no --no-validate): the engine is built,
+    opened with the TensorRT runner on this line's runtime, and compared with PyTorch. With
+    --io-fp16 the engine's I/O is FP16 (8.6 has no strongly typed FP16 graph: refused)."""
+    out = tmp_path / "o"
+    if doubles.line != "8.6" or not io:
+        validated_onnx(precision, io, out)
+    rc = export_main([*MODEL, "--fmt", "trt", "--precision", precision, "--out-dir", str(out), "-q", *io])
+    err = capsys.readouterr().err
+    if io and doubles.line == "8.6":
+        assert rc != 0 and "--io-fp16" in err
+        return
+    assert rc == 0, err
+    plan_file = out / f"svt_s_{precision}_64x64{'_iofp16' if io else ''}.plan"
+    m, plan = read_manifest(plan_file), read_plan(plan_file.read_bytes())
+    v = m.validation
+    assert v["passed"] and v["candidate"] == f"trt-{precision}" and v["candidate_info"]["device"] == "cuda"
+    assert v["reference"].startswith("torch-fp32")
+    assert {s["case"] for s in v["stats"]} >= {"random b=1 64x64", "random b=4 64x64"}  # the profile's ends
+    assert {t["dtype"] for t in plan["inputs"] + plan["outputs"]} == {"HALF" if io else "FLOAT"}
+    if precision == "fp32":
+        assert max(s["max_abs"] for s in v["stats"]) <= v["thresholds"]["atol"]
+
+
+@pytest.mark.parametrize("line", ["10"])
+def test_default_export_refuses_an_engine_whose_numbers_are_wrong(doubles, validated_onnx, tmp_path, capsys,
+                                                                  monkeypatch):
+    """The validation judges what the engine computed: an execution with a wrong result
+    (here the logits' sign flipped) fails the export (exit 1); the plan stays, marked failed, as
+    docs/validation.md says, so it is never reused as a good one."""
+    from trt_doubles.fake_trt import ICudaEngineB
+
+    real = ICudaEngineB.compute
+
+    def flipped(self, io):
+        real(self, io)
+        addr, shape, _ = io["logits"]
+        nbytes = int(np.prod(shape)) * 4
+        self.mod._device.write(addr, (-np.frombuffer(self.mod._device.read(addr, nbytes), np.float32)).tobytes())
+
+    monkeypatch.setattr(ICudaEngineB, "compute", flipped)
+    out = tmp_path / "o"
+    validated_onnx("fp32", [], out)
+    rc = export_main([*MODEL, "--fmt", "trt", "--precision", "fp32", "--out-dir", str(out), "-q"])
+    assert rc == 1 and "svt_s_fp32_64x64.plan failed validation" in capsys.readouterr().err
+    assert read_manifest(out / "svt_s_fp32_64x64.plan").passed is False and not list(out.glob("*.partial"))

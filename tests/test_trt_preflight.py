@@ -124,6 +124,17 @@ def test_cuda_bindings_must_fit_the_driver_too(monkeypatch, tmp_path, wheel_cuda
     assert problem.startswith("cuda-bindings (cuda-python) needs a driver for CUDA 13")
 
 
+def test_a_missing_polygraphy_is_a_build_problem_only(monkeypatch, tmp_path, wheel_cuda):
+    """Polygraphy builds the engines: without it building is refused, running a plan is not."""
+    import sys
+
+    _install(monkeypatch, tmp_path, "10")
+    monkeypatch.setitem(sys.modules, "polygraphy.backend.trt", None)
+    (problem,) = pf.preflight(build=True).problems
+    assert problem.startswith("Polygraphy is not installed") and "pip install" in problem
+    assert pf.preflight(build=False).problems == []
+
+
 def test_no_gpu_is_one_clear_line(monkeypatch, tmp_path, wheel_cuda):
     _install(monkeypatch, tmp_path, "11", present=False)
     (problem,) = pf.preflight(build=True).problems

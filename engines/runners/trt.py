@@ -89,6 +89,7 @@ class TrtRunner(Runner):
             name = engine.get_tensor_name(i)
             (self.inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else self.output_names).append(name)
         self.input_name = self.inputs[0]
+        self._check_profile(engine)
         self.np_dtype = {n: io_dtype(trt, engine, n, self.path.name) for n in self.inputs + self.output_names}
         self.context = engine.create_execution_context()
         if self.context is None:  # TensorRT logs why; the usual cause is device memory
@@ -102,6 +103,17 @@ class TrtRunner(Runner):
         self._prepared_shape: tuple[int, ...] | None = None  # the input prepare() staged for step()
         self._step_ready = False  # the context is bound as prepare() left it
         self.graph_fallback: str | None = None
+
+    def _check_profile(self, engine: Any) -> None:
+        """The plan's optimization profile 0 (the one a new context runs with) is the truth
+        the manifest's shapes stand for: a manifest that disagrees would let a shape through
+        that TensorRT refuses, or refuse one it takes."""
+        found = [tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(self.input_name, 0)]
+        said = [self.shapes.min, self.shapes.opt, self.shapes.max]
+        if self.shapes.input != self.input_name or found != [tuple(s) for s in said]:
+            raise ArtifactError(f"{self.path.name}: the plan's profile for {self.input_name!r} is "
+                                f"{found or 'missing'} but its manifest says {self.shapes.input!r} {said}; "
+                                "rebuild the engine with twins-export --fmt trt")
 
     def _deactivate(self) -> None:
         self._drop_graph()

@@ -159,10 +159,12 @@ def _module(build: bool, lean_ok: bool) -> tuple[ModuleType | None, list[str]]:
         return trt, []
     if not has_builder(trt):
         return trt, [f"the installed TensorRT {trt.__version__} has no builder (lean runtime only); {INSTALL_HINT}"]
+    from twins_deploy.engines.trt.build import _polygraphy
+
     try:
-        import polygraphy  # noqa: F401 - builds the engines (engines.trt.build)
-    except ImportError:
-        return trt, ["Polygraphy is not installed (it builds the TensorRT engines): pip install 'twins-deploy[trt]'"]
+        _polygraphy()  # it builds the engines: the same check and message as the build's own
+    except BackendUnavailableError as e:
+        return trt, [str(e)]
     return trt, []
 
 

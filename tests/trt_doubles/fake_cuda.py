@@ -96,7 +96,14 @@ class FakeCudart(ModuleType):
             return (err, 0)
         return (self.ok, self._device.malloc(int(size)))
 
+    def _finish_all(self) -> None:
+        """cudaFree and cudaFreeHost synchronize the device before freeing (CUDA runtime API,
+        "API synchronization behavior"): pending work still runs on the memory it was given."""
+        for stream in list(self._device.queues):
+            self._device.complete(stream)
+
     def _cudaFree(self, devPtr: int) -> tuple:
+        self._finish_all()
         return (self.ok if self._device.free(int(devPtr)) else self._err("cudaErrorInvalidValue"),)
 
     def _cudaMallocHost(self, size: int) -> tuple:
@@ -105,33 +112,38 @@ class FakeCudart(ModuleType):
         return (self.ok, self._device.malloc_host(int(size)))
 
     def _cudaFreeHost(self, ptr: int) -> tuple:
+        self._finish_all()
         return (self.ok if self._device.free_host(int(ptr)) else self._err("cudaErrorInvalidValue"),)
 
     def _cudaMemcpyAsync(self, dst: int, src: int, count: int, kind: Any, stream: Any) -> tuple:
+        """Checked now, done when the stream gets to it (see fake_device): the source is read
+        and the destination written at completion, not at the call."""
         kinds = self._real.cudaMemcpyKind
         dst, src, count, stream = int(dst), int(src), int(count), self._int(stream)
-        if stream not in self._device.streams:
+        dev = self._device
+        if stream not in dev.streams:
             return (self._err("cudaErrorInvalidResourceHandle"),)
         if kind == kinds.cudaMemcpyHostToDevice:
-            buf = self._device.device_span(dst, count)
-            if buf is None:
+            if dev.device_span(dst, count) is None:
                 return (self._err("cudaErrorInvalidValue"),)
-            pinned = self._device.is_pinned(src, count)
-            data = ctypes.string_at(src, count)
+            pinned = dev.is_pinned(src, count)
+
+            def run() -> None:
+                dev.write(dst, ctypes.string_at(src, count))
         elif kind == kinds.cudaMemcpyDeviceToHost:
-            buf = self._device.device_span(src, count)
-            if buf is None:
+            if dev.device_span(src, count) is None:
                 return (self._err("cudaErrorInvalidValue"),)
-            pinned = self._device.is_pinned(dst, count)
-            ctypes.memset(dst, 0, count)  # the double computes nothing: outputs read back as zeros
-            data = b""
+            pinned = dev.is_pinned(dst, count)
+
+            def run() -> None:
+                ctypes.memmove(dst, dev.read(src, count), count)
         else:
             return (self._err("cudaErrorInvalidMemcpyDirection"),)
-        if stream in self._device.captures:
-            self._device.captures[stream].launches.append({"copy": kind.name, "count": count})
+        if stream in dev.captures:
+            dev.captures[stream].launches.append({"copy": kind.name, "count": count})
         else:
-            self._device.copies.append({"kind": kind.name, "count": count, "pinned": pinned, "stream": stream,
-                                        "bytes": len(data)})
+            dev.copies.append({"kind": kind.name, "count": count, "pinned": pinned, "stream": stream, "bytes": count})
+        dev.submit(stream, kind.name, run)
         return (self.ok,)
 
     # -- streams ---------------------------------------------------------------------------------------
@@ -143,13 +155,20 @@ class FakeCudart(ModuleType):
         return (self.ok, self._real.cudaStream_t(init_value=h))
 
     def _cudaStreamSynchronize(self, stream: Any) -> tuple:
-        ok = self._int(stream) in self._device.streams
-        return (self.ok if ok else self._err("cudaErrorInvalidResourceHandle"),)
+        h = self._int(stream)
+        if h not in self._device.streams:
+            return (self._err("cudaErrorInvalidResourceHandle"),)
+        if h in self._device.captures:  # synchronizing a capturing stream breaks the capture
+            self._device.captures[h].invalidated = True
+            return (self._err("cudaErrorStreamCaptureUnsupported"),)
+        self._device.complete(h)
+        return (self.ok,)
 
     def _cudaStreamDestroy(self, stream: Any) -> tuple:
         h = self._int(stream)
         if h not in self._device.streams:
             return (self._err("cudaErrorInvalidResourceHandle"),)
+        self._device.drop(h)
         self._device.streams.discard(h)
         return (self.ok,)
 
@@ -182,8 +201,11 @@ class FakeCudart(ModuleType):
         return (self.ok, self._real.cudaGraphExec_t(init_value=h))
 
     def _cudaGraphLaunch(self, graphExec: Any, stream: Any) -> tuple:
+        """Replay: the captured work is enqueued again on ``stream``, with the addresses and
+        shapes it was captured with."""
         cap = self._device.execs.get(self._int(graphExec))
-        if cap is None or self._int(stream) not in self._device.streams:
+        h = self._int(stream)
+        if cap is None or h not in self._device.streams:
             return (self._err("cudaErrorInvalidValue"),)
         for rec in cap.launches:
             if "addresses" in rec:
@@ -191,6 +213,8 @@ class FakeCudart(ModuleType):
                     if self._device.device_span(addr, nbytes) is None:
                         return (self._err("cudaErrorIllegalAddress"),)  # replay onto freed memory
         self._device.launches.append({"graph": self._int(graphExec), "replayed": len(cap.launches)})
+        for what, run in cap.ops:
+            self._device.submit(h, f"graph:{what}", run)
         return (self.ok,)
 
     def _cudaGraphExecDestroy(self, graphExec: Any) -> tuple:

@@ -1,13 +1,25 @@
-"""The state a TensorRT double and a CUDA double share: a pretend GPU that computes nothing.
+"""The state a TensorRT double and a CUDA double share: a pretend GPU, asynchronous as CUDA is.
 
-Device memory is bookkeeping (address -> size) with 256-byte aligned addresses in a range
-no host pointer uses; host copies read and write the real host buffers (so a copy from a
-wrong or freed host address fails loudly); streams, graphs and captures are records.
-Nothing here produces a number anyone could mistake for a measurement.
+Device memory is real bytes at 256-byte aligned addresses in a range no host pointer uses.
+Work is *ordered, not done*, when it is enqueued: a copy or an engine execution goes into
+its stream's queue and runs only when that stream is synchronized, an event recorded after
+it is synchronized, or another stream waiting on it completes. A copy reads its source and
+writes its destination when it runs, so a result read before the synchronize is whatever
+the host buffer held, and an output copy enqueued before the execution copies the old
+device bytes. Graph capture records the work; each replay enqueues it again.
+
+The double is stricter than CUDA in one place: CUDA completes a device-to-host copy into
+pageable memory before cudaMemcpyAsync returns; here every copy waits for its stream, so
+code that forgets to synchronize fails whether its host buffers are pinned or not.
+
+Nothing here times anything: engine outputs are computed (by the TensorRT double, with
+ONNX Runtime on the engine's ONNX file) so that ordering mistakes show in the numbers,
+and no duration is ever produced.
 """
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,9 +29,19 @@ GPU_NAME = "TensorRT test double (no device)"
 
 
 @dataclass
+class Op:
+    """One piece of enqueued work: ``run`` does it (reads and writes memory) when it completes."""
+
+    seq: int
+    what: str
+    run: Callable[[], None]
+
+
+@dataclass
 class Capture:
     stream: int
     launches: list[dict[str, Any]] = field(default_factory=list)
+    ops: list[tuple[str, Callable[[], None]]] = field(default_factory=list)  # replayed by each launch
     invalidated: bool = False
 
 
@@ -45,6 +67,10 @@ class FakeDevice:
     launches: list[dict[str, Any]] = field(default_factory=list)  # executed (not captured) enqueues
     copies: list[dict[str, Any]] = field(default_factory=list)
     capturable: bool = True  # False: the engine's enqueue cannot be captured (trtexec falls back)
+    queues: dict[int, list[Op]] = field(default_factory=dict)  # stream handle -> work not yet done
+    completed: list[str] = field(default_factory=list)  # what ran, in the order it ran
+    dropped: list[str] = field(default_factory=list)  # work of streams destroyed before it completed
+    seq: int = 0
 
     # -- memory ------------------------------------------------------------------------------
     def malloc(self, size: int) -> int:
@@ -71,13 +97,29 @@ class FakeDevice:
 
     def device_span(self, addr: int, nbytes: int) -> bytearray | None:
         """The allocation holding [addr, addr + nbytes), or None (unknown, freed, too small)."""
+        found = self.locate(addr, nbytes)
+        return None if found is None else found[0]
+
+    def locate(self, addr: int, nbytes: int) -> tuple[bytearray, int] | None:
+        """(allocation, offset of ``addr`` in it) for [addr, addr + nbytes), or None."""
         for base, buf in self.memory.items():
             if base <= addr and addr + nbytes <= base + len(buf):
-                return buf
-        for base, size in self.external.items():
-            if base <= addr and addr + nbytes <= base + size:
-                return bytearray(0)
+                return buf, addr - base
         return None
+
+    def read(self, addr: int, nbytes: int) -> bytes:
+        found = self.locate(addr, nbytes)
+        if found is None:
+            raise RuntimeError(f"illegal address: device read of {nbytes} bytes at {addr:#x}")
+        buf, off = found
+        return bytes(buf[off:off + nbytes])
+
+    def write(self, addr: int, data: bytes) -> None:
+        found = self.locate(addr, len(data))
+        if found is None:
+            raise RuntimeError(f"illegal address: device write of {len(data)} bytes at {addr:#x}")
+        buf, off = found
+        buf[off:off + len(data)] = data
 
     def is_pinned(self, addr: int, nbytes: int) -> bool:
         return any(base <= addr and addr + nbytes <= base + len(buf) for base, buf in self.pinned.items())
@@ -87,8 +129,8 @@ class FakeDevice:
         self.next_handle += 0x10
         return self.next_handle
 
-    def enqueue(self, stream: int, record: dict[str, Any]) -> bool:
-        """An enqueue on ``stream``: captured into its graph or recorded as executed.
+    def enqueue(self, stream: int, record: dict[str, Any], run: Callable[[], None] | None = None) -> bool:
+        """An engine enqueue on ``stream``: captured into its graph, or recorded and queued.
         Returns False when the stream is capturing and the engine cannot be captured."""
         cap = self.captures.get(stream)
         if cap is not None:
@@ -96,6 +138,40 @@ class FakeDevice:
                 cap.invalidated = True
                 return False
             cap.launches.append(record)
+            if run is not None:
+                cap.ops.append(("execute", run))
             return True
         self.launches.append(record)
+        if run is not None:
+            self.submit(stream, "execute", run)
         return True
+
+    # -- asynchronous work -------------------------------------------------------------------------
+    def submit(self, stream: int, what: str, run: Callable[[], None]) -> int:
+        """Queue ``run`` on ``stream`` (or into its capture); returns its sequence number."""
+        cap = self.captures.get(stream)
+        if cap is not None:
+            cap.ops.append((what, run))
+            return self.seq
+        self.seq += 1
+        self.queues.setdefault(stream, []).append(Op(self.seq, what, run))
+        return self.seq
+
+    def mark(self, stream: int) -> int:
+        """An event recorded on ``stream`` now: the sequence number it completes at."""
+        return self.seq
+
+    def complete(self, stream: int, upto: int | None = None) -> None:
+        """Run ``stream``'s queued work in order (up to sequence ``upto``)."""
+        queue = self.queues.get(stream, [])
+        while queue and (upto is None or queue[0].seq <= upto):
+            op = queue.pop(0)
+            self.completed.append(op.what)
+            op.run()
+
+    def pending(self, stream: int, upto: int | None = None) -> bool:
+        return any(upto is None or op.seq <= upto for op in self.queues.get(stream, []))
+
+    def drop(self, stream: int) -> None:
+        """A destroyed stream's unfinished work: never run (its host buffers may be gone)."""
+        self.dropped += [op.what for op in self.queues.pop(stream, [])]

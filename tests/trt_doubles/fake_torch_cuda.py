@@ -3,8 +3,12 @@
 ``CudaTensor`` is a torch CUDA tensor as far as ``TrtRunner.infer_torch`` can tell
 (``is_cuda``, ``device``, ``dtype``, ``shape``, ``data_ptr``, ``to``, ``contiguous``); its
 memory is registered with the fake device, so TensorRT's double accepts its address.
-Streams get handles the TensorRT double knows; events measure nothing: ``elapsed_time``
-is NaN, so no number from a run under the doubles can pass for a timing.
+Streams get handles the TensorRT double knows and share the fake device's queues: a
+stream's ``synchronize`` completes its work, ``wait_stream`` orders one stream after the
+work another has enqueued so far, an event completes what was enqueued before it was
+recorded. Events measure nothing: ``elapsed_time`` is NaN once both events completed (and
+raises, as torch does, before), so no number from a run under the doubles can pass for a
+timing.
 """
 from __future__ import annotations
 
@@ -51,23 +55,41 @@ class Stream:
     def wait_stream(self, other: Stream) -> None:
         self.waited_on.append(other.cuda_stream)
         ORDER.append(("wait", self.cuda_stream, other.cuda_stream))
+        dev, theirs, upto = self._dev, other.cuda_stream, self._dev.mark(other.cuda_stream)
+        dev.submit(self.cuda_stream, "wait", lambda: dev.complete(theirs, upto))
 
     def synchronize(self) -> None:
         ORDER.append(("sync", self.cuda_stream, None))
+        self._dev.complete(self.cuda_stream)
 
 
 class Event:
     def __init__(self, enable_timing: bool = False) -> None:
         self.recorded_on: int | None = None
+        self._dev: FakeDevice | None = None
+        self._at = 0
 
     def record(self, stream: Stream | None = None) -> None:
-        self.recorded_on = None if stream is None else stream.cuda_stream
+        stream = stream if stream is not None else _CURRENT[0]
+        self.recorded_on, self._dev = stream.cuda_stream, stream._dev
+        self._at = self._dev.mark(stream.cuda_stream)
+
+    def query(self) -> bool:
+        return self._dev is None or not self._dev.pending(self.recorded_on, self._at)
 
     def synchronize(self) -> None:
-        return None
+        if self._dev is not None:
+            self._dev.complete(self.recorded_on, self._at)
 
     def elapsed_time(self, end: Event) -> float:
-        return float("nan")  # the doubles compute nothing, and time nothing
+        if self._dev is None or end._dev is None:
+            raise RuntimeError("Both events must be recorded before calculating elapsed time.")
+        if not (self.query() and end.query()):
+            raise RuntimeError("CUDA error: device not ready")  # cudaEventElapsedTime before completion
+        return float("nan")  # the doubles time nothing
+
+
+_CURRENT: list[Stream] = []
 
 
 def install(monkeypatch: pytest.MonkeyPatch, device: FakeDevice) -> None:
@@ -75,6 +97,7 @@ def install(monkeypatch: pytest.MonkeyPatch, device: FakeDevice) -> None:
     real_empty = torch.empty
     ORDER.clear()
     default = Stream(device)
+    _CURRENT[:] = [default]
 
     def empty(*size: Any, dtype: torch.dtype | None = None, device: Any = None, **kw: Any) -> Any:
         if device is not None and torch.device(device).type == "cuda":
@@ -89,8 +112,9 @@ def install(monkeypatch: pytest.MonkeyPatch, device: FakeDevice) -> None:
     monkeypatch.setattr(torch.cuda, "ExternalStream", lambda handle, *a, **k: _external(fake, handle))
     monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: default)
     monkeypatch.setattr(torch.cuda, "Event", Event)
-    for name in ("reset_peak_memory_stats", "empty_cache", "synchronize"):
+    for name in ("reset_peak_memory_stats", "empty_cache"):
         monkeypatch.setattr(torch.cuda, name, lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: [fake.complete(h) for h in list(fake.queues)])
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: 0)
     props = type("Props", (), {"name": device.name, "major": device.compute_capability[0],
                                "minor": device.compute_capability[1], "total_memory": 0})

@@ -7,11 +7,20 @@ AttributeError, a read-only property refuses assignment, an enum member the vers
 lacks raises AttributeError, a call that binds to no overload (wrong arity, unknown
 keyword, keyword to a positional-only parameter) raises TypeError.
 
-The *behaviour* is ours and minimal: the classes below (named after the TensorRT class)
-record what is asked and answer with shapes, flags and addresses — never numbers. A
-surface method without behaviour raises NotImplementedError, so a test never passes
-through something the double does not model. Behaviour for a name the version lacks is
-unreachable: the surface decides what exists.
+The *behaviour* is ours: the classes below (named after the TensorRT class) record what
+is asked and answer with shapes, flags and addresses. They refuse what TensorRT refuses,
+per line, from NVIDIA's sources (``PARSER`` and ``BUILDER_SM`` below): an operator or
+opset the line's ONNX parser lacks, a GPU architecture the line does not build for, a
+plan from another version or GPU; ``IHostMemory`` is a buffer, not ``bytes`` (no ``len``,
+no slicing). A surface method without behaviour raises NotImplementedError, so a test
+never passes through something the double does not model. Behaviour for a name the
+version lacks is unreachable: the surface decides what exists.
+
+An execution is enqueued on the fake device's stream (see fake_device) and, when the
+stream gets to it, computes the engine's outputs with ONNX Runtime on the ONNX file the
+network was parsed from, reading and writing device memory. That makes ordering mistakes
+(a copy before the execution, a missing synchronize) visible as wrong numbers; it is
+ONNX Runtime's arithmetic, never TensorRT's, and never a timing.
 
 A "plan" built by the double is ``PLAN_MAGIC`` + JSON of what was built; the double's
 runtime deserializes only those. It can never be mistaken for a real engine.
@@ -31,6 +40,43 @@ from .fake_device import ALIGN, FakeDevice
 
 PLAN_MAGIC = b"TRT-TEST-DOUBLE-PLAN\x00"
 _UNSET = object()
+
+# What each line's ONNX parser takes, by the double's version (major, minor): the newest
+# opset and the default-domain ops it has no importer for. Sources: onnx-tensorrt
+# docs/operators.md at 8.6-GA (opset <= 17; Gelu, GroupNormalization, Attention absent),
+# 10.1 (opset 9-20, Gelu and GroupNormalization added) and 10.15 ("opset 9 to opset 24";
+# Attention from 10.14); for 11.x NVIDIA's ONNX opset guide (max opset 25 from 11.5, so 24
+# for 11.0-11.4). Kept apart from the project's own table (exporters/trt_ops.py) on purpose:
+# a test built on one copy cannot confirm the other.
+PARSER = {
+    (8, 6): (17, {"Gelu", "GroupNormalization", "Attention", "RMSNormalization", "RotaryEmbedding"}),
+    (10, 13): (20, {"Attention", "RMSNormalization", "RotaryEmbedding"}),
+    (11, 4): (24, set()),
+}
+ONNX_DOMAINS = {"", "ai.onnx"}  # anything else needs a plugin, which the double has none of
+
+# The compute capabilities each line builds and runs for: TensorRT 8.6 support matrix
+# (SM 5.0-9.0: Maxwell to Hopper, no Blackwell); 10.5 release notes drop Volta (SM 7.0,
+# 7.2), 10.8 adds Blackwell (SM 10.0, 12.0); 11.x (CUDA 13) Turing and newer.
+BUILDER_SM = {
+    (8, 6): ((5, 0), (9, 0)),
+    (10, 13): ((7, 5), (12, 9)),
+    (11, 4): ((7, 5), (12, 9)),
+}
+
+_SESSIONS: dict[tuple, Any] = {}  # ONNX Runtime sessions by file identity (tests hard-link the same ONNX)
+
+
+def onnx_session(path: str) -> Any:
+    import onnxruntime as ort
+
+    st = Path(path).stat()
+    key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    if key not in _SESSIONS:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        _SESSIONS[key] = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    return _SESSIONS[key]
 
 
 class TrtEnum(enum.Enum):
@@ -143,6 +189,12 @@ class FakeTrtModule(ModuleType):
             return self._classes[qual]
         spec = classes[qual]
         short = qual.rsplit(".", 1)[-1]
+        inherited = self._inherited_enum(qual, classes)
+        if inherited is not None:  # Logger.Severity is ILogger.Severity in the real module: one enum
+            cls = self._make(inherited, classes)
+            self._classes[qual] = cls
+            type.__setattr__(self._classes[qual.rsplit(".", 1)[0]], short, cls)
+            return cls
         if spec["enum"] is not None:
             cls: type = TrtEnum(short, [(m, i) for i, m in enumerate(dict.fromkeys(spec["enum"]))])
             cls.__qualname__ = qual
@@ -170,6 +222,7 @@ class FakeTrtModule(ModuleType):
             ns["__setattr__"] = _strict_setattr
             if short == "IHostMemory":
                 ns["__getattribute__"] = _surface_only_getattribute
+                ns.update(_NOT_BYTES)
             cls = type(short, bases, ns)
         self._classes[qual] = cls
         if "." in qual:
@@ -178,6 +231,18 @@ class FakeTrtModule(ModuleType):
         else:
             setattr(self, qual, cls)
         return cls
+
+    @staticmethod
+    def _inherited_enum(qual: str, classes: dict[str, Any]) -> str | None:
+        """The base class's nested enum that ``qual`` re-exports (same name, same members)."""
+        if "." not in qual or classes[qual]["enum"] is None:
+            return None
+        owner, short = qual.rsplit(".", 1)
+        for base in classes.get(owner, {}).get("bases", []):
+            other = classes.get(f"{base}.{short}")
+            if other is not None and sorted(other["enum"] or []) == sorted(classes[qual]["enum"]):
+                return f"{base}.{short}"
+        return None
 
     def _behaviour(self, qual: str, **state: Any) -> Behaviour:
         return self._behaviours.get(qual, Behaviour)(self, **state)
@@ -274,6 +339,24 @@ def _surface_only_getattribute(self: Any, name: str) -> Any:
     return object.__getattribute__(self, name)
 
 
+def _not_a_sequence(name: str) -> Any:
+    def refuse(self: Any, *args: Any) -> Any:
+        raise TypeError(f"'IHostMemory' object does not support {name} (it is a buffer: use memoryview or bytes())")
+
+    return refuse
+
+
+# The real IHostMemory offers the buffer protocol and nothing of ``bytes``: len(), indexing,
+# slicing, iteration, ``in`` and ``+`` raise TypeError; it is always truthy; equal only to itself.
+_NOT_BYTES = {
+    "__len__": _not_a_sequence("len()"), "__getitem__": _not_a_sequence("indexing or slicing"),
+    "__iter__": _not_a_sequence("iteration"), "__contains__": _not_a_sequence("'in'"),
+    "__add__": _not_a_sequence("+"), "__radd__": _not_a_sequence("+"), "__mul__": _not_a_sequence("*"),
+    "__bool__": lambda self: True, "__eq__": lambda self, other: self is other, "__ne__": lambda self, other: self is not other,
+    "__hash__": object.__hash__,
+}
+
+
 # -- behaviour -----------------------------------------------------------------------------------
 def _enum(mod: FakeTrtModule, qual: str) -> type:
     return mod._classes[qual]
@@ -357,6 +440,12 @@ class BuilderB(Behaviour):
             _log(self.logger, "ERROR", f"Network has dynamic or shape inputs, but no optimization profile for {missing}")
             return None
         gpu = mod._device
+        lo, hi = BUILDER_SM[mod.version_tuple[:2]]
+        if not lo <= tuple(gpu.compute_capability) <= hi:
+            cc = "".join(map(str, gpu.compute_capability))
+            _log(self.logger, "ERROR", f"1: [caskBuilderUtils.cpp::trtSmToCask] Error Code 1: Internal Error "
+                                       f"(Unsupported SM: 0x{cc})")
+            return None
         plan = {
             "version": mod.__version__, "network_flags": sorted(net.flag_names()), "builder_flags": sorted(cfg.flags),
             "strongly_typed": strongly, "memory_pools": {k: v for k, v in cfg.pools.items()},
@@ -366,6 +455,7 @@ class BuilderB(Behaviour):
             "inputs": [t.describe() for t in net.inputs], "outputs": [t.describe() for t in net.outputs],
             "profiles": [{k: [list(s) for s in v] for k, v in p.shapes.items()} for p in cfg.profiles],
             "timing_cache": cfg.timing_cache is not None,
+            "onnx": net.onnx_path,
         }
         if cfg.timing_cache is not None:
             cache = object.__getattribute__(cfg.timing_cache, "_b")
@@ -384,6 +474,7 @@ class INetworkDefinitionB(Behaviour):
         self.outputs: list[TensorB] = []
         self.name = "network"
         self.num_layers = 0
+        self.onnx_path: str | None = None  # the file the parser read: the double's engines compute with it
 
     def flag_names(self) -> set[str]:
         enum_cls = _enum(self.mod, "NetworkDefinitionCreationFlag")
@@ -457,17 +548,29 @@ class OnnxParserB(Behaviour):
         path = Path(model)
         if not path.is_file():
             return self._fail(f"Failed to open file: {model}")
-        return self._parse(onnx.load(str(path), load_external_data=False))
+        return self._parse(onnx.load(str(path), load_external_data=False), str(path.resolve()))
 
     def parse(self, model: Any, path: Any = None) -> bool:
         import onnx
 
-        return self._parse(onnx.load_from_string(bytes(model)))
+        return self._parse(onnx.load_from_string(bytes(model)), str(path) if path else None)
 
-    def _parse(self, model: Any) -> bool:
+    def _parse(self, model: Any, path: str | None) -> bool:
         net = object.__getattribute__(self.network, "_b")
         if self.mod.major < 10 and not net.has_flag("EXPLICIT_BATCH"):
             return self._fail("Network must have explicit batch dimension (create it with EXPLICIT_BATCH)")
+        max_opset, absent = PARSER[self.mod.version_tuple[:2]]
+        opset = max((o.version for o in model.opset_import if o.domain in ONNX_DOMAINS), default=0)
+        if opset > max_opset:
+            return self._fail(f"Unsupported ONNX opset {opset}: TensorRT {self.mod.__version__} parses opsets up "
+                              f"to {max_opset}")
+        for i, node in enumerate(model.graph.node):
+            if node.domain not in ONNX_DOMAINS or node.op_type in absent:
+                self.errors.append(self.mod.new(
+                    "ParserError", desc_text=f"No importer registered for op: {node.op_type}", node_index=i,
+                    name=node.name, op=node.op_type))
+                return False
+        net.onnx_path = path
         inits = {i.name for i in model.graph.initializer}
         for kind, values in (("input", [v for v in model.graph.input if v.name not in inits]),
                              ("output", list(model.graph.output))):
@@ -683,7 +786,7 @@ class RuntimeB(Behaviour):
         if (level == "AMPERE_PLUS" and cc[0] < 8) or (level in (None, "NONE") and cc != plan["compute_capability"]):
             _log(self.logger, "ERROR", "The engine plan file is generated on an incompatible device")
             return None
-        return mod.new("ICudaEngine", plan=plan)
+        return mod.new("ICudaEngine", plan=plan, logger=self.logger)
 
 
 class ICudaEngineB(Behaviour):
@@ -726,7 +829,31 @@ class ICudaEngineB(Behaviour):
         return tuple(d if isinstance(d, int) else -1 for d in self._tensor(name)["shape"])
 
     def get_tensor_profile_shape(self, name: str, profile_index: int) -> list:
-        return [tuple(s) for s in self.plan["profiles"][profile_index][name]]
+        profiles = self.plan["profiles"]
+        if not 0 <= int(profile_index) < len(profiles) or name not in profiles[int(profile_index)]:
+            # TensorRT logs the bad index and answers invalid dimensions
+            _log(getattr(self, "logger", None), "ERROR", f"3: [engine.cpp::getProfileShape] Error Code 3: API Usage "
+                                                        f"Error (profileIndex {profile_index} out of range)")
+            return []
+        return [tuple(s) for s in profiles[int(profile_index)][name]]
+
+    def compute(self, io: dict[str, tuple[int, tuple[int, ...], str]]) -> None:
+        """The execution, when its stream gets to it: inputs read from device memory, outputs
+        written there, computed by ONNX Runtime on the ONNX file the plan was parsed from."""
+        dev = self.mod._device
+        dtypes = {"FLOAT": np.float32, "HALF": np.float16}
+        path = self.plan.get("onnx")
+        if path is None:
+            raise RuntimeError("this plan records no ONNX file: the double cannot compute its outputs")
+        feeds = {}
+        for t in self.plan["inputs"]:
+            addr, shape, dtype = io[t["name"]]
+            nbytes = int(np.prod(shape)) * np.dtype(dtypes[dtype]).itemsize
+            feeds[t["name"]] = np.frombuffer(dev.read(addr, nbytes), dtypes[dtype]).reshape(shape)
+        names = [t["name"] for t in self.plan["outputs"]]
+        for name, value in zip(names, onnx_session(path).run(names, feeds)):
+            addr, shape, dtype = io[name]
+            dev.write(addr, np.ascontiguousarray(value, dtype=dtypes[dtype]).tobytes())
 
     def create_execution_context(self, *args: Any, **kwargs: Any) -> Any:
         return self.mod.new("IExecutionContext", engine_b=self)
@@ -739,6 +866,7 @@ class IExecutionContextB(Behaviour):
         self.addresses: dict[str, int] = {}
         self.name = "context"
         self.debug_sync = False
+        self.initialized_for: dict[str, tuple] | None = None  # the input shapes of the last plain enqueue
 
     @property
     def engine(self) -> Any:
@@ -786,8 +914,10 @@ class IExecutionContextB(Behaviour):
     def execute_async_v3(self, stream_handle: int) -> bool:
         e, dev = self.engine_b, self.mod._device
         record: dict[str, Any] = {"stream": int(stream_handle), "shapes": {}, "addresses": {}}
-        if int(stream_handle) not in dev.streams and int(stream_handle) not in getattr(dev, "torch_streams", set()):
+        stream = int(stream_handle)
+        if stream not in dev.streams and stream not in getattr(dev, "torch_streams", set()):
             return False
+        io: dict[str, tuple[int, tuple[int, ...], str]] = {}
         for t in e._tensors():
             shape = self.get_tensor_shape(t["name"])
             addr = self.addresses.get(t["name"])
@@ -798,7 +928,19 @@ class IExecutionContextB(Behaviour):
                 return False  # an address that is not (or no longer) device memory of that size
             record["shapes"][t["name"]] = shape
             record["addresses"][t["name"]] = (addr, nbytes)
-        return dev.enqueue(int(stream_handle), record)
+            io[t["name"]] = (addr, shape, t["dtype"])
+        capture = dev.captures.get(stream)
+        if capture is not None and self.initialized_for != self.input_shapes:
+            # The first enqueue for a set of shapes does TensorRT's lazy, shape-dependent set-up
+            # (allocations, a synchronize), which a capturing stream does not allow: trtexec and
+            # NVIDIA's demos enqueue once outside the capture first.
+            capture.invalidated = True
+            _log(getattr(e, "logger", None), "ERROR", "1: [runner.cpp::execute] Error Code 1: Cuda Runtime (operation "
+                                                      "not permitted when stream is capturing)")
+            return False
+        if capture is None:
+            self.initialized_for = dict(self.input_shapes)
+        return dev.enqueue(stream, record, lambda: e.compute(io))
 
 
 BEHAVIOURS: dict[str, type[Behaviour]] = {
