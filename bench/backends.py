@@ -6,14 +6,15 @@ that run the model run it itself; the others run the artifact kind their row con
 which the pipeline makes once into the output directory's cache (``.artifacts/``), or reuses
 from there when every input that shapes it matches, and which opens through the same checks
 as any user's load (:mod:`twins_deploy.engines.opening`). ONNX Runtime and OpenVINO run the
-same FP32 ONNX file. A subject with a graph of its own (timm's export,
+same FP32 ONNX file. A route tuned per batch (TensorRT) gets an artifact per measured batch,
+in a cache folder of its own (``.artifacts/b<N>/``). A subject with a graph of its own (timm's export,
 :mod:`twins_deploy.bench.timm_baseline`) runs that file on the routes it names.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from twins_deploy.engines.opening import open_model, open_runner
-from twins_deploy.engines.routes import Route, get_route
+from twins_deploy.engines.routes import TENSORRT, Route, get_route
 from twins_deploy.engines.runners.base import Runner, RunTarget
+from twins_deploy.engines.trt.options import TrtBuildOptions
+from twins_deploy.engines.trt.preflight import preflight
 from twins_deploy.errors import BackendUnavailableError, TwinsDeployError
 from twins_deploy.exporters.spec import BatchRange, ExportSpec
 from twins_deploy.factory import create_model
@@ -113,28 +116,35 @@ def swin_subject(hw: tuple[int, int], max_batch: int, cache: Path, seed: int = 0
     return Subject(SWIN, build, hw, max_batch, cache)
 
 
-def subject_artifact(subject: Subject, route: str | Route) -> Artifact:
+def subject_artifact(subject: Subject, route: str | Route, tuned_for: int | None = None) -> Artifact:
     """The artifact ``route`` runs (the first kind its row consumes), made by the pipeline or
     reused from the cache when every input that shapes it matches (see
-    :func:`twins_deploy.pipeline.reuse_verdict`)."""
+    :func:`twins_deploy.manifest.reuse_verdict`).
 
+    Batches 1..the subject's largest, tuned for the largest; with ``tuned_for`` N, batches 1..N
+    tuned for N (trtexec's ``--shapes=input:Nx3xHxW``), cached in ``b<N>/``: the reuse check
+    would otherwise replace the artifact of one batch with another's, at every batch of every run."""
     row = route if isinstance(route, Route) else get_route(route)
     fmt, precision = row.makes
-    b = subject.max_batch
+    b = tuned_for or subject.max_batch
     spec = ExportSpec(model=subject.name, img_size=subject.img_size, batch=BatchRange(1, b, b))
-    req = ArtifactRequest(spec=spec, precision=precision, fmt=fmt, out_dir=subject.cache,
+    req = ArtifactRequest(spec=spec, precision=precision, fmt=fmt,
+                          out_dir=subject.cache / f"b{tuned_for}" if tuned_for else subject.cache,
                           on_existing="reuse", validate=False)
     art = make_artifacts(req, model=subject.model()).final
     m = art.manifest
-    subject.graphs[row.consumes[0]] = {"file": art.path.name, "nodes": m.onnx.nodes if m.onnx else None,
+    kind = row.consumes[0] + (f" b{tuned_for}" if tuned_for else "")
+    subject.graphs[kind] = {"file": art.path.name, "nodes": m.onnx.nodes if m.onnx else None,
                                        "size_mb": round(art.path.stat().st_size / 1e6, 2), "sha256": m.sha256,
                                        "made_by": "the pipeline (twins-export)"}
     return art
 
 
-def make_runner(backend: str, subject: Subject, *, cuda_graphs: bool = False, threads: int | None = None) -> Runner:
-    """The Runner of route ``backend`` for ``subject``, or :class:`BackendUnavailableError`
-    saying why not (before any artifact is made for it).
+def make_runner(backend: str, subject: Subject, *, tuned_for: int | None = None, cuda_graphs: bool = False,
+                threads: int | None = None) -> Runner:
+    """The Runner of route ``backend`` for ``subject`` (on the artifact made for batch
+    ``tuned_for``, see :func:`subject_artifact`), or :class:`BackendUnavailableError` saying
+    why not (before any artifact is made for it).
 
     With ``threads`` pinned, ONNX Runtime's idle intra-op threads sleep instead of spinning:
     runners that share the cores (an interleaved run keeps several open) then do not steal
@@ -147,15 +157,37 @@ def make_runner(backend: str, subject: Subject, *, cuda_graphs: bool = False, th
         return route.runner.from_route(route, RunTarget(path=subject.graph(), threads=threads, spinning=spinning))
     if route.runs_model:
         return open_model(route, subject.model(), threads=threads)
-    art = subject_artifact(subject, route)
+    art = subject_artifact(subject, route, tuned_for)
     return open_runner(art.path, art.manifest, route=route.name, threads=threads, use_cuda_graph=cuda_graphs,
                        spinning=spinning)
 
 
-def describe_skip(e: BaseException) -> str:
-    if isinstance(e, TwinsDeployError):
-        return str(e)
-    return f"{type(e).__name__}: {e}"
+def describe_error(e: BaseException) -> str:
+    """One line saying why: the message of an expected failure, type and message of any other;
+    its first line, or a first line that introduces a list (``TensorRT cannot run here:``,
+    then one problem a line) with the list's items."""
+    text = str(e) if isinstance(e, TwinsDeployError) else f"{type(e).__name__}: {e}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} " + "; ".join(line.removeprefix("- ") for line in lines[1:])
+    return lines[0]
+
+
+def tensorrt_problem(backends: Iterable[str]) -> BackendUnavailableError | None:
+    """Why TensorRT cannot build and run engines here, when ``backends`` has a TensorRT route:
+    the preflight's error (:mod:`twins_deploy.engines.trt.preflight`: its module, the driver,
+    the GPU, free memory for the default builder workspace), every problem named; None when
+    TensorRT can work here or no route needs it. Asked before any model is built: a run of
+    TensorRT routes only stops with it (exit 3), a mixed run records it in the TensorRT rows."""
+    if not any(get_route(b).family == TENSORRT for b in backends):
+        return None
+    try:
+        preflight(build=True, workspace_gib=TrtBuildOptions().workspace_gib).raise_if_failed()
+    except BackendUnavailableError as e:
+        return e
+    return None
 
 
 @contextlib.contextmanager

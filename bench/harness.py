@@ -12,10 +12,16 @@ order reversed every other round; a row reports the median of the rounds' throug
 a shared machine hits every route alike. With ``validate``, each runner is first checked
 against the PyTorch FP32 model with the thresholds of the precision its route computes in,
 and the verdict goes into its rows; a route that fails is still timed and recorded.
+
+Rows are independent: whatever fails for one runner (its artifact's export or engine build,
+opening it, validating it) or at one batch becomes the status and reason of those rows, and
+the run goes on; only Ctrl-C ends it early. A route tuned per batch (TensorRT) is timed at
+each batch on an artifact made for that batch, as trtexec times the one shape it built for.
 """
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +30,17 @@ import numpy as np
 import torch
 
 from twins_deploy.artifacts import check_file_stem
-from twins_deploy.bench.backends import SWIN, Subject, describe_skip, make_runner, torch_threads
+from twins_deploy.bench.backends import (
+    SWIN,
+    Subject,
+    describe_error,
+    make_runner,
+    tensorrt_problem,
+    torch_threads,
+)
 from twins_deploy.bench.timing import Timing, percentile, time_runner
 from twins_deploy.bench.timm_baseline import TIMM_ONNX, baseline_of, subject_name
-from twins_deploy.engines.routes import ROUTES, get_route
+from twins_deploy.engines.routes import ROUTES, TENSORRT, get_route
 from twins_deploy.engines.runners.base import Runner
 from twins_deploy.engines.validation import validate_against_pytorch, validation_cases
 from twins_deploy.errors import BackendUnavailableError, OptionError
@@ -89,28 +102,52 @@ class BenchConfig:
 
 @dataclass
 class Measured:
-    """One (subject, backend) of a run: its runner, its verdict, and what each round timed."""
+    """One runner of a run: a (subject, backend) timed at ``batches``, each round's timings,
+    its verdict, and for each batch that could not be timed, (status, reason). A route tuned
+    per batch has one per batch, its artifact made for that batch (``tuned_for``)."""
 
     subject: Subject
     backend: str
+    batches: tuple[int, ...]
+    tuned_for: int | None = None
     runner: Runner | None = None
-    skipped: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # the runner's description, after its last timing
     validation: dict[str, Any] | None = None
     timings: dict[int, list[Timing]] = field(default_factory=dict)
     peaks: dict[int, float] = field(default_factory=dict)
     failed: dict[int, tuple[str, str]] = field(default_factory=dict)  # batch -> (status, reason)
+    close_error: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.subject.name} / {self.backend}" + (f" (tuned for batch {self.tuned_for})"
+                                                          if self.tuned_for else "")
 
     def close(self) -> None:
-        if self.runner is not None:
-            self.runner.deactivate()
-            self.runner = None
+        """Deactivate the runner; a failure (a CUDA error freeing its memory) is recorded, so
+        that its rows say so and the next runner still runs."""
+        runner, self.runner = self.runner, None
+        if runner is None:
+            return
+        try:
+            runner.deactivate()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+        except Exception as e:
+            self.close_error = describe_error(e)[:300]
 
 
-def _is_oom(e: BaseException) -> bool:
+def failure(e: Exception) -> tuple[str, str]:
+    """(status, reason) of a row that could not be timed: "skipped" when the backend cannot
+    run here (missing software or hardware), "oom" when the device ran out of memory, else "error"."""
     text = str(e).lower()
-    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in text or "cudaerrormemoryallocation" in text
+    if isinstance(e, (BackendUnavailableError, ImportError)):
+        status = "skipped"
+    elif isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in text or "cudaerrormemoryallocation" in text:
+        status = "oom"
+    else:
+        status = "error"
+    return status, describe_error(e)[:300]
 
 
 def _row(subject: Subject, backend: str, batch: int, **extra: Any) -> dict[str, Any]:
@@ -153,21 +190,21 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
 
 
 def validate_runner(subject: Subject, backend: str, runner: Runner, batches: tuple[int, ...]) -> dict[str, Any]:
-    """``runner`` against the subject's PyTorch FP32 reference, judged with the thresholds of
-    the precision its route computes in; the verdict for its rows. A runner that cannot even
-    run the cases fails with the reason (the benchmark goes on). Leaves the runner inactive."""
+    """``runner`` against the subject's PyTorch FP32 reference at ``batches``, judged with the
+    thresholds of the precision its route computes in; the verdict for its rows. A runner that
+    cannot even run the cases fails with the reason (the benchmark goes on). Leaves the runner inactive."""
 
     precision = get_route(backend).precision
-    spec = ExportSpec(model=subject.name, img_size=subject.img_size,
-                      batch=BatchRange(1, subject.max_batch, subject.max_batch))
+    b = max(batches)
+    spec = ExportSpec(model=subject.name, img_size=subject.img_size, batch=BatchRange(1, b, b))
     cases = validation_cases(spec, subject.preprocess, batches=sorted(set(batches)))
     ref = subject.reference()
     try:
         report = validate_against_pytorch(ref, runner, precision, cases)
     except Exception as e:  # a runner that cannot run the cases fails validation, with why
         runner.deactivate()
-        return {"passed": False, "judged_as": precision, "summary": f"FAIL: {describe_skip(e)}"[:300],
-                "failures": [describe_skip(e)[:300]]}
+        return {"passed": False, "judged_as": precision, "summary": f"FAIL: {describe_error(e)}"[:300],
+                "failures": [describe_error(e)[:300]]}
     d = report.to_dict()
     return {"passed": d["passed"], "judged_as": precision, "summary": d["summary"],
             "max_abs": max((s.max_abs for s in report.stats), default=None),
@@ -176,20 +213,26 @@ def validate_runner(subject: Subject, backend: str, runner: Runner, batches: tup
             "cases": [c for c, _ in cases]}
 
 
-def _open(m: Measured, cfg: BenchConfig, steps: Steps) -> None:
-    """Open (and with ``cfg.validate`` validate) ``m``'s runner, or record why it cannot run here."""
+def _open(m: Measured, cfg: BenchConfig, steps: Steps, unavailable: BackendUnavailableError | None = None) -> None:
+    """Open (and with ``cfg.validate`` validate) ``m``'s runner; any failure (a backend missing
+    here, a failed export or engine build, a refused plan, a CUDA error) becomes the result of
+    its rows, and the run goes on. ``unavailable``: why the runner cannot run here, found before
+    (the TensorRT preflight), for its rows without trying."""
     try:
-        runner = make_runner(m.backend, m.subject, cuda_graphs=cfg.cuda_graphs, threads=cfg.threads)
-        runner.activate()
-    except (BackendUnavailableError, ImportError, RuntimeError) as e:
-        m.skipped = describe_skip(e)
-        steps.note(f"skipped: {m.skipped}")
-        return
-    if cfg.validate:
-        m.validation = validate_runner(m.subject, m.backend, runner, cfg.batches)
-        steps.note(f"validation: {m.validation['summary']}")
-        runner.activate()  # validation leaves it inactive
-    m.runner = runner
+        if unavailable is not None:
+            raise unavailable
+        m.runner = make_runner(m.backend, m.subject, tuned_for=m.tuned_for, cuda_graphs=cfg.cuda_graphs,
+                               threads=cfg.threads)
+        m.runner.activate()
+        if cfg.validate:
+            m.validation = validate_runner(m.subject, m.backend, m.runner, m.batches)
+            steps.note(f"validation: {m.validation['summary']}")
+            m.runner.activate()  # validation leaves it inactive
+    except Exception as e:  # Ctrl-C (not an Exception) still ends the run
+        status, reason = failure(e)
+        m.failed = dict.fromkeys(m.batches, (status, reason))
+        steps.note(f"{status}: {reason}")
+        m.close()
 
 
 def _time(m: Measured, batch: int, cfg: BenchConfig, steps: Steps, label: str = "") -> None:
@@ -197,34 +240,36 @@ def _time(m: Measured, batch: int, cfg: BenchConfig, steps: Steps, label: str = 
     is not timed again in later rounds."""
     if m.runner is None or batch in m.failed:
         return
-    x = np.random.default_rng(batch).standard_normal((batch, 3, *m.subject.img_size), dtype=np.float32)
-    on_gpu = m.runner.device == "cuda" and torch.cuda.is_available()
-    if on_gpu:
-        torch.cuda.reset_peak_memory_stats()
     try:
+        x = np.random.default_rng(batch).standard_normal((batch, 3, *m.subject.img_size), dtype=np.float32)
+        on_gpu = m.runner.device == "cuda" and torch.cuda.is_available()
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats()
         t = time_runner(m.runner, x, warmup=cfg.warmup, warmup_s=cfg.warmup_s, min_iters=cfg.min_iters,
                         min_time_s=cfg.min_time_s, include_copies=cfg.include_copies)
+        m.info = m.runner.describe()
+        if on_gpu and get_route(m.backend).runs_model:
+            m.peaks[batch] = max(m.peaks.get(batch, 0.0), round(torch.cuda.max_memory_allocated() / 2**20, 1))
     except Exception as e:  # a failure at one batch size is a result, not the end of the run
-        status = "oom" if _is_oom(e) else "error"
-        reason = describe_skip(e).strip().splitlines()[0][:300]
-        steps.note(f"{label}batch {batch}: {status}: {reason}")
-        m.failed[batch] = (status, reason)
+        m.failed[batch] = failure(e)
+        steps.note(f"{label}batch {batch}: {': '.join(m.failed[batch])}")
         return
     m.timings.setdefault(batch, []).append(t)
-    if on_gpu and get_route(m.backend).runs_model:
-        m.peaks[batch] = max(m.peaks.get(batch, 0.0), round(torch.cuda.max_memory_allocated() / 2**20, 1))
     steps.note(f"{label}batch {batch}: {t.images_per_s:.1f} img/s, median {statistics.median(t.latency_ms):.2f} ms")
 
 
-def _rows(m: Measured, batches: tuple[int, ...], info: dict[str, Any]) -> list[dict[str, Any]]:
+def _rows(m: Measured) -> list[dict[str, Any]]:
+    """The rows of ``m``'s batches that have a result so far (timed, or failed)."""
     rows = []
-    for b in batches:
-        if m.skipped is not None:
-            row = _row(m.subject, m.backend, b, status="skipped", reason=m.skipped)
-        elif b in m.failed:
+    for b in m.batches:
+        if b in m.failed:
             row = _row(m.subject, m.backend, b, status=m.failed[b][0], reason=m.failed[b][1])
+        elif b in m.timings:
+            row = timing_row(m.subject, m.backend, m.timings[b], m.info, m.peaks.get(b))
+            if m.close_error is not None:  # measured, but the runner then failed: not a result to trust
+                row.update(status="error", reason=f"closing the runner failed: {m.close_error}")
         else:
-            row = timing_row(m.subject, m.backend, m.timings[b], info, m.peaks.get(b))
+            continue
         if m.validation is not None:
             row["validation"] = m.validation
         rows.append(row)
@@ -232,43 +277,62 @@ def _rows(m: Measured, batches: tuple[int, ...], info: dict[str, Any]) -> list[d
 
 
 def pairs(subjects: list[Subject], cfg: BenchConfig) -> list[Measured]:
-    """Every (subject, backend) of the run, in order."""
-    return [Measured(s, b) for s in subjects for b in s.backends(cfg.backends)]
+    """Every runner of the run, in order: one per (subject, backend), or for a route tuned per
+    batch one per (subject, backend, batch), so that each batch is timed on an artifact tuned for it."""
+    todo = []
+    for s in subjects:
+        for b in s.backends(cfg.backends):
+            if get_route(b).tuned_per_batch:
+                todo += [Measured(s, b, (n,), tuned_for=n) for n in cfg.batches]
+            else:
+                todo.append(Measured(s, b, cfg.batches))
+    return todo
 
 
-def run(subjects: list[Subject], cfg: BenchConfig, steps: Steps) -> list[dict[str, Any]]:
+def _no_publish(rows: list[dict[str, Any]]) -> None:
+    return None
+
+
+def run(subjects: list[Subject], cfg: BenchConfig, steps: Steps,
+        publish: Callable[[list[dict[str, Any]]], None] = _no_publish) -> list[dict[str, Any]]:
     """Measure every (subject, backend, batch). One round: each runner is opened, timed at
     every batch and closed before the next opens. More: all are opened, then timed in
-    interleaved rounds (order reversed every other round), then closed."""
-    rows: list[dict[str, Any]] = []
+    interleaved rounds (order reversed every other round), then closed.
+
+    ``publish`` receives every row with a result so far each time one is added or changes
+    (the caller writes them, so that an interrupted run keeps what it measured)."""
     todo = pairs(subjects, cfg)
+
+    def rows() -> list[dict[str, Any]]:
+        out = [r for m in todo for r in _rows(m)]
+        add_speedups(out)
+        return out
+
+    trt = tensorrt_problem(cfg.backends)  # once per run: each TensorRT runner would find the same
     with torch_threads(cfg.threads):
         for s in subjects:
             s.model()
+        publish([])  # from here on, what is on disk is this run's
         try:
             for m in todo:
-                with steps.step(f"{m.subject.name} / {m.backend}"):
-                    _open(m, cfg, steps)
+                with steps.step(m.label):
+                    _open(m, cfg, steps, trt if get_route(m.backend).family == TENSORRT else None)
+                    for b in m.batches if cfg.rounds == 1 else ():
+                        _time(m, b, cfg, steps)
+                        publish(rows())
                     if cfg.rounds == 1:
-                        try:
-                            for b in cfg.batches:
-                                _time(m, b, cfg, steps)
-                            rows += _rows(m, cfg.batches, m.runner.describe() if m.runner else {})
-                        finally:
-                            m.close()
-            if cfg.rounds > 1:
-                live = [m for m in todo if m.runner is not None]
-                for i in range(cfg.rounds):
-                    with steps.step(f"round {i + 1}/{cfg.rounds}"):
-                        for m in live if i % 2 == 0 else live[::-1]:
-                            for b in cfg.batches:
-                                _time(m, b, cfg, steps, f"{m.subject.name} / {m.backend} ")
-                rows = [r for m in todo for r in _rows(m, cfg.batches, m.runner.describe() if m.runner else {})]
+                        m.close()
+                publish(rows())
+            for i in range(cfg.rounds if cfg.rounds > 1 else 0):
+                with steps.step(f"round {i + 1}/{cfg.rounds}"):
+                    for m in todo if i % 2 == 0 else todo[::-1]:
+                        for b in m.batches:
+                            _time(m, b, cfg, steps, f"{m.label} ")
+                            publish(rows())
         finally:
             for m in todo:
                 m.close()
-    add_speedups(rows)
-    return rows
+    return rows()
 
 
 def step_count(subjects: list[Subject], cfg: BenchConfig) -> int:

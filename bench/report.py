@@ -1,6 +1,7 @@
 """Benchmark results on disk, for every twins-bench run (Runner timings and the serving load
 test alike): JSON (everything), CSV (timm's columns first), markdown, PNG, each written
-atomically, into a folder outside the package's source."""
+atomically, into a folder outside the package's source. A Runner benchmark rewrites its JSON
+and CSV as rows come in (``"complete": false`` until it ends), the markdown and PNG at the end."""
 from __future__ import annotations
 
 import csv
@@ -140,8 +141,10 @@ def _header(result: dict[str, Any], title: str) -> list[str]:
 def to_markdown(result: dict[str, Any]) -> str:
     if _is_serve(result):
         return serve_markdown(result)
+    partial = ["- **partial**: the run did not complete; these are the rows it measured before it stopped"
+               ] if result.get("complete") is False else []
     lines = [*_header(result, f"twins-bench: {result['title']}"), *_graphs_line(result.get("graphs") or {}),
-             "", *results_table(result["rows"])]
+             *partial, "", *results_table(result["rows"])]
     if result.get("paper"):
         lines += ["", "## The paper's comparison (Twins-SVT-S, 224x224, batch 192)", "", *paper_table(result["paper"])]
     if result.get("targets"):
@@ -230,12 +233,20 @@ def chart_png(result: dict[str, Any]) -> bytes | None:
     return buf.getvalue()
 
 
-def write_all(out_dir: Path, stem: str, result: dict[str, Any]) -> list[Path]:
-    """``<stem>.json``, ``.csv``, ``.md`` and (with matplotlib) ``.png`` in ``out_dir``."""
+def write_rows(out_dir: Path, stem: str, result: dict[str, Any]) -> list[Path]:
+    """``<stem>.json`` and ``.csv`` in ``out_dir``, each replaced in one step (a temporary file
+    renamed into place): a run rewrites them as rows come in, and a reader (or an
+    interrupted run) never sees half a file."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.csv", out_dir / f"{stem}.md"]
+    paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.csv"]
     write_json_atomic(paths[0], result)
     write_bytes_atomic(paths[1], to_csv(result["rows"], SERVE_CSV_COLUMNS if _is_serve(result) else CSV_COLUMNS).encode())
+    return paths
+
+
+def write_all(out_dir: Path, stem: str, result: dict[str, Any]) -> list[Path]:
+    """``<stem>.json``, ``.csv``, ``.md`` and (with matplotlib) ``.png`` in ``out_dir``."""
+    paths = [*write_rows(out_dir, stem, result), out_dir / f"{stem}.md"]
     write_bytes_atomic(paths[2], to_markdown(result).encode())
     png = chart_png(result)
     if png is not None:

@@ -60,12 +60,17 @@ class Route:
     options: Mapping[str, Any] = field(default_factory=dict)  # passed to the Runner, read by it only
     aliases: tuple[str, ...] = ()     # older names still accepted on the command line
     baseline: bool = False            # the route benchmark speedups are measured against
+    # its artifact is tuned to one batch shape (a TensorRT plan picks kernels for its profile's
+    # opt batch): twins-bench makes one per measured batch, as trtexec --shapes does
+    tuned_per_batch: bool = False
 
     def __post_init__(self) -> None:
         unknown = [k for k in self.consumes if k not in ARTIFACT_KINDS]
         if not self.consumes or unknown or self.device not in DEVICES:
             raise ValueError(f"route {self.name!r}: consumes {self.consumes} / device {self.device!r} not in "
                              f"{ARTIFACT_KINDS} / {DEVICES}")
+        if self.tuned_per_batch and self.runs_model:
+            raise ValueError(f"route {self.name!r} runs the model: there is no artifact to tune per batch")
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
 
     @property
@@ -107,9 +112,9 @@ ROUTES: dict[str, Route] = {r.name: r for r in (
     Route("openvino-bf16", OPENVINO, "OpenVINO on the CPU, inference precision bf16 (CPUs with native BF16)",
           (ONNX_FP32, ONNX_FP16), "cpu", OpenVinoRunner, "bf16", extra="openvino", options={"precision": "bf16"}),
     Route("trt-fp32", TENSORRT, "TensorRT plan built from the FP32 ONNX (TF32 off unless --tf32)", (PLAN_FP32,),
-          "cuda", TrtRunner, extra="trt"),
+          "cuda", TrtRunner, extra="trt", tuned_per_batch=True),
     Route("trt-fp16", TENSORRT, "TensorRT plan in FP16 (strongly typed mixed graph, or --weak-fp16 on 8.6-10.x)",
-          (PLAN_FP16,), "cuda", TrtRunner, extra="trt"),
+          (PLAN_FP16,), "cuda", TrtRunner, extra="trt", tuned_per_batch=True),
 )}
 
 

@@ -32,3 +32,26 @@ def photo_dir(tmp: Path) -> Path:
         shutil.copy(cbook.get_sample_data(name, asfileobj=False), d / name)
     (d / "README.txt").write_text("not an image, must be skipped\n")
     return d
+
+
+def bench_engine_onnx(cache: Path, precisions: tuple[str, ...], batches: tuple[int, ...] = (1, 4)) -> Path:
+    """The ONNX models twins-bench builds its svt_s 64x64 engines from, one per measured batch
+    N (batch 1..N, in ``cache/b<N>/``), for each of ``precisions``; exported once, without
+    onnxslim (most of an export's time, and not part of the reuse check). Returns the FP32
+    (else first) graph of the largest batch."""
+    import pytest
+
+    import twins_deploy.exporters.onnx_export as onnx_export
+    from twins_deploy.bench.backends import twins_subject
+
+    model = twins_subject("svt_s", (64, 64), max(batches), cache).model()
+    made: dict[tuple[int, str], Path] = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(onnx_export, "simplify", lambda graph, spec, info: graph)
+        for b in batches:
+            spec = ExportSpec(model="svt_s", img_size=(64, 64), batch=BatchRange(1, b, b))
+            for precision in precisions:
+                made[b, precision] = make_artifacts(ArtifactRequest(
+                    spec=spec, precision=precision, out_dir=cache / f"b{b}", on_existing="reuse", validate=False),
+                    model=model).onnx.path
+    return made[max(batches), "fp32" if "fp32" in precisions else precisions[0]]

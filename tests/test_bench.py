@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from twins_deploy.bench.backends import Subject, make_runner, twins_subject
-from twins_deploy.bench.harness import BenchConfig, add_speedups, run
+from twins_deploy.bench.harness import BenchConfig, add_speedups, run, step_count
 from twins_deploy.bench.report import CSV_COLUMNS
 from twins_deploy.bench.targets import paper_comparison
 from twins_deploy.bench.timing import Timing, percentile, time_runner
@@ -81,7 +81,9 @@ def test_gpu_backends_are_skipped_with_reasons(result):
     _, res = result
     skipped = {r["backend"]: r["reason"] for r in res["rows"] if r["status"] == "skipped"}
     assert skipped["torch-fp16"] == "no CUDA GPU visible to PyTorch"
-    assert "no CUDA GPU" in skipped["trt-fp16"] or "TensorRT is not installed" in skipped["trt-fp16"]
+    # the TensorRT preflight's reason, every problem on the row's one line
+    assert skipped["trt-fp16"].startswith("TensorRT cannot run here: ") and "\n" not in skipped["trt-fp16"]
+    assert "TensorRT is not installed; install it with" in skipped["trt-fp16"] or "GPU" in skipped["trt-fp16"]
 
 
 def test_unknown_backend_is_a_usage_error(tmp_path, capsys):
@@ -363,3 +365,186 @@ def test_rerender_rewrites_table_and_chart_from_the_json(result, tmp_path, capsy
     assert capsys.readouterr().out.split() == [str(tmp_path / "t.md"), str(tmp_path / "t.png")]
     assert (tmp_path / "t.md").read_text() == (out / "t.md").read_text()
     assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- failures are rows, results are written as they come in ------------------------------------------
+class _Fake(_OomAbove):
+    """A CPU Runner that computes nothing; its step raises ``fail_at[batch]`` at that batch, and
+    closing it raises ``fail_at_close`` (a CUDA error freeing its memory)."""
+
+    def __init__(self, fail_at: dict | None = None, fail_at_close: Exception | None = None) -> None:
+        super().__init__(limit=64)
+        self.fail_at, self.fail_at_close = fail_at or {}, fail_at_close
+
+    def infer(self, x):
+        if len(x) in self.fail_at:
+            raise self.fail_at[len(x)]
+        return [np.zeros((len(x), 1000), np.float32)]
+
+    def _deactivate(self) -> None:
+        if self.fail_at_close is not None:
+            raise self.fail_at_close
+
+
+def test_a_failing_backend_or_batch_is_an_error_row_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
+    """Not only the three exception types the harness once skipped: an export that fails (a
+    TwinsDeployError), a CUDA error at one batch and one when closing are each their rows'
+    result; every other row is measured, everything is written, and the exit status says so."""
+    import twins_deploy.bench.harness as harness
+    from twins_deploy.engines.trt.cuda import CudaError
+    from twins_deploy.errors import ExportError
+
+    export = "the ONNX exporter failed: unsupported operator aten::roll"
+    launch = "cudaGraphLaunch failed: cudaErrorIllegalAddress (an illegal memory access)"
+    freeing = "cudaFree failed: cudaErrorIllegalAddress"
+
+    def make(backend, subject, **kw):
+        if backend == "ort-cpu":
+            raise ExportError(f"{export}\n  (the exporter's traceback follows)")
+        return _Fake(fail_at={2: CudaError(launch)} if backend == "openvino-f32" else {},
+                     fail_at_close=CudaError(freeing) if backend == "torch-compile" else None)
+
+    monkeypatch.setattr(harness, "make_runner", make)
+    rc = bench_main(["--model", "pcpvt_s", "--backends", "torch,ort-cpu,openvino-f32,torch-compile", "--batch", "1,2",
+                     "--img-size", "32", "--out", str(tmp_path), "--name", "f", *FAST])
+    out, err = capsys.readouterr()
+    res = json.loads((tmp_path / "f.json").read_text())
+    assert rc == 1 and res["complete"] is True
+    by = {(r["backend"], r["infer_batch_size"]): (r["status"], r.get("reason")) for r in res["rows"]}
+    closing = ("error", f"closing the runner failed: {freeing}")
+    assert by == {("torch", 1): ("ok", None), ("torch", 2): ("ok", None),
+                  ("ort-cpu", 1): ("error", export), ("ort-cpu", 2): ("error", export),
+                  ("openvino-f32", 1): ("ok", None), ("openvino-f32", 2): ("error", launch),
+                  ("torch-compile", 1): closing, ("torch-compile", 2): closing}
+    ov = next(r for r in res["rows"] if (r["backend"], r["infer_batch_size"]) == ("openvino-f32", 1))
+    assert ov["infer_samples_per_sec"] > 0 and ov["speedup_vs_torch"] is not None  # measured beside the failures
+    assert err.splitlines()[:3] == [f"failed: pcpvt_s / ort-cpu / batch 1,2: {export}",
+                                    f"failed: pcpvt_s / openvino-f32 / batch 2: {launch}",
+                                    f"failed: pcpvt_s / torch-compile / batch 1,2: closing the runner failed: {freeing}"]
+    assert len(err.splitlines()) == 4 and err.splitlines()[3].startswith("error: 3 failure(s) above")
+    assert {p.name for p in tmp_path.iterdir() if p.is_file()} == {"f.json", "f.csv", "f.md", "f.png"}
+    assert f"| pcpvt_s | ort-cpu | 1 | error: {export} |" in (tmp_path / "f.md").read_text()
+    assert f"| pcpvt_s | ort-cpu | 1 | error: {export} |" in out  # the printed table says it too
+
+
+@pytest.mark.parametrize("where", ["second backend opens", "second batch runs"])
+def test_an_interrupted_run_keeps_every_row_it_measured(tmp_path, monkeypatch, capsys, where):
+    """Ctrl-C while the second backend opens, or right after the first row (while the first
+    backend runs its second batch): the run ends (it is not an error row), and the JSON and CSV
+    on disk hold the rows measured until then, marked incomplete; each write along the way left
+    a well-formed JSON with the rows measured until then."""
+    import twins_deploy.bench.harness as harness
+    import twins_deploy.bench.run as bench_run
+
+    def make(backend, subject, **kw):
+        if backend == "ort-cpu":
+            raise KeyboardInterrupt
+        return _Fake(fail_at={2: KeyboardInterrupt()} if where == "second batch runs" else {})
+
+    seen: list = []
+
+    def write_rows(out_dir, stem, result):
+        paths = real_write_rows(out_dir, stem, result)
+        on_disk = json.loads(paths[0].read_text())
+        seen.append((on_disk["complete"], tuple((r["backend"], r["infer_batch_size"]) for r in on_disk["rows"])))
+        return paths
+
+    real_write_rows = bench_run.write_rows
+    monkeypatch.setattr(bench_run, "write_rows", write_rows)
+    monkeypatch.setattr(harness, "make_runner", make)
+    (tmp_path / "i.json").write_text(json.dumps({"complete": True, "rows": []}))  # a finished earlier run's
+    rc = bench_main(["--model", "pcpvt_s", "--backends", "torch,ort-cpu", "--batch", "1,2", "--img-size", "32",
+                     "--out", str(tmp_path), "--name", "i", *FAST])
+    err = capsys.readouterr().err
+    assert rc == 130
+    measured = [("torch", 1), ("torch", 2)] if where == "second backend opens" else [("torch", 1)]
+    res = json.loads((tmp_path / "i.json").read_text())
+    assert res["complete"] is False
+    assert [(r["backend"], r["infer_batch_size"], r["status"]) for r in res["rows"]] == [(*m, "ok") for m in measured]
+    assert all(r["infer_samples_per_sec"] > 0 for r in res["rows"])
+    assert [r["backend"] for r in csv.DictReader((tmp_path / "i.csv").read_text().splitlines())] == ["torch"] * len(
+        measured)
+    assert not (tmp_path / "i.md").exists() and not (tmp_path / "i.png").exists()  # those come at the end
+    assert {rows for _, rows in seen} == {tuple(measured[:n]) for n in range(len(measured) + 1)}
+    assert [rows for _, rows in seen][:2] == [(), (("torch", 1),)]  # each row written as it was measured
+    assert not any(complete for complete, _ in seen)
+    assert f"the {len(measured)} row(s) measured before the interruption are in {tmp_path / 'i'}.json" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: the GPU route runs instead of skipping")
+def test_a_run_that_measured_nothing_fails(tmp_path, capsys):
+    rc = bench_main(["--model", "pcpvt_s", "--backends", "torch-fp16", "--batch", "1", "--img-size", "32",
+                     "--out", str(tmp_path), "--name", "n", *FAST])
+    assert rc == 3 and "error: nothing was measured: every row was skipped" in capsys.readouterr().err
+    rows = json.loads((tmp_path / "n.json").read_text())["rows"]
+    assert [(r["status"], r["reason"]) for r in rows] == [("skipped", "no CUDA GPU visible to PyTorch")]
+
+
+def test_a_route_tuned_per_batch_opens_validates_and_times_one_runner_per_batch(tmp_path, monkeypatch):
+    """A route whose artifact is tuned to its batch (TensorRT's plans; here a copy of ort-cpu
+    marked so): one runner per batch, its artifact made for that batch, validated and timed at
+    that batch only; the other routes keep one runner for every batch."""
+    import dataclasses
+
+    import twins_deploy.bench.harness as harness
+    from twins_deploy.engines.routes import ROUTES, get_route
+
+    tuned = dataclasses.replace(get_route("ort-cpu"), name="ort-tuned", aliases=(), tuned_per_batch=True)
+    monkeypatch.setitem(ROUTES, tuned.name, tuned)
+    log: list = []
+
+    class Tagged(_Fake):
+        def __init__(self, tag) -> None:
+            super().__init__()
+            self.tag = tag
+
+    def make(backend, subject, *, tuned_for=None, **kw):
+        log.append(("open", backend, tuned_for))
+        return Tagged((backend, tuned_for))
+
+    def validate(subject, backend, runner, batches):
+        log.append(("validate", *runner.tag, batches))
+        runner.deactivate()
+        return {"passed": True, "summary": "ok"}
+
+    def time(runner, x, **kw):
+        log.append(("time", *runner.tag, len(x)))
+        return Timing(batch=len(x), iterations=1, total_s=1.0, latency_ms=[1.0], method="scripted")
+
+    monkeypatch.setattr(harness, "make_runner", make)
+    monkeypatch.setattr(harness, "validate_runner", validate)
+    monkeypatch.setattr(harness, "time_runner", time)
+    subject = Subject("m", lambda: torch.nn.Identity(), (32, 32), 4, tmp_path)
+    rows = run([subject], BenchConfig(("m",), ("torch", "ort-tuned"), (1, 4), validate=True), Steps(3, quiet=True))
+    assert log == [("open", "torch", None), ("validate", "torch", None, (1, 4)),
+                   ("time", "torch", None, 1), ("time", "torch", None, 4),
+                   ("open", "ort-tuned", 1), ("validate", "ort-tuned", 1, (1,)), ("time", "ort-tuned", 1, 1),
+                   ("open", "ort-tuned", 4), ("validate", "ort-tuned", 4, (4,)), ("time", "ort-tuned", 4, 4)]
+    assert [(r["backend"], r["infer_batch_size"], r["status"]) for r in rows] == [
+        ("torch", 1, "ok"), ("torch", 4, "ok"), ("ort-tuned", 1, "ok"), ("ort-tuned", 4, "ok")]
+    assert step_count([subject], BenchConfig(("m",), ("torch", "ort-tuned"), (1, 4))) == 3
+
+
+def test_results_name_the_tensorrt_distribution_it_came_from(monkeypatch):
+    """NVIDIA's wheels install TensorRT as tensorrt-cu12 (its module from tensorrt_cu12_bindings),
+    tensorrt-cu13, the lean runtime, ...; ``tensorrt`` itself is often absent. The distributions
+    are the ones the preflight finds; the full TensorRT is named before the lean runtime."""
+    from importlib import metadata
+    from types import SimpleNamespace
+
+    from twins_deploy.artifacts import tool_versions
+
+    def dist(name, version):
+        return SimpleNamespace(metadata={"Name": name}, version=version, requires=None)
+
+    installed = [dist("tensorrt_lean_cu13_bindings", "11.4.0.106"), dist("tensorrt_cu12_bindings", "10.13.0.35"),
+                 dist("tensorrt-cu12", "10.13.0.35"), dist("tensorrt_cu12_libs", "10.13.0.35"), dist("numpy", "2.0")]
+    monkeypatch.setattr(metadata, "distributions", lambda: list(installed))
+    tools = tool_versions(("tensorrt",))
+    assert (tools["tensorrt"], tools["tensorrt-dist"]) == ("10.13.0.35", "tensorrt-cu12")
+    del installed[1:4]  # only the lean runtime
+    tools = tool_versions(("tensorrt",))
+    assert (tools["tensorrt"], tools["tensorrt-dist"]) == ("11.4.0.106", "tensorrt-lean-cu13-bindings")
+    del installed[0]
+    tools = tool_versions(("tensorrt",))
+    assert (tools["tensorrt"], tools["tensorrt-dist"]) == (None, None)

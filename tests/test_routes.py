@@ -28,6 +28,7 @@ from twins_deploy.engines.routes import (
     PLAN_FP16,
     PLAN_FP32,
     ROUTES,
+    TENSORRT,
     Route,
     artifact_routes,
     get_route,
@@ -171,8 +172,13 @@ def test_rows_are_consistent():
         assert r.extra is None or r.extra in _extras(), f"{name}: extra {r.extra!r} is not in pyproject.toml"
         assert callable(getattr(r.runner, "from_route", None))
     assert [r.name for r in ROUTES.values() if r.baseline] == ["torch"]
+    # TensorRT plans are tuned to their profile's batch: twins-bench builds one per measured batch
+    assert {r.name for r in ROUTES.values() if r.tuned_per_batch} == {r.name for r in ROUTES.values()
+                                                                     if r.family == TENSORRT}
     with pytest.raises(ValueError, match="not in"):
         Route("bad", "X", "bad kind", ("onnx-int3",), "cpu", OrtRunner)
+    with pytest.raises(ValueError, match="no artifact to tune per batch"):
+        Route("bad", "X", "tuned model", (MODEL,), "cpu", TorchRunner, tuned_per_batch=True)
 
 
 def _extras() -> set[str]:

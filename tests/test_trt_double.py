@@ -432,18 +432,14 @@ def test_infer_torch_refuses_what_it_cannot_run(doubles, engine, torch_cuda, mon
 # -- twins-bench with the TensorRT backends ----------------------------------------------------
 @pytest.fixture(scope="module")
 def bench_onnx(tmp_path_factory):
-    """The ONNX models twins-bench makes for svt_s at 64x64, batch 1..4 (no TensorRT involved)."""
-    from twins_deploy.bench.backends import subject_artifact, twins_subject
+    """The ONNX models twins-bench makes for svt_s at 64x64 to build its engines from (no
+    TensorRT involved): one engine per measured batch N, so for batch 1 and 4 the FP32 and FP16
+    graphs of batch 1..N, each in the cache folder of its batch (``b<N>/``). onnxslim (most of an
+    export's time, and not part of the reuse check) is left out."""
+    from helpers_export import bench_engine_onnx
 
     cache = tmp_path_factory.mktemp("bench_cache")
-    subject = twins_subject("svt_s", (64, 64), 4, cache)
-    subject_artifact(subject, "ort-cpu")  # the FP32 graph
-    from twins_deploy.exporters.spec import BatchRange, ExportSpec
-    from twins_deploy.pipeline import ArtifactRequest, make_artifacts
-
-    make_artifacts(ArtifactRequest(spec=ExportSpec(model="svt_s", img_size=(64, 64), batch=BatchRange(1, 4, 4)),
-                                   precision="fp16", out_dir=cache, on_existing="reuse", validate=False),
-                   model=subject.model())  # the FP16 graph the strong route builds from
+    bench_engine_onnx(cache, ("fp32", "fp16"))  # the FP16 graph is the one the strong route builds from
     return cache
 
 
@@ -456,9 +452,10 @@ def test_bench_runs_the_tensorrt_backends(doubles, torch_cuda, bench_onnx, tmp_p
     from twins_deploy.cli.bench import main as bench_main
 
     out = tmp_path / "bench"
-    (out / ".artifacts").mkdir(parents=True)
-    for f in bench_onnx.iterdir():  # the pipeline reuses these ONNX models from the cache
-        _link(f, out / ".artifacts" / f.name)
+    onnx = [f for f in bench_onnx.rglob("*") if f.is_file()]
+    for f in onnx:  # the pipeline reuses these ONNX models from the cache
+        (out / ".artifacts" / f.relative_to(bench_onnx)).parent.mkdir(parents=True, exist_ok=True)
+        _link(f, out / ".artifacts" / f.relative_to(bench_onnx))
     rc = bench_main(["--model", "svt_s", "--backends", "trt-fp32,trt-fp16", "--batch", "1,4", "--img-size", "64",
                      "--min-iters", "3", "--min-time", "0", "--warmup", "1", "--warmup-time", "0", "--out", str(out),
                      "--name", "t", "-q", *flags])
@@ -469,9 +466,15 @@ def test_bench_runs_the_tensorrt_backends(doubles, torch_cuda, bench_onnx, tmp_p
     assert all(r["infer_samples_per_sec"] is None and r["iterations"] >= 3 for r in rows)  # nothing measured
     graphs = "--cuda-graphs" in flags and "--include-copies" not in flags  # copies are timed as plain launches
     assert {r["runner"]["cuda_graph"] for r in rows} == {graphs}
-    plans = sorted(p.name for p in (out / ".artifacts").glob("*.plan"))
-    assert plans == ["svt_s_fp16_64x64.plan", "svt_s_fp32_64x64.plan"]
-    assert read_manifest(out / ".artifacts" / "svt_s_fp16_64x64.plan").engine.profile["max"] == [4, 3, 64, 64]
+    cache = out / ".artifacts"  # one engine per measured batch, in its batch's folder, profile 1 / N / N
+    plans = {(p, b): cache / f"b{b}" / f"svt_s_{p}_64x64{'_b1' if b == 1 else ''}.plan"
+             for p in ("fp32", "fp16") for b in (1, 4)}
+    assert sorted(cache.rglob("*.plan")) == sorted(plans.values())
+    for (_, b), plan in plans.items():
+        profile = read_manifest(plan).engine.profile
+        assert (profile["min"], profile["opt"], profile["max"]) == ([1, 3, 64, 64], [b, 3, 64, 64], [b, 3, 64, 64])
+    assert [Path(r["runner"]["path"]) for r in rows] == [plans[p, b] for p in ("fp32", "fp16") for b in (1, 4)]
+    assert all((cache / f.relative_to(bench_onnx)).samefile(f) for f in onnx)  # built from the ONNX made once
     replays = [launch for launch in doubles.device.launches if launch.get("replayed")]
     assert bool(replays) == graphs
     if "--include-copies" in flags:

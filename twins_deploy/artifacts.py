@@ -278,12 +278,34 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     write_bytes_atomic(path, _json_bytes(obj))
 
 
+def trt_distribution() -> tuple[str, str] | None:
+    """(name, version) of the pip distribution TensorRT was installed from, or None: one of the
+    distributions the preflight finds (:func:`~twins_deploy.engines.trt.preflight.trt_distributions`),
+    the full TensorRT before the lean runtime (as the runner imports them), then one that names
+    its CUDA major, then the shortest name (the one a user installs: ``tensorrt-cu12`` rather
+    than its ``tensorrt-cu12-bindings``). NVIDIA's wheels install TensorRT as tensorrt-cu12,
+    tensorrt-cu13, tensorrt_lean_cu12_bindings, ...; ``tensorrt`` itself may be absent."""
+    from twins_deploy.engines.trt.preflight import trt_distributions
+
+    dists = trt_distributions()
+    if not dists:
+        return None
+    best = min(dists, key=lambda d: (any(w in d.name for w in ("lean", "dispatch")), d.cuda_major is None,
+                                     len(d.name), d.name))
+    return best.name, best.version
+
+
 def tool_versions(extra: tuple[str, ...] = ()) -> dict[str, str | None]:
-    """Installed versions of the tools that shaped an artifact (None if absent)."""
+    """Installed versions of the tools that shaped an artifact (None if absent); for
+    ``tensorrt``, the version of whichever distribution provides it, named in ``tensorrt-dist``."""
     names = ("twins-deploy", "torch", "onnx", "onnxruntime", "onnxslim",
              "onnxconverter-common", "timm", "numpy") + extra
     out: dict[str, str | None] = {"python": platform.python_version()}
     for n in names:
+        if n == "tensorrt":
+            dist = trt_distribution()
+            out[n], out["tensorrt-dist"] = (dist[1], dist[0]) if dist else (None, None)
+            continue
         try:
             out[n] = metadata.version(n)
         except metadata.PackageNotFoundError:

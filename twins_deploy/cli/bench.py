@@ -3,9 +3,17 @@ TensorRT), optionally validated, in interleaved rounds, and against timm's own O
 or (``--serve``) a load test of twins-serve.
 
 Each backend that cannot run here (no GPU, no TensorRT, no onnxruntime-gpu) is skipped
-with its reason; the run goes on, and an out-of-memory batch is reported for its row.
-With --validate, a route that fails validation is still timed and recorded; the command
-then exits 1 after writing the results.
+with its reason (for TensorRT, the preflight's: every problem named); the run goes on, and an
+out-of-memory batch is reported for its row. Any other failure of a backend (its export or
+engine build, opening it, a CUDA error) or of one batch is recorded in its rows as an error,
+and the run goes on. The JSON and CSV are rewritten as each row is measured ("complete":
+false until the run ends).
+
+Exit status, after every result is written: 0; 1 when a row failed with an error (each
+printed on one line) or, with --validate, a route failed validation (still timed and
+recorded); 3 when nothing was measured (every row skipped or out of memory), or, before any
+work, when a run of TensorRT routes only finds TensorRT cannot work here; 130 on Ctrl-C (the
+rows measured until then stay in the JSON and CSV).
 """
 from __future__ import annotations
 
@@ -16,14 +24,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from twins_deploy.bench.backends import tensorrt_problem
 from twins_deploy.bench.harness import COMPARISONS, BenchConfig
 from twins_deploy.bench.report import paper_table, rerender, results_table, targets_lines
-from twins_deploy.bench.run import run_benchmark, validation_failures
+from twins_deploy.bench.run import partial_rows, row_errors, run_benchmark, validation_failures
 from twins_deploy.cli.common import Parser, hw_arg, int_list, number, run_cli
 from twins_deploy.engines.routes import ROUTES, TENSORRT, get_route, routes_help
-from twins_deploy.engines.trt.options import TrtBuildOptions
-from twins_deploy.engines.trt.preflight import preflight
-from twins_deploy.errors import OptionError, ValidationFailedError
+from twins_deploy.errors import BackendUnavailableError, OptionError, ValidationFailedError
 from twins_deploy.registry import resolve_name
 
 if TYPE_CHECKING:
@@ -41,9 +48,11 @@ examples:
 
 Methodology (as trtexec): fixed shapes, input staged on the device once, warm-up by count
 and time, then >= --min-iters iterations and >= --min-time seconds; CUDA events on the GPU,
-copies excluded unless --include-copies. --rounds N: every runner opened first, then timed
-in N interleaved rounds (order reversed every other round), the median over rounds reported.
-Results: <out>/<name>.{json,csv,md,png}; --out must lie outside the package's source.
+copies excluded unless --include-copies; TensorRT timed at each batch N on an engine built
+for it (profile 1/N/N, as trtexec --shapes=input:Nx3xHxW). --rounds N: every runner opened
+first, then timed in N interleaved rounds (order reversed every other round), the median
+over rounds reported. Results: <out>/<name>.{json,csv,md,png}, the JSON and CSV rewritten as
+each row is measured; --out must lie outside the package's source.
 """
 
 PRESETS = {  # defaults for the flags below; what the user types wins
@@ -192,7 +201,9 @@ def check_tensorrt_first(cfg: BenchConfig) -> None:
     3, every problem named) before any model is built; mixed with other routes, the TensorRT
     rows are recorded as skipped with the same reasons and the rest is measured."""
     if all(get_route(b).family == TENSORRT for b in cfg.backends):
-        preflight(build=True, workspace_gib=TrtBuildOptions().workspace_gib).raise_if_failed()
+        problem = tensorrt_problem(cfg.backends)
+        if problem is not None:
+            raise problem
 
 
 def _main(argv: list[str] | None) -> int:
@@ -208,7 +219,19 @@ def _main(argv: list[str] | None) -> int:
     except OptionError as e:
         parser.error(str(e))
     check_tensorrt_first(cfg)
-    paths, result = run_benchmark(cfg)
+    return _bench_main(cfg)
+
+
+def _bench_main(cfg: BenchConfig) -> int:
+    """Run the benchmark, print its tables, and say (one line each) what failed."""
+    try:
+        paths, result = run_benchmark(cfg)
+    except KeyboardInterrupt:
+        kept = partial_rows(cfg)
+        if kept is not None:
+            print(f"the {kept} row(s) measured before the interruption are in {cfg.out / cfg.name}.json "
+                  "and .csv (\"complete\": false)", file=sys.stderr)
+        raise
     print("\n".join(results_table(result["rows"])))
     if result.get("paper"):
         print("\nthe paper's setting (Twins-SVT-S, 224x224, batch 192):")
@@ -217,10 +240,20 @@ def _main(argv: list[str] | None) -> int:
         print(f"\ntargets (batch {result['targets']['batch']}, against timm's ONNX export in ONNX Runtime):")
         print("\n".join(targets_lines(result["targets"])))
     print("\nresults: " + ", ".join(str(p) for p in paths))
+    errors = row_errors(result)
+    for line in errors:
+        print(f"failed: {line}", file=sys.stderr)
     failed = validation_failures(result)
     if failed:
         raise ValidationFailedError(f"validation failed for {', '.join(failed)} (timed and recorded anyway; "
                                     f"the reasons are in {paths[0]})")
+    if errors:
+        print(f"error: {len(errors)} failure(s) above; every other row was measured and written to {paths[0]}",
+              file=sys.stderr)
+        return 1
+    if not any(r["status"] == "ok" for r in result["rows"]):
+        raise BackendUnavailableError(f"nothing was measured: every row was skipped or ran out of memory "
+                                      f"(the reasons are in {paths[0]})")
     return 0
 
 
