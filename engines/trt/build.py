@@ -3,7 +3,8 @@
 Polygraphy (NVIDIA's, kept in step with each TensorRT release) owns the TensorRT calls:
 ``NetworkFromOnnxPath`` creates the network (``EXPLICIT_BATCH`` below 10, ``STRONGLY_TYPED``
 on request) and parses the ONNX file, ``CreateConfig`` sets flags, memory pool, profile,
-optimization level, compatibility and the timing cache, ``EngineBytesFromNetwork`` builds
+optimization level, compatibility and an empty timing cache (we load the saved one, to
+know whether TensorRT took it: :func:`_timing_cache`), ``EngineBytesFromNetwork`` builds
 the plan and merges the timing cache back to disk. The loaders are lazy: building the
 chain (:func:`engine_loader`) imports no TensorRT, so its arguments are checked on CPU.
 What stays ours: the precision route (decided once, in :mod:`twins_deploy.precision`),
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -96,45 +98,136 @@ def engine_loader(onnx_path: str | os.PathLike[str], shapes: Profile, opts: TrtB
         builder_optimization_level=opts.opt_level,
         hardware_compatibility_level=hw,
         version_compatible=opts.version_compat or None,
-        load_timing_cache=str(cache_path) if cache_path is not None else None,
+        # no load_timing_cache: Polygraphy would fall back to an empty cache when TensorRT
+        # cannot read the file, and ignore set_timing_cache's refusal, without a word;
+        # _timing_cache loads it and records what TensorRT said (CreateConfig still sets
+        # an empty cache first, which the build fills and EngineBytesFromNetwork saves)
     )
     if cache_path is not None:
-        info.timing_cache, info.timing_cache_loaded = str(cache_path), cache_path.is_file()
+        info.timing_cache = str(cache_path)
+        config = _timing_cache(config, cache_path, info)
     build = pg.EngineBytesFromNetwork(network, config=config,
                                       save_timing_cache=str(cache_path) if cache_path is not None else None)
     return build, info
 
 
+def _timing_cache(create_config: Callable[[Any, Any], Any], path: Path, info: BuildInfo) -> Callable[[Any, Any], Any]:
+    """``create_config`` followed by loading the timing cache at ``path`` through TensorRT,
+    setting ``info.timing_cache_loaded`` to what TensorRT answered: true only when it read
+    the file (``create_timing_cache`` gave a cache), accepted it (``set_timing_cache``
+    returned true) and logged no error or "ignored" about it. A refused cache leaves the
+    empty one in place and a warning in the manifest; the build then rewrites the file."""
+
+    def load(builder: Any, network: Any) -> Any:
+        config = create_config(builder, network)
+        info.timing_cache_loaded = False
+        if not path.is_file():
+            return config  # the first build: the empty cache is filled and saved
+        from polygraphy import util as pg_util
+
+        # TensorRT's messages while the cache loads (through Polygraphy's logger) are about
+        # the cache: they go to its report, not to the build's warnings and errors
+        said, logger = _Collect(), logging.getLogger("Polygraphy")
+        build_handlers = [h for h in logger.handlers if isinstance(h, _Collect)]
+        for h in build_handlers:
+            logger.removeHandler(h)
+        logger.addHandler(said)
+        try:
+            try:
+                with pg_util.LockFile(str(path)):
+                    data = path.read_bytes()
+            except OSError as e:
+                data, said.errors = None, [f"{type(e).__name__}: {e}"]
+            if data == b"":
+                return config  # an empty file: nothing to load
+            try:
+                cache = config.create_timing_cache(data) if data is not None else None
+            except Exception as e:  # noqa: BLE001 - the bindings raise for some unreadable blobs
+                cache, said.errors = None, said.errors + [str(e)]
+            accepted = cache is not None and bool(config.set_timing_cache(cache, ignore_mismatch=False))
+        finally:
+            logger.removeHandler(said)
+            for h in build_handlers:
+                logger.addHandler(h)
+        ignored = said.errors + [m for m in said.warnings if _IGNORED.search(m)]
+        info.timing_cache_loaded = accepted and not ignored
+        if not info.timing_cache_loaded:
+            why = ("the file could not be read" if data is None else
+                   "TensorRT could not read it" if cache is None else
+                   "TensorRT refused it (another TensorRT version or device?)" if not accepted else
+                   "TensorRT ignored it")
+            info.warnings.append(f"timing cache {path} not used: {why}" +
+                                 "".join(f'; TensorRT: "{_plain(m)}"' for m in ignored[-3:]) +
+                                 "; built without it, the new cache replaces it")
+        return config
+
+    return load
+
+
+_IGNORED = re.compile(r"ignor|mismatch|invalid|corrupt|discard", re.IGNORECASE)
+_LETTER = re.compile(r"^\[[A-Z!]\] ")
+
+
+def _plain(message: str) -> str:
+    """A Polygraphy message without its severity letter (``[W] ``, ``[E] ``, ``[!] ``)."""
+    return _LETTER.sub("", message.strip())
+
+
 class _Collect(logging.Handler):
+    """Polygraphy's messages, by severity: ``errors`` are TensorRT's (and the ONNX parser's,
+    which Polygraphy logs as errors), ``critical`` Polygraphy's own, raised as its exception."""
+
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
+        self.critical: list[str] = []
         self.errors: list[str] = []
         self.warnings: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        (self.errors if record.levelno >= logging.ERROR else self.warnings).append(record.getMessage())
+        kept = (self.critical if record.levelno >= logging.CRITICAL else
+                self.errors if record.levelno >= logging.ERROR else self.warnings)
+        message = _plain(record.getMessage())
+        if message and message not in kept:  # TensorRT repeats itself; report each message once
+            kept.append(message)
 
 
 @contextlib.contextmanager
 def _polygraphy_log() -> Iterator[_Collect]:
     """Route Polygraphy's (and through it TensorRT's) messages into Python logging for the
     build: warnings and errors are kept for the manifest and the error message, nothing
-    else is printed between our progress lines."""
+    is printed (stdout carries only our output). Polygraphy prints its own messages unless
+    ``use_python_logging_system``; with ``colors`` on it also prints, to stdout and once per
+    process, a notice that the ``colored`` module is missing (``has_colors`` in
+    polygraphy/logger/logger.py), so colors and the severity letter are off here."""
     from polygraphy.logger import G_LOGGER
 
     handler = _Collect()
     logger = logging.getLogger("Polygraphy")
-    old = (G_LOGGER.use_python_logging_system, G_LOGGER.module_severity, logger.propagate, logger.level)
+    saved = {k: getattr(G_LOGGER, k) for k in ("use_python_logging_system", "module_severity", "colors", "letter")}
+    old = (logger.propagate, logger.level)
     G_LOGGER.use_python_logging_system = True
     G_LOGGER.module_severity = G_LOGGER.WARNING
+    G_LOGGER.colors = G_LOGGER.letter = False
     logger.addHandler(handler)
     logger.propagate, logger.level = False, logging.WARNING
     try:
         yield handler
     finally:
         logger.removeHandler(handler)
-        G_LOGGER.use_python_logging_system, G_LOGGER.module_severity = old[0], old[1]
-        logger.propagate, logger.level = old[2], old[3]
+        for k, v in saved.items():
+            setattr(G_LOGGER, k, v)
+        logger.propagate, logger.level = old
+
+
+def _build_failure(version: str, onnx_name: str, log: _Collect, e: Exception) -> str:
+    """One message for a failed build: TensorRT's (or the parser's) own words, quoted, the
+    first on the line; Polygraphy's summary ("Invalid Engine...") only when TensorRT said
+    nothing, since Polygraphy logged nothing else to stdout or stderr."""
+    head = f"TensorRT {version} could not build {onnx_name}"
+    reasons = [m for m in log.errors if m != _plain(str(e))][:10]
+    if not reasons:
+        return f"{head}: {_plain(str(e)) or type(e).__name__}"
+    return f'{head}: "{reasons[0]}"' + "".join(f'\n  "{m}"' for m in reasons[1:])
 
 
 def build_engine(onnx_path: str | os.PathLike[str], shapes: Profile, opts: TrtBuildOptions,
@@ -153,9 +246,7 @@ def build_engine(onnx_path: str | os.PathLike[str], shapes: Profile, opts: TrtBu
         try:
             plan = build()
         except PolygraphyException as e:
-            details = [m for m in log.errors if m.strip() != str(e).strip()]
-            raise ExportError(f"TensorRT {trt.__version__} could not build {Path(onnx_path).name}: {e}"
-                              + "".join(f"\n  {m}" for m in details[-10:])) from None
+            raise ExportError(_build_failure(trt.__version__, Path(onnx_path).name, log, e)) from None
     info.build_seconds = round(time.perf_counter() - t0, 1)
-    info.warnings = log.warnings[-20:]
+    info.warnings += log.warnings[-20:]
     return bytes(memoryview(plan)), info
