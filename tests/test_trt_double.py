@@ -560,7 +560,8 @@ def test_runner_returns_the_executions_outputs(doubles, engine):
         _check_timing_path(r, engine)
     order = [w for w in doubles.device.completed if w != "wait"]
     assert order[:3] == ["cudaMemcpyHostToDevice", "execute", "cudaMemcpyDeviceToHost"]
-    assert "graph:execute" in order and not doubles.device.queues.get(r.stream.handle if r.active else 0)
+    assert "graph:execute" in order
+    assert not any(doubles.device.queues.values()) and not doubles.device.dropped  # nothing left undone
 
 
 # Each plant is a real edit of the shipped source (the text must still be there: if the code
@@ -641,9 +642,9 @@ def test_events_read_before_completion_raise(doubles, torch_cuda, engine, monkey
 
 
 @pytest.mark.parametrize("line", ["10"])
-def test_a_plan_built_for_another_gpu_is_refused(doubles, engine, monkeypatch):
-    """Built on SM 9.0, opened on SM 8.6: the manifest check says so first; without it
-    (planted out), TensorRT's runtime refuses the plan itself."""
+def test_a_plan_built_for_another_gpu_or_version_is_refused(doubles, engine, monkeypatch):
+    """Built on SM 9.0 with 10.13, opened on SM 8.6 or under 10.14: the manifest check says
+    so first; without it (planted out), TensorRT's runtime refuses the plan itself."""
     import twins_deploy.engines.runners.trt as module
     from twins_deploy.engines.opening import open_runner
 
@@ -651,6 +652,12 @@ def test_a_plan_built_for_another_gpu_is_refused(doubles, engine, monkeypatch):
     with pytest.raises(ArtifactError, match="compute capability|GPU"):
         open_runner(engine).activate()
     monkeypatch.setattr(module, "check_engine_compat", lambda *a, **k: [])
+    with pytest.raises(ArtifactError, match="could not deserialize"):
+        open_runner(engine).activate()
+    doubles.device.compute_capability = (9, 0)
+    with open_runner(engine) as r:  # the same plan on its own GPU and version loads
+        assert r.engine is not None
+    monkeypatch.setattr(doubles.trt, "__version__", "10.14.1.48")
     with pytest.raises(ArtifactError, match="could not deserialize"):
         open_runner(engine).activate()
 
