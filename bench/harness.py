@@ -297,7 +297,8 @@ def run(subjects: list[Subject], cfg: BenchConfig, steps: Steps,
         publish: Callable[[list[dict[str, Any]]], None] = _no_publish) -> list[dict[str, Any]]:
     """Measure every (subject, backend, batch). One round: each runner is opened, timed at
     every batch and closed before the next opens. More: all are opened, then timed in
-    interleaved rounds (order reversed every other round), then closed.
+    interleaved rounds (order reversed every other round), then closed. A run of TensorRT
+    routes only, where TensorRT cannot work, raises the preflight's error before any work.
 
     ``publish`` receives every row with a result so far each time one is added or changes
     (the caller writes them, so that an interrupted run keeps what it measured)."""
@@ -309,6 +310,8 @@ def run(subjects: list[Subject], cfg: BenchConfig, steps: Steps,
         return out
 
     trt = tensorrt_problem(cfg.backends)  # once per run: each TensorRT runner would find the same
+    if trt is not None and all(get_route(b).family == TENSORRT for b in cfg.backends):
+        raise trt  # nothing could be measured: stop (exit 3) before any model is built or file written
     with torch_threads(cfg.threads):
         for s in subjects:
             s.model()
@@ -317,13 +320,13 @@ def run(subjects: list[Subject], cfg: BenchConfig, steps: Steps,
             for m in todo:
                 with steps.step(m.label):
                     _open(m, cfg, steps, trt if get_route(m.backend).family == TENSORRT else None)
-                    for b in m.batches if cfg.rounds == 1 else ():
-                        _time(m, b, cfg, steps)
-                        publish(rows())
                     if cfg.rounds == 1:
+                        for b in m.batches:
+                            _time(m, b, cfg, steps)
+                            publish(rows())
                         m.close()
                 publish(rows())
-            for i in range(cfg.rounds if cfg.rounds > 1 else 0):
+            for i in range(cfg.rounds) if cfg.rounds > 1 else ():
                 with steps.step(f"round {i + 1}/{cfg.rounds}"):
                     for m in todo if i % 2 == 0 else todo[::-1]:
                         for b in m.batches:

@@ -24,12 +24,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from twins_deploy.bench.backends import tensorrt_problem
 from twins_deploy.bench.harness import COMPARISONS, BenchConfig
 from twins_deploy.bench.report import paper_table, rerender, results_table, targets_lines
 from twins_deploy.bench.run import partial_rows, row_errors, run_benchmark, validation_failures
 from twins_deploy.cli.common import Parser, hw_arg, int_list, number, run_cli
-from twins_deploy.engines.routes import ROUTES, TENSORRT, get_route, routes_help
+from twins_deploy.engines.routes import ROUTES, routes_help
 from twins_deploy.errors import BackendUnavailableError, OptionError, ValidationFailedError
 from twins_deploy.registry import resolve_name
 
@@ -196,16 +195,6 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     return parser, parser.parse_args(argv)
 
 
-def check_tensorrt_first(cfg: BenchConfig) -> None:
-    """A run of TensorRT routes only, on a machine where TensorRT cannot work, stops here (exit
-    3, every problem named) before any model is built; mixed with other routes, the TensorRT
-    rows are recorded as skipped with the same reasons and the rest is measured."""
-    if all(get_route(b).family == TENSORRT for b in cfg.backends):
-        problem = tensorrt_problem(cfg.backends)
-        if problem is not None:
-            raise problem
-
-
 def _main(argv: list[str] | None) -> int:
     parser, args = parse_args(argv)
     if args.rerender:
@@ -218,7 +207,6 @@ def _main(argv: list[str] | None) -> int:
         cfg = config_from_args(args, argv)
     except OptionError as e:
         parser.error(str(e))
-    check_tensorrt_first(cfg)
     return _bench_main(cfg)
 
 
