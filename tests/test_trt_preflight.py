@@ -83,9 +83,10 @@ def _install(monkeypatch, tmp_path, line: str, **gpu) -> harness.Doubles:
 
 @pytest.mark.parametrize("line", ["8.6", "10", "11"])
 def test_a_supported_machine_passes(monkeypatch, tmp_path, wheel_cuda, line):
-    _install(monkeypatch, tmp_path, line, compute_capability=(9, 0), driver=12080)
+    d = _install(monkeypatch, tmp_path, line, compute_capability=(9, 0), driver=12080)
     found = pf.preflight(build=True, workspace_gib=4)
     assert found.problems == [] and found.gpu["sm"] == 90 and found.trt.__version__ == harness.LINES[line][0]
+    assert found.gpu["driver"] == "12.8" and d.cudart.names("cudaDriverGetVersion") == ["cudaDriverGetVersion"]
     found.raise_if_failed()
 
 

@@ -52,8 +52,9 @@ def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in str(version).split(".")[:3] if p.isdigit())
 
 
-def gpu_info(device: int = 0) -> dict[str, Any]:
-    """Name and compute capability of ``device`` through cuda-python, or a clear error."""
+def gpu_info(device: int = 0, driver: int | None = None) -> dict[str, Any]:
+    """Name and compute capability of ``device`` through cuda-python, or a clear error
+    (``driver``: cudaDriverGetVersion's answer, when the caller has already asked)."""
     from twins_deploy.engines.trt.cuda import cuda_check, cudart
 
     rt = cudart()
@@ -62,7 +63,8 @@ def gpu_info(device: int = 0) -> dict[str, Any]:
         raise BackendUnavailableError("no CUDA GPU is visible (cudaGetDeviceCount returned 0)")
     props = cuda_check(rt.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
     name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
-    driver = cuda_check(rt.cudaDriverGetVersion(), "cudaDriverGetVersion")
+    if driver is None:
+        driver = cuda_check(rt.cudaDriverGetVersion(), "cudaDriverGetVersion")
     return {"name": name.strip("\x00 "), "compute_capability": f"{props.major}.{props.minor}",
             "sm": props.major * 10 + props.minor, "memory_gib": round(props.totalGlobalMem / 2**30, 1),
             "driver": f"{driver // 1000}.{driver % 1000 // 10}"}

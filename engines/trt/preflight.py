@@ -193,7 +193,7 @@ def preflight(build: bool = True, workspace_gib: float | None = None, lean_ok: b
     if out.problems:
         return out  # the CUDA calls below would only fail with cudaErrorInsufficientDriver
     try:
-        out.gpu = gpu_info()
+        out.gpu = gpu_info(driver=driver)
     except BackendUnavailableError as e:
         out.problems.append(str(e))
         return out
