@@ -564,41 +564,45 @@ def test_runner_returns_the_executions_outputs(doubles, engine):
     assert not any(doubles.device.queues.values()) and not doubles.device.dropped  # nothing left undone
 
 
-# Each plant is a real edit of the shipped source (the text must still be there: if the code
-# moves, the plant is updated, never dropped); the checks above must fail on every one.
+# Each plant is a real edit of the runner's source: (old text, new text, the failure it must
+# cause). The old text must still be there: if the code moves, the plant is updated, never
+# dropped. The checks above must fail on every one.
 PLANTS = {
     "output copy before execute": (
-        "engines/runners/trt.py",
         "        self._execute()\n        outs = [np.empty(shapes[n], dtype=self.np_dtype[n]) for n in self.output_names]\n"
         "        for name, arr in zip(self.output_names, outs):\n            copy_dtoh(arr, self._buffers[name], self.stream)\n",
         "        outs = [np.empty(shapes[n], dtype=self.np_dtype[n]) for n in self.output_names]\n"
         "        for name, arr in zip(self.output_names, outs):\n            copy_dtoh(arr, self._buffers[name], self.stream)\n"
         "        self._execute()\n", "Not equal to tolerance"),
     "missing synchronize": (
-        "engines/runners/trt.py",
         "        self.stream.synchronize()\n        return [o.astype(np.float32, copy=False) for o in outs]\n",
         "        return [o.astype(np.float32, copy=False) for o in outs]\n", "Not equal to tolerance"),
     "missing warm-up before capture": (
-        "engines/runners/trt.py",
         "        self._execute()  # first run outside any capture: TensorRT's lazy initialisation\n"
         "        self.stream.synchronize()\n", "        self.stream.synchronize()\n",
         "returned False during capture"),
     "wrong profile index": (
-        "engines/runners/trt.py",
         "engine.get_tensor_profile_shape(self.input_name, 0)", "engine.get_tensor_profile_shape(self.input_name, 1)",
         "plan's profile for 'input' is missing"),
 }
+
+
+def _mutant(module, old: str, new: str) -> dict:
+    """The namespace of ``module``'s source with ``old`` (there exactly once: if the code moved,
+    the plant is updated, never dropped) replaced by ``new``."""
+    src = Path(module.__file__).read_text()
+    assert src.count(old) == 1, f"the plant no longer matches {module.__name__}: update it to the code's new shape"
+    ns: dict = {"__name__": module.__name__}
+    exec(compile(src.replace(old, new), module.__file__, "exec"), ns)
+    return ns
 
 
 def _planted(monkeypatch, name: str) -> None:
     """Replace TrtRunner's methods with those of its source with plant ``name`` applied."""
     import twins_deploy.engines.runners.trt as module
 
-    rel, old, new, _ = PLANTS[name]
-    src = (Path(__file__).resolve().parents[1] / rel).read_text()
-    assert src.count(old) == 1, f"plant {name!r} no longer matches {rel}: update it to the code's new shape"
-    ns: dict = {"__name__": module.__name__}
-    exec(compile(src.replace(old, new), rel, "exec"), ns)
+    old, new, _ = PLANTS[name]
+    ns = _mutant(module, old, new)
     changed = [attr for attr, value in vars(ns["TrtRunner"]).items() if callable(value) and not attr.startswith("__")
                and _code(value) != _code(vars(module.TrtRunner)[attr])]
     assert changed, f"plant {name!r} changed no method"
@@ -616,7 +620,7 @@ def test_planted_ordering_mistakes_fail_the_checks(doubles, engine, monkeypatch,
     from twins_deploy.engines.opening import open_runner
 
     _planted(monkeypatch, plant)
-    with pytest.raises((AssertionError, ArtifactError), match=PLANTS[plant][3]):
+    with pytest.raises((AssertionError, ArtifactError), match=PLANTS[plant][2]):
         with open_runner(engine, use_cuda_graph=True) as r:
             _check_infer(r, engine)
             _check_timing_path(r, engine)
@@ -633,10 +637,7 @@ def test_events_read_before_completion_raise(doubles, torch_cuda, engine, monkey
     with open_runner(engine) as r:
         t = timing.time_runner(r, x, warmup=1, warmup_s=0, min_iters=3, min_time_s=0)
         assert t.iterations == 3 and all(np.isnan(t.latency_ms))  # the doubles time nothing
-        src = Path(timing.__file__).read_text()
-        assert src.count("    last.synchronize()\n") == 1
-        ns: dict = {"__name__": timing.__name__}
-        exec(compile(src.replace("    last.synchronize()\n", ""), "timing.py", "exec"), ns)
+        ns = _mutant(timing, "    last.synchronize()\n", "")
         with pytest.raises(RuntimeError, match="device not ready"):
             ns["time_runner"](r, x, warmup=1, warmup_s=0, min_iters=3, min_time_s=0)
 
