@@ -16,6 +16,7 @@ import platform
 import re
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -278,15 +279,44 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     write_bytes_atomic(path, _json_bytes(obj))
 
 
-def trt_distribution() -> tuple[str, str] | None:
-    """(name, version) of the pip distribution TensorRT was installed from, or None: one of the
-    distributions the preflight finds (:func:`~twins_deploy.engines.trt.preflight.trt_distributions`),
-    the full TensorRT before the lean runtime (as the runner imports them), then one that names
-    its CUDA major, then the shortest name (the one a user installs: ``tensorrt-cu12`` rather
-    than its ``tensorrt-cu12-bindings``). NVIDIA's wheels install TensorRT as tensorrt-cu12,
-    tensorrt-cu13, tensorrt_lean_cu12_bindings, ...; ``tensorrt`` itself may be absent."""
-    from twins_deploy.engines.trt.preflight import trt_distributions
+# How NVIDIA's wheels name TensorRT, and how their requirements name the CUDA major they need
+TRT_DIST = re.compile(r"^tensorrt(?:[-_]lean|[-_]dispatch)?(?:[-_]cu(\d+))?(?:[-_](?:libs|bindings))?$")
+CUDA_IN_REQUIREMENT = re.compile(r"^(?:nvidia-[a-z-]+|tensorrt[-_a-z]*)[-_]cu(\d+)\b")
 
+
+@dataclass(frozen=True)
+class TrtDistribution:
+    """The pip distribution that installed TensorRT: its name, version and CUDA major."""
+
+    name: str
+    version: str
+    cuda_major: int | None
+
+
+def trt_distributions() -> list[TrtDistribution]:
+    """Every installed TensorRT distribution (tensorrt, tensorrt-cu12, tensorrt_lean_cu12_libs,
+    ...), with the CUDA major its name or its requirements name (``cu12``)."""
+    found: dict[str, TrtDistribution] = {}
+    for dist in metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        m = TRT_DIST.match(name)
+        if m is None or name in found:
+            continue
+        cuda = int(m.group(1)) if m.group(1) else None
+        if cuda is None:
+            majors = {int(r.group(1)) for req in dist.requires or []
+                      if (r := CUDA_IN_REQUIREMENT.match(req.lower().replace("_", "-")))}
+            cuda = majors.pop() if len(majors) == 1 else None
+        found[name] = TrtDistribution(name, dist.version, cuda)
+    return sorted(found.values(), key=lambda d: d.name)
+
+
+def trt_distribution() -> tuple[str, str] | None:
+    """(name, version) of the pip distribution TensorRT was installed from, or None: of those
+    :func:`trt_distributions` finds, the full TensorRT before the lean runtime (as the runner
+    imports them), then one that names its CUDA major, then the shortest name (the one a user
+    installs: ``tensorrt-cu12`` rather than its ``tensorrt-cu12-bindings``). NVIDIA's wheels install TensorRT as tensorrt-cu12,
+    tensorrt-cu13, tensorrt_lean_cu12_bindings, ...; ``tensorrt`` itself may be absent."""
     dists = trt_distributions()
     if not dists:
         return None

@@ -17,12 +17,12 @@ checks them first, in this order, and says what to install or change:
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from importlib import metadata
 from types import ModuleType
 from typing import Any
 
+from twins_deploy.artifacts import trt_distributions
 from twins_deploy.engines.trt.env import INSTALL_HINT, BuildEnv, has_builder, import_tensorrt, version_tuple
 from twins_deploy.errors import BackendUnavailableError
 
@@ -43,35 +43,6 @@ SUPPORTED_SM: tuple[tuple[tuple[int, int], int, int | None], ...] = (
 )
 # The NVIDIA driver branch that first runs each CUDA major (CUDA Toolkit release notes, table 3).
 DRIVER_FOR_CUDA = {11: "R450", 12: "R525", 13: "R580"}
-TRT_DIST = re.compile(r"^tensorrt(?:[-_]lean|[-_]dispatch)?(?:[-_]cu(\d+))?(?:[-_](?:libs|bindings))?$")
-CUDA_IN_REQUIREMENT = re.compile(r"^(?:nvidia-[a-z-]+|tensorrt[-_a-z]*)[-_]cu(\d+)\b")
-
-
-@dataclass(frozen=True)
-class TrtDistribution:
-    """The pip distribution that installed TensorRT: its name, version and CUDA major."""
-
-    name: str
-    version: str
-    cuda_major: int | None
-
-
-def trt_distributions() -> list[TrtDistribution]:
-    """Every installed TensorRT distribution (tensorrt, tensorrt-cu12, tensorrt_lean_cu12_libs,
-    ...), with the CUDA major its name or its requirements name (``cu12``)."""
-    found: dict[str, TrtDistribution] = {}
-    for dist in metadata.distributions():
-        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
-        m = TRT_DIST.match(name)
-        if m is None or name in found:
-            continue
-        cuda = int(m.group(1)) if m.group(1) else None
-        if cuda is None:
-            majors = {int(r.group(1)) for req in dist.requires or []
-                      if (r := CUDA_IN_REQUIREMENT.match(req.lower().replace("_", "-")))}
-            cuda = majors.pop() if len(majors) == 1 else None
-        found[name] = TrtDistribution(name, dist.version, cuda)
-    return sorted(found.values(), key=lambda d: d.name)
 
 
 def wheel_cuda_major(version: str) -> tuple[int | None, str]:
@@ -139,7 +110,6 @@ class Preflight:
         if self.problems:
             raise BackendUnavailableError(
                 "TensorRT cannot run here:\n" + "\n".join(f"  - {p}" for p in self.problems))
-
 
 
 def _cuda_bindings_major() -> int | None:
