@@ -27,10 +27,10 @@ from twins_deploy.engines.routes import TENSORRT, Route, get_route
 from twins_deploy.engines.runners.base import Runner, RunTarget
 from twins_deploy.engines.trt.options import TrtBuildOptions
 from twins_deploy.engines.trt.preflight import preflight
-from twins_deploy.errors import BackendUnavailableError, TwinsDeployError
+from twins_deploy.errors import BackendUnavailableError, OptionError, TwinsDeployError
 from twins_deploy.exporters.spec import BatchRange, ExportSpec
 from twins_deploy.factory import create_model
-from twins_deploy.pipeline import Artifact, ArtifactRequest, make_artifacts
+from twins_deploy.pipeline import Artifact, ArtifactRequest, CalibRequest, make_artifacts
 from twins_deploy.registry import Preprocess, get_config
 from twins_deploy.weights import random_info, randomize_
 
@@ -58,6 +58,7 @@ class Subject:
     param_count: int = 0
     gmacs: float | None = None
     graphs: dict[str, dict[str, Any]] = field(default_factory=dict)  # artifact kind -> facts, for the report
+    calib: str | None = None  # images the INT8 routes' graphs are calibrated on (twins-bench --calib)
     _model: torch.nn.Module | None = field(default=None, repr=False)
     _reference: torch.nn.Module | None = field(default=None, repr=False)
 
@@ -95,10 +96,11 @@ def count_gmacs(model: torch.nn.Module, hw: tuple[int, int]) -> float | None:
             model.set_attention_impl(impl)
 
 
-def twins_subject(name: str, hw: tuple[int, int], max_batch: int, cache: Path, seed: int = 0) -> Subject:
+def twins_subject(name: str, hw: tuple[int, int], max_batch: int, cache: Path, seed: int = 0,
+                  calib: str | None = None) -> Subject:
 
     return Subject(name, lambda: create_model(name, seed=seed), hw, max_batch, cache,
-                   preprocess=get_config(name).preprocess)
+                   preprocess=get_config(name).preprocess, calib=calib)
 
 
 def swin_subject(hw: tuple[int, int], max_batch: int, cache: Path, seed: int = 0) -> Subject:
@@ -126,12 +128,18 @@ def subject_artifact(subject: Subject, route: str | Route, tuned_for: int | None
     would otherwise replace the artifact of one batch with another's, at every batch of every run."""
     row = route if isinstance(route, Route) else get_route(route)
     fmt, precision = row.makes
+    if precision == "int8" and subject.calib is None:
+        raise OptionError(f"route {row.name} runs an INT8 graph, which is calibrated on images: "
+                          "pass twins-bench --calib DIR (never random data)")
     b = tuned_for or subject.max_batch
     spec = ExportSpec(model=subject.name, img_size=subject.img_size, batch=BatchRange(1, b, b))
     req = ArtifactRequest(spec=spec, precision=precision, fmt=fmt,
                           out_dir=subject.cache / f"b{tuned_for}" if tuned_for else subject.cache,
-                          on_existing="reuse", validate=False)
-    art = make_artifacts(req, model=subject.model()).final
+                          on_existing="reuse", validate=False,
+                          calib=CalibRequest(subject.calib) if precision == "int8" and subject.calib else None)
+    made = make_artifacts(req, model=subject.model())
+    # an INT8 ONNX route runs the Q/DQ form it runs fastest (one calibration writes each form)
+    art = made.int8_form(row.int8_form) if row.int8_form and made.engine is None else made.final
     m = art.manifest
     kind = row.consumes[0] + (f" b{tuned_for}" if tuned_for else "")
     subject.graphs[kind] = {"file": art.path.name, "nodes": m.onnx.nodes if m.onnx else None,

@@ -68,6 +68,7 @@ class BenchConfig:
     compare: tuple[str, ...] = ()   # swin_t: timm's Swin-T through the same backends; timm-onnx: timm's export
     rounds: int = 1                 # interleaved rounds; the median over rounds is reported
     validate: bool = False          # check every runner against PyTorch FP32 before timing it
+    calib: str | None = None        # images the INT8 routes are calibrated on
     targets: bool = False           # judge the CPU comparison's targets (--preset cpu-compare)
     out: Path = Path("bench_out")
     name: str = "bench"
@@ -93,6 +94,12 @@ class BenchConfig:
         if unknown:
             raise OptionError(f"--compare takes {', '.join(COMPARISONS)}, got {', '.join(map(repr, unknown))}")
         check_file_stem(self.name, "--name")
+        int8 = [b for b in self.backends if get_route(b).precision == "int8"]
+        if int8 and self.calib is None:
+            raise OptionError(f"{', '.join(int8)} run INT8 graphs, calibrated on images: pass --calib DIR "
+                              "(never random data)")
+        if self.calib is not None and not int8:
+            raise OptionError("--calib calibrates the INT8 routes; none is among --backends")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

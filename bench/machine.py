@@ -8,7 +8,10 @@ from typing import Any
 import torch
 
 # The instruction-set flags that decide CPU inference speed (and whether native BF16 exists).
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
+# the instructions that make INT8 dot products fast (VPDPBUSD and AMX); without them ONNX
+# Runtime and OpenVINO still run INT8, slower, and U8S8 products may saturate (ORT's docs)
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 def _cpuinfo_field(name: str) -> str | None:
@@ -30,6 +33,17 @@ def cpu_flags() -> list[str]:
     """Which of :data:`CPU_FLAGS` this CPU has (empty where /proc/cpuinfo is not readable)."""
     flags = (_cpuinfo_field("flags") or "").split()
     return [f for f in CPU_FLAGS if f in flags]
+
+
+def int8_cpu_warning(flags: list[str] | None = None) -> str | None:
+    """A warning when this CPU lacks VNNI/AMX INT8 instructions (``flags``: the CPU's, by
+    default read here): INT8 runs, but slower than on a CPU that has them. None otherwise,
+    and where the flags cannot be read."""
+    flags = cpu_flags() if flags is None else flags
+    if not flags or any(f in flags for f in INT8_DOT_FLAGS):
+        return None
+    return (f"warning: this CPU has none of {', '.join(INT8_DOT_FLAGS)}: the INT8 routes run, but slower than on a "
+            "CPU with VNNI (measure before deploying INT8 here)")
 
 
 def machine_info() -> dict[str, Any]:

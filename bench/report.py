@@ -105,8 +105,11 @@ def targets_lines(t: dict[str, Any]) -> list[str]:
     """The CPU comparison's verdict, one line per target."""
     out = []
     for key, what in (("best_validated", "best validated route"),
-                      ("best_fp32", "best route passing the FP32 thresholds")):
-        v = t.get(key)
+                      ("best_fp32", "best route passing the FP32 thresholds"),
+                      ("best_int8", "best validated INT8 route")):
+        if key not in t:
+            continue
+        v = t[key]
         out.append(f"- {what}: none measured" if v is None else
                    f"- {what}: {v['model']} / {v['backend']} at {v['speedup']:.2f}x (target >= {v['target']}x): "
                    + ("met" if v["met"] else "NOT met"))

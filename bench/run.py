@@ -21,7 +21,7 @@ def subjects_of(cfg: BenchConfig) -> list[Subject]:
     cache, b = cfg.out / ".artifacts", max(cfg.batches)
     subjects = []
     for m in cfg.models:
-        subjects.append(twins_subject(m, cfg.img_size, b, cache))
+        subjects.append(twins_subject(m, cfg.img_size, b, cache, calib=cfg.calib))
         if TIMM_ONNX in cfg.compare:
             subjects.append(timm_onnx_subject(m, cfg.img_size, b, cache))
     if SWIN in cfg.compare:

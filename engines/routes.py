@@ -26,6 +26,7 @@ from twins_deploy.engines.runners.openvino import OpenVinoRunner
 from twins_deploy.engines.runners.pytorch import TorchRunner
 from twins_deploy.engines.runners.trt import TrtRunner
 from twins_deploy.errors import OptionError
+from twins_deploy.exporters.int8 import FORMS
 
 if TYPE_CHECKING:
     from twins_deploy.manifest import Manifest
@@ -33,12 +34,12 @@ if TYPE_CHECKING:
 # What a route consumes: the PyTorch model itself, or an artifact of a kind (file format
 # and the precision its graph or plan computes in; a mixed FP16 ONNX is "onnx-fp16").
 MODEL = "model"
-ONNX_FP32, ONNX_FP16 = "onnx-fp32", "onnx-fp16"
-PLAN_FP32, PLAN_FP16 = "plan-fp32", "plan-fp16"
-ARTIFACT_KINDS = (MODEL, ONNX_FP32, ONNX_FP16, PLAN_FP32, PLAN_FP16)
+ONNX_FP32, ONNX_FP16, ONNX_INT8 = "onnx-fp32", "onnx-fp16", "onnx-int8"
+PLAN_FP32, PLAN_FP16, PLAN_INT8 = "plan-fp32", "plan-fp16", "plan-int8"
+ARTIFACT_KINDS = (MODEL, ONNX_FP32, ONNX_FP16, ONNX_INT8, PLAN_FP32, PLAN_FP16, PLAN_INT8)
 # artifact kind -> (twins-export --fmt, --precision) that makes it
-MADE_BY = {ONNX_FP32: ("onnx", "fp32"), ONNX_FP16: ("onnx", "fp16"), PLAN_FP32: ("trt", "fp32"),
-           PLAN_FP16: ("trt", "fp16")}
+MADE_BY = {ONNX_FP32: ("onnx", "fp32"), ONNX_FP16: ("onnx", "fp16"), ONNX_INT8: ("onnx", "int8"),
+           PLAN_FP32: ("trt", "fp32"), PLAN_FP16: ("trt", "fp16"), PLAN_INT8: ("trt", "int8")}
 _FILE_KIND = {ONNX_KIND: "onnx", PLAN_KIND: "plan"}  # manifest kind -> the artifact kind's file part
 _KIND_WORDS = {"onnx": "an ONNX model", "plan": "a TensorRT plan", "model": "the PyTorch model"}
 DEVICES = ("cpu", "cuda", "auto")  # auto: CUDA when PyTorch sees a GPU, else the CPU
@@ -63,12 +64,19 @@ class Route:
     # its artifact is tuned to one batch shape (a TensorRT plan picks kernels for its profile's
     # opt batch): twins-bench makes one per measured batch, as trtexec --shapes does
     tuned_per_batch: bool = False
+    # INT8 routes: the Q/DQ form (twins_deploy.exporters.int8.FORMS) it runs fastest, the one
+    # twins-bench opens for it (an INT8 export writes every form from one calibration)
+    int8_form: str | None = None
 
     def __post_init__(self) -> None:
         unknown = [k for k in self.consumes if k not in ARTIFACT_KINDS]
         if not self.consumes or unknown or self.device not in DEVICES:
             raise ValueError(f"route {self.name!r}: consumes {self.consumes} / device {self.device!r} not in "
                              f"{ARTIFACT_KINDS} / {DEVICES}")
+        int8 = [k for k in self.consumes if k.endswith("-int8")]
+        if int8 and (len(int8) != len(self.consumes) or self.int8_form not in FORMS):
+            raise ValueError(f"route {self.name!r}: an INT8 route runs INT8 artifacts only and names its Q/DQ form "
+                             f"({', '.join(FORMS)}), got {self.consumes} / {self.int8_form!r}")
         if self.tuned_per_batch and self.runs_model:
             raise ValueError(f"route {self.name!r} runs the model: there is no artifact to tune per batch")
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
@@ -111,10 +119,17 @@ ROUTES: dict[str, Route] = {r.name: r for r in (
           OpenVinoRunner, extra="openvino", options={"precision": "fp32"}),
     Route("openvino-bf16", OPENVINO, "OpenVINO on the CPU, inference precision bf16 (CPUs with native BF16)",
           (ONNX_FP32, ONNX_FP16), "cpu", OpenVinoRunner, "bf16", extra="openvino", options={"precision": "bf16"}),
+    Route("ort-int8", ONNXRUNTIME, "ONNX Runtime, CPU execution provider, on the INT8 Q/DQ graph (U8S8 form)",
+          (ONNX_INT8,), "cpu", OrtRunner, int8_form="u8s8"),
+    Route("openvino-int8", OPENVINO, "OpenVINO on the CPU, INT8 kernels from the Q/DQ graph (S8S8 form), the rest f32",
+          (ONNX_INT8,), "cpu", OpenVinoRunner, extra="openvino", options={"precision": "fp32"}, int8_form="s8s8"),
     Route("trt-fp32", TENSORRT, "TensorRT plan built from the FP32 ONNX (TF32 off unless --tf32)", (PLAN_FP32,),
           "cuda", TrtRunner, extra="trt", tuned_per_batch=True),
     Route("trt-fp16", TENSORRT, "TensorRT plan in FP16 (strongly typed mixed graph, or --weak-fp16 on 8.6-10.x)",
           (PLAN_FP16,), "cuda", TrtRunner, extra="trt", tuned_per_batch=True),
+    Route("trt-int8", TENSORRT, "TensorRT plan from the S8S8 Q/DQ graph (explicit INT8: strongly typed on 9+, "
+          "INT8+FP16 flags on 8.6)", (PLAN_INT8,), "cuda", TrtRunner, extra="trt", tuned_per_batch=True,
+          int8_form="s8s8"),
 )}
 
 

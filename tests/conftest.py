@@ -50,3 +50,21 @@ def svt_s_triton_repo(tmp_path_factory):
             "--out-dir", str(root / "out"), "--triton-repo", str(root / "repo"), "-q"]
     assert export_main(args) == 0
     return root / "out" / "svt_s_fp32.onnx", root / "repo"
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory):
+    """scikit-learn's digits as PNG folders (.train 1347, .calib 256 of train, .test 450;
+    tests/digits.py), written once per session for every accuracy test."""
+    pytest.importorskip("sklearn", reason="the digits data set ships with scikit-learn (pip install .[test])")
+    from digits import write_digits
+
+    return write_digits(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture(scope="session")
+def digits_model_path():
+    """The committed svt_t checkpoint trained on the digits (tests/train_digits.py)."""
+    from pathlib import Path
+
+    return Path(__file__).parent / "data" / "svt_t_digits.safetensors"

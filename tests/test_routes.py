@@ -25,8 +25,10 @@ from twins_deploy.engines.routes import (
     MODEL,
     ONNX_FP16,
     ONNX_FP32,
+    ONNX_INT8,
     PLAN_FP16,
     PLAN_FP32,
+    PLAN_INT8,
     ROUTES,
     TENSORRT,
     Route,
@@ -164,11 +166,12 @@ def test_model_routes_open_the_model_and_refuse_artifacts(onnx_artifact):
 
 
 def test_rows_are_consistent():
-    kinds = {MODEL, ONNX_FP32, ONNX_FP16, PLAN_FP32, PLAN_FP16}
+    kinds = {MODEL, ONNX_FP32, ONNX_FP16, ONNX_INT8, PLAN_FP32, PLAN_FP16, PLAN_INT8}
     for name, r in ROUTES.items():
         assert r.name == name and r.consumes and set(r.consumes) <= kinds
-        assert r.precision in ("fp32", "fp16", "bf16")
-        assert r.makes is None if r.runs_model else r.makes[1] in ("fp32", "fp16")
+        assert r.precision in ("fp32", "fp16", "bf16", "int8")
+        assert r.makes is None if r.runs_model else r.makes[1] in ("fp32", "fp16", "int8")
+        assert (r.int8_form is not None) == (r.precision == "int8")
         assert r.extra is None or r.extra in _extras(), f"{name}: extra {r.extra!r} is not in pyproject.toml"
         assert callable(getattr(r.runner, "from_route", None))
     assert [r.name for r in ROUTES.values() if r.baseline] == ["torch"]
@@ -177,6 +180,10 @@ def test_rows_are_consistent():
                                                                      if r.family == TENSORRT}
     with pytest.raises(ValueError, match="not in"):
         Route("bad", "X", "bad kind", ("onnx-int3",), "cpu", OrtRunner)
+    with pytest.raises(ValueError, match="names its Q/DQ form"):
+        Route("bad", "X", "INT8 without its form", (ONNX_INT8,), "cpu", OrtRunner)
+    with pytest.raises(ValueError, match="runs INT8 artifacts only"):
+        Route("bad", "X", "INT8 beside FP32", (ONNX_FP32, ONNX_INT8), "cpu", OrtRunner, int8_form="u8s8")
     with pytest.raises(ValueError, match="no artifact to tune per batch"):
         Route("bad", "X", "tuned model", (MODEL,), "cpu", TorchRunner, tuned_per_batch=True)
 

@@ -95,7 +95,7 @@ def test_precision_routes(precision, major, weak, route):
     plan = resolve_precision(precision, trt_major=major, weak_fp16=weak)
     assert plan.route == route
     assert plan.graph == ("fp16" if route == "strong" else "fp32")
-    assert plan.of("trt") == precision and plan.builder_fp16_flag == (route == "weak")
+    assert plan.of("trt") == precision and (plan.builder_flags(10) == ("FP16",)) == (route == "weak")
 
 
 def test_weak_fp16_is_refused_on_tensorrt_11():

@@ -78,6 +78,28 @@ class EngineInfo:
     trtexec: str = ""
 
 
+@dataclass(frozen=True)
+class QuantInfo:
+    """How an INT8 artifact was quantized (an engine carries its Q/DQ graph's): the Q/DQ form,
+    the quantizer and its version, and the calibration set (image count, content hash, method)."""
+
+    form: str
+    activations: str
+    weights: str
+    ops: list[str]
+    quantizer: str
+    quantizer_version: str
+    calibration: dict[str, Any]
+    source_onnx: dict[str, str] = field(default_factory=dict)  # the FP32 graph it was quantized from
+    qdq: dict[str, Any] = field(default_factory=dict)  # Q/DQ facts read from the graph
+    runs_best_in: str = ""
+
+    def identity(self) -> dict[str, Any]:
+        c = self.calibration
+        return {"form": self.form, "ops": list(self.ops),
+                "calibration": {k: c.get(k) for k in ("sha256", "images", "method")}}
+
+
 @dataclass
 class Manifest:
     kind: str
@@ -96,6 +118,7 @@ class Manifest:
     onnx: OnnxInfo | None = None
     engine: EngineInfo | None = None
     validation: dict[str, Any] | None = None
+    quant: QuantInfo | None = None
     schema: int = SCHEMA
 
     def __post_init__(self) -> None:
@@ -105,6 +128,9 @@ class Manifest:
             raise ArtifactError(f"manifest validation must be an object or null, got {self.validation!r}")
         if not self.outputs or not all(isinstance(o, str) for o in self.outputs):
             raise ArtifactError(f"manifest outputs must be a list of tensor names, got {self.outputs!r}")
+        if (self.plan.requested == "int8") != (self.quant is not None):
+            raise ArtifactError("manifest precision int8 and its quant section go together "
+                                f"(precision {self.plan.requested}, quant {'present' if self.quant else 'absent'})")
 
     @property
     def precision(self) -> str:
@@ -131,6 +157,8 @@ class Manifest:
                         "path": w.path if w.source == "pretrained" else None},
             "spec": self.spec.to_dict(), "plan": self.plan.to_dict(),
         }
+        if self.quant is not None:
+            ident["quant"] = self.quant.identity()
         if self.engine is not None:
             e = self.engine
             ident["engine"] = {
@@ -153,6 +181,8 @@ class Manifest:
             d["onnx"] = asdict(self.onnx)
         if self.engine is not None:
             d["engine"] = asdict(self.engine)
+        if self.quant is not None:
+            d["quant"] = asdict(self.quant)
         d["validation"] = self.validation
         return d
 
@@ -167,7 +197,8 @@ class Manifest:
             created=d.get("created", ""), sha256=d.get("sha256"), size_bytes=d.get("size_bytes"),
             onnx=OnnxInfo(**d["onnx"]) if d.get("onnx") else None,
             engine=EngineInfo(**d["engine"]) if d.get("engine") else None,
-            validation=d.get("validation"), schema=SCHEMA,
+            validation=d.get("validation"), quant=QuantInfo(**d["quant"]) if d.get("quant") else None,
+            schema=SCHEMA,
         )
 
 

@@ -15,8 +15,10 @@ not fail validation.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -55,10 +57,33 @@ from twins_deploy.errors import (
     ValidationFailedError,
 )
 from twins_deploy.exporters.inspect import inspect_onnx
+from twins_deploy.exporters.int8 import (
+    DEFAULT_CALIB_COUNT,
+    DEFAULT_CALIB_METHOD,
+    FORMS,
+    QUANTIZED_OPS,
+    RECOMMENDED_CALIB_IMAGES,
+    TRT_FORM,
+    Calibration,
+    CalibrationSet,
+    calibrated,
+    calibration_set,
+    qdq_facts,
+    quantize,
+)
 from twins_deploy.exporters.onnx_export import export_onnx
 from twins_deploy.exporters.spec import INPUT_NAME, ExportSpec
 from twins_deploy.factory import create_model
-from twins_deploy.manifest import EngineInfo, InputInfo, Manifest, ModelInfo, OnnxInfo, read_manifest, reuse_verdict
+from twins_deploy.manifest import (
+    EngineInfo,
+    InputInfo,
+    Manifest,
+    ModelInfo,
+    OnnxInfo,
+    QuantInfo,
+    read_manifest,
+    reuse_verdict,
+)
 from twins_deploy.precision import PrecisionPlan, resolve_precision
 from twins_deploy.preprocess import check_image_folder
 from twins_deploy.progress import Steps
@@ -83,6 +108,15 @@ class WeightsRequest:
 
 
 @dataclass(frozen=True)
+class CalibRequest:
+    """INT8 calibration: the images (a folder), how many of them, and the range method."""
+
+    folder: str
+    count: int = DEFAULT_CALIB_COUNT
+    method: str = DEFAULT_CALIB_METHOD
+
+
+@dataclass(frozen=True)
 class ArtifactRequest:
     """Everything that decides which artifacts are made, where, and how they are checked."""
 
@@ -101,6 +135,7 @@ class ArtifactRequest:
     images: str | None = None
     thresholds: dict[str, float | None] = field(default_factory=dict)
     triton: TritonRepoOptions | None = None  # also lay the final artifact out in a Triton model repository
+    calib: CalibRequest | None = None  # INT8 only: the calibration images
 
     def __post_init__(self) -> None:
         if self.fmt not in FORMATS:
@@ -113,6 +148,10 @@ class ArtifactRequest:
             raise OptionError("--min-hw/--max-hw set the engine's H/W range; they need --fmt trt and --dynamic-hw")
         # what can be refused without knowing the TensorRT version (resolve_precision does the rest)
         resolve_precision(self.precision, self.io_fp16, None, self.trt.weak_fp16)
+        if (self.precision == "int8") != (self.calib is not None):
+            raise OptionError(
+                "--precision int8 needs calibration images: --calib DIR (representative images, never random data)"
+                if self.calib is None else "--calib DIR calibrates INT8; it needs --precision int8")
 
 
 @dataclass(frozen=True)
@@ -125,9 +164,18 @@ class Artifact:
 @dataclass(frozen=True)
 class Artifacts:
     plan: PrecisionPlan
-    onnx: Artifact
+    onnx: Artifact          # the deployed ONNX graph (INT8: its S8S8 form, which TensorRT builds)
     engine: Artifact | None = None
     triton_entry: Path | None = None  # REPO/<name>/ when the request asked for a Triton repository
+    source: Artifact | None = None    # INT8: the FP32 graph it was quantized from
+    companions: tuple[Artifact, ...] = ()  # INT8: the other forms of the same calibration
+
+    def int8_form(self, form: str) -> Artifact:
+        """The INT8 graph of Q/DQ ``form`` made by this run."""
+        for a in (self.onnx, *self.companions):
+            if a.manifest.quant is not None and a.manifest.quant.form == form:
+                return a
+        raise ValueError(f"no INT8 graph of form {form!r} was made")
 
     @property
     def final(self) -> Artifact:
@@ -155,7 +203,7 @@ def _model_facts(model: torch.nn.Module, spec: ExportSpec) -> tuple[ModelInfo, P
 
 
 def _describe(kind: str, path: Path, spec: ExportSpec, plan: PrecisionPlan, model: torch.nn.Module,
-              engine: EngineInfo | None = None) -> Manifest:
+              engine: EngineInfo | None = None, quant: QuantInfo | None = None) -> Manifest:
     """The manifest of an artifact before it exists: its identity and contract, no file facts."""
     info, pre, weights = _model_facts(model, spec)
     axes = spec.dynamic_axes()
@@ -166,7 +214,7 @@ def _describe(kind: str, path: Path, spec: ExportSpec, plan: PrecisionPlan, mode
                         {"min": b.min, "opt": b.opt, "max": b.max}),
         outputs=spec.output_names, preprocess=pre,
         tools=tool_versions(("tensorrt", "polygraphy", "cuda-bindings") if kind == PLAN_KIND else ()),
-        created=now_iso(), engine=engine,
+        created=now_iso(), engine=engine, quant=quant,
     )
 
 
@@ -209,7 +257,8 @@ def _validate(run: Run, candidate: Runner, manifest: Manifest, label: str) -> di
     if not req.validate:
         return None
     with run.steps.step(f"{label} ({manifest.precision} thresholds)"):
-        cases = validation_cases(req.spec, manifest.preprocess, images=req.images, min_hw=smallest_hw(manifest))
+        cases = validation_cases(req.spec, manifest.preprocess, images=req.images, min_hw=smallest_hw(manifest),
+                                 precision=manifest.precision)
         report = validate_against_pytorch(run.model, candidate, manifest.precision, cases, req.thresholds)
         run.steps.note(report.summary())
     return report.to_dict()
@@ -230,12 +279,31 @@ class Run:
     onnx: Artifact | None = None
     engine: Artifact | None = None
     triton_entry: Path | None = None
+    calib: CalibrationSet | None = None  # INT8: the images, checked before any work
+    source: Artifact | None = None       # INT8: the FP32 graph the Q/DQ graphs are quantized from
+    companions: list[Artifact] = field(default_factory=list)
+    cleanup: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    _calibration: Calibration | None = None
 
     @property
     def final(self) -> Artifact:
         artifact = self.engine or self.onnx
         assert artifact is not None, "the ONNX stage runs before every stage that reads the final artifact"
         return artifact
+
+    def calibration(self) -> Calibration:
+        """The one calibration of this run, made when the first INT8 graph needs it (a run
+        that reuses every INT8 graph calibrates nothing)."""
+        if self._calibration is None:
+            req, source = self.req, self.source
+            assert self.calib is not None and req.calib is not None and source is not None
+            start = time.perf_counter()
+            batch = None if req.spec.batch.dynamic else req.spec.batch.min
+            self._calibration = self.cleanup.enter_context(calibrated(
+                source.path, self.calib, source.manifest.preprocess, req.spec.img_size, batch, req.calib.method))
+            self.steps.note(f"calibrated on {len(self.calib.files)} images of {self.calib.folder} "
+                            f"({req.calib.method}) in {time.perf_counter() - start:.1f} s")
+        return self._calibration
 
 
 class Stage:
@@ -294,13 +362,16 @@ class ArtifactStage(Stage):
 
 
 class OnnxStage(ArtifactStage):
+    """The graph exported from PyTorch: the deployed one, or (INT8) the FP32 graph the Q/DQ
+    graphs are quantized from, an artifact of its own that FP32 runs reuse."""
+
     label = "validate ONNX Runtime vs PyTorch FP32"
 
     def planned(self, run: Run) -> Manifest:
-        return _describe(ONNX_KIND, self.path, run.req.spec, run.plan, run.model)
+        return _describe(ONNX_KIND, self.path, run.req.spec, run.plan.source, run.model)
 
     def make(self, run: Run, planned: Manifest, tmp: Path) -> Manifest:
-        spec, plan, steps = run.req.spec, run.plan, run.steps
+        spec, plan, steps = run.req.spec, run.plan.source, run.steps
         with steps.step(f"export {spec.model} to ONNX ({plan.graph}, opset {spec.opset})"):
             graph, info = export_onnx(run.model, spec, plan)
             if info.simplify_note:
@@ -315,7 +386,51 @@ class OnnxStage(ArtifactStage):
                                      report.roll_free, {v.version: v.compatible for v in report.trt}, info.to_dict()))
 
     def keep(self, run: Run, artifact: Artifact) -> None:
-        run.onnx = artifact
+        if run.plan.source is run.plan:
+            run.onnx = artifact
+        else:
+            run.source = artifact
+
+
+class Int8Stage(ArtifactStage):
+    """One Q/DQ form of the run's INT8 calibration, written from the FP32 graph
+    (:mod:`twins_deploy.exporters.int8`); the S8S8 form is the deployed graph (TensorRT
+    builds it), the others are its companions."""
+
+    label = "validate INT8 in ONNX Runtime vs PyTorch FP32"
+
+    def __init__(self, path: Path, form: str, validate: bool) -> None:
+        super().__init__(path, final=True, validate=validate)
+        self.form = form
+
+    def planned(self, run: Run) -> Manifest:
+        req, source, calib = run.req, run.source, run.calib
+        assert source is not None and calib is not None and req.calib is not None
+        f = FORMS[self.form].describe()
+        quant = QuantInfo(self.form, f["activations"], f["weights"], list(QUANTIZED_OPS), "", "",
+                          {**calib.to_dict(), "method": req.calib.method},
+                          {"file": source.path.name, "sha256": source.manifest.sha256 or ""}, runs_best_in=f["for"])
+        return _describe(ONNX_KIND, self.path, req.spec, run.plan, run.model, quant=quant)
+
+    def make(self, run: Run, planned: Manifest, tmp: Path) -> Manifest:
+        import onnx
+
+        with run.steps.step(f"quantize to INT8, {self.form} Q/DQ form ({FORMS[self.form].for_runtimes})"):
+            facts = quantize(run.calibration(), self.form, tmp)
+        graph = onnx.load(str(tmp))
+        report = inspect_onnx(graph)
+        quant = replace(planned.quant, quantizer=facts["quantizer"], quantizer_version=facts["quantizer_version"],
+                        qdq=qdq_facts(graph))
+        return replace(planned, sha256=file_sha256(tmp), size_bytes=tmp.stat().st_size, quant=quant,
+                       onnx=OnnxInfo(graph.opset_import[0].version if graph.opset_import else 0, report.ir_version,
+                                     report.num_nodes, report.op_census, report.roll_free,
+                                     {v.version: v.compatible for v in report.trt}, {}))
+
+    def keep(self, run: Run, artifact: Artifact) -> None:
+        if self.form == TRT_FORM:
+            run.onnx = artifact
+        else:
+            run.companions.append(artifact)
 
 
 class EngineStage(ArtifactStage):
@@ -332,7 +447,7 @@ class EngineStage(ArtifactStage):
         engine = EngineInfo(trt_version=env.version, gpu=env.gpu, profile=run.profile.to_dict(),
                             build_options=req.trt.to_dict(), tf32=req.trt.tf32,
                             source_onnx={"file": onnx.path.name, "sha256": onnx.manifest.sha256 or ""})
-        return _describe(PLAN_KIND, self.path, req.spec, run.plan, run.model, engine)
+        return _describe(PLAN_KIND, self.path, req.spec, run.plan, run.model, engine, onnx.manifest.quant)
 
     def make(self, run: Run, planned: Manifest, tmp: Path) -> Manifest:
         req, env, plan, onnx = run.req, run.env, run.plan, run.final
@@ -360,10 +475,18 @@ class TritonStage(Stage):
 
 
 def artifact_paths(req: ArtifactRequest, plan: PrecisionPlan) -> tuple[Path, Path | None]:
-    """Where the ONNX model and (for ``--fmt trt``) the engine of ``req`` are written."""
-    onnx = req.out_dir / f"{req.spec.stem(plan.graph, plan.io_fp16)}.onnx"
+    """Where the exported ONNX model and (for ``--fmt trt``) the engine of ``req`` are written
+    (INT8: the exported model is the FP32 graph; :func:`int8_paths` names the Q/DQ graphs)."""
+    onnx = req.out_dir / f"{req.spec.stem(plan.source.graph, plan.io_fp16)}.onnx"
     engine = req.out_dir / f"{req.spec.stem(plan.requested, plan.io_fp16)}{ENGINE_SUFFIX}" if req.fmt == PLAN_KIND else None
     return onnx, engine
+
+
+def int8_paths(req: ArtifactRequest) -> dict[str, Path]:
+    """Q/DQ form -> where its INT8 graph is written (``svt_s_int8-u8s8.onnx``), the S8S8
+    form (the deployed graph, which TensorRT builds) last."""
+    forms = sorted(FORMS, key=lambda f: f == TRT_FORM)
+    return {f: req.out_dir / f"{req.spec.stem('int8')}-{f}.onnx" for f in forms}
 
 
 def make_artifacts(req: ArtifactRequest, model: torch.nn.Module | None = None,
@@ -380,34 +503,41 @@ def make_artifacts(req: ArtifactRequest, model: torch.nn.Module | None = None,
     # and an entry in the way, the engine's profile, an empty folder or a bad image. The final
     # artifact's name does not depend on the TensorRT line, so the draft plan names it.
     draft = resolve_precision(req.precision, req.io_fp16, None, req.trt.weak_fp16)
-    final = artifact_paths(req, draft)[1 if wants_engine else 0]
+    quantized = int8_paths(req) if req.calib is not None else {}
+    final = artifact_paths(req, draft)[1] if wants_engine else quantized.get(TRT_FORM, artifact_paths(req, draft)[0])
     if req.triton is not None:
         check_entry(req.triton, req.fmt, req.spec, final.stem, overwrite=req.on_existing != "refuse")
     profile = profile_for(req.spec, req.trt.min_hw, req.trt.max_hw) if wants_engine else None
     if req.images:
         check_image_folder(req.images)
+    calib = calibration_set(req.calib.folder, req.calib.count, req.images) if req.calib is not None else None
     # then TensorRT, the driver, the GPU and its free memory (exit 3): a machine where no engine
     # can be built says so before half a minute of ONNX export, not after
     env = checked_build_env(req.trt.workspace_gib) if wants_engine else BuildEnv(None, None)
     plan = resolve_precision(req.precision, req.io_fp16, env.major, req.trt.weak_fp16) if wants_engine else draft
     onnx_path, engine_path = artifact_paths(req, plan)
-    assert (engine_path or onnx_path) == final  # an engine is named for what was asked, not for the line
+    assert (engine_path or quantized.get(TRT_FORM) or onnx_path) == final  # named for what was asked, not the line
 
     stages: list[Stage] = [ModelStage()] if model is None else []
-    stages.append(OnnxStage(onnx_path, final=not wants_engine, validate=req.validate))
+    stages.append(OnnxStage(onnx_path, final=not wants_engine and not quantized, validate=req.validate))
+    stages += [Int8Stage(path, form, req.validate) for form, path in quantized.items()]
     if engine_path is not None:
         stages.append(EngineStage(engine_path, req.validate))
     if req.triton is not None:
         stages.append(TritonStage())
-    run = Run(req, plan, env, profile, (progress or SILENT)(sum(s.steps for s in stages)), model)
-    with output_dir(req.out_dir):  # held until the run ends: checks below see no other run's files appear
-        refuse_non_files([p for a in (onnx_path, engine_path) if a is not None for p in (a, manifest_path(a))])
+    run = Run(req, plan, env, profile, (progress or SILENT)(sum(s.steps for s in stages)), model, calib=calib)
+    if calib is not None and len(calib.files) < RECOMMENDED_CALIB_IMAGES:
+        run.steps.note(f"warning: calibrating on {len(calib.files)} images; >= {RECOMMENDED_CALIB_IMAGES} "
+                       "representative images are recommended (TensorRT's guidance is 500)")
+    made = [a for a in (onnx_path, *quantized.values(), engine_path) if a is not None]
+    with output_dir(req.out_dir), run.cleanup:  # held until the run ends: no other run's files appear
+        refuse_non_files([p for a in made for p in (a, manifest_path(a))])
         if req.on_existing == "refuse":
-            refuse_overwrite([final, manifest_path(final)], force=False)
+            refuse_overwrite([p for a in (final, *quantized.values()) for p in (a, manifest_path(a))], force=False)
         for stage in stages:
             stage.run(run)
     assert run.onnx is not None
-    return Artifacts(plan, run.onnx, run.engine, run.triton_entry)
+    return Artifacts(plan, run.onnx, run.engine, run.triton_entry, run.source, tuple(run.companions))
 
 
 # -- re-checking artifacts ---------------------------------------------------------------------
@@ -459,7 +589,8 @@ def revalidate(artifact: str | os.PathLike[str], weights: str | None = None, pre
         with steps.step(f"build {spec.model} with the artifact's weights"):
             model = build_model(spec.model, weights_for_manifest(manifest, weights, pretrained), spec.features)
         with steps.step(f"validate {path.name} in {runner.name} against PyTorch FP32 ({precision} thresholds)"):
-            cases = validation_cases(spec, manifest.preprocess, batches, images, min_hw=smallest_hw(manifest))
+            cases = validation_cases(spec, manifest.preprocess, batches, images, min_hw=smallest_hw(manifest),
+                                     precision=manifest.precision)
             report = validate_against_pytorch(model, runner, precision, cases, thresholds)
             steps.note(report.summary())
     finally:

@@ -11,6 +11,13 @@ that builds the engine, and decides which ONNX graph is exported:
   precisions. The only FP16 route on TensorRT 8.x (which has no strong typing), and an
   opt-in on 9.x/10.x; never offered on 11.
 * ``fp32``: the FP32 graph, nothing else.
+* ``qdq`` (INT8): explicit, symmetric ``QuantizeLinear``/``DequantizeLinear`` pairs in the
+  graph, quantized from the FP32 graph (:mod:`twins_deploy.exporters.int8`). TensorRT 8.x
+  builds it with ``BuilderFlag.INT8`` (a Q/DQ network needs the flag under weak typing,
+  NVIDIA/TensorRT#4021) plus ``FP16`` so the layers left in high precision are not FP32;
+  9.x/10.x build it as a ``STRONGLY_TYPED`` network with no precision flag (both flags are
+  deprecated from 10.12: "Superseded by strong typing"); 11.x is strongly typed only. Never
+  TensorRT's implicit calibrator: deprecated in 10.1, removed in 11.
 
 TensorRT 9.x (the LLM-oriented releases 9.x) already binds
 ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` (github.com/NVIDIA/TensorRT,
@@ -26,8 +33,9 @@ from typing import Any
 from twins_deploy.artifacts import PLAN_KIND
 from twins_deploy.errors import BackendUnavailableError, InputShapeError
 
-PRECISIONS = ("fp32", "fp16")
-ROUTES = ("fp32", "strong", "weak")
+PRECISIONS = ("fp32", "fp16", "int8")
+ROUTES = ("fp32", "strong", "weak", "qdq")
+_ROUTES_OF = {"fp32": ("fp32",), "fp16": ("strong", "weak"), "int8": ("qdq",)}
 # First TensorRT major with strongly typed networks; 11 is the first without weak typing.
 FIRST_STRONG_MAJOR = 9
 FIRST_STRONG_ONLY_MAJOR = 11
@@ -37,14 +45,14 @@ FIRST_STRONG_ONLY_MAJOR = 11
 class PrecisionPlan:
     """What the user asked for and how each stage realises it."""
 
-    requested: str = "fp32"   # "fp32" | "fp16": what the deployed artifact computes in
-    route: str = "fp32"       # "fp32" | "strong" | "weak"
+    requested: str = "fp32"   # "fp32" | "fp16" | "int8": what the deployed artifact computes in
+    route: str = "fp32"       # "fp32" | "strong" | "weak" (fp16) | "qdq" (int8)
     io_fp16: bool = False     # FP16 graph inputs/outputs (strong route only)
 
     def __post_init__(self) -> None:
         if self.requested not in PRECISIONS:
             raise InputShapeError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.requested!r}")
-        if self.route not in ROUTES or (self.route == "fp32") != (self.requested == "fp32"):
+        if self.route not in _ROUTES_OF[self.requested]:
             raise InputShapeError(f"route {self.route!r} cannot realise precision {self.requested!r}")
         if self.io_fp16 and self.route != "strong":
             raise InputShapeError(
@@ -53,18 +61,33 @@ class PrecisionPlan:
 
     @property
     def graph(self) -> str:
-        """Precision of the exported ONNX graph."""
-        return "fp16" if self.route == "strong" else "fp32"
+        """Precision of the deployed ONNX graph."""
+        return {"strong": "fp16", "qdq": "int8"}.get(self.route, "fp32")
 
     @property
-    def builder_fp16_flag(self) -> bool:
-        """Whether the TensorRT builder sets the weak ``BuilderFlag.FP16``."""
-        return self.route == "weak"
+    def source(self) -> PrecisionPlan:
+        """The plan of the graph exported from PyTorch: this one, or FP32 for INT8 (whose
+        Q/DQ graph is quantized from the FP32 graph, which is an artifact of its own)."""
+        return PrecisionPlan() if self.route == "qdq" else self
+
+    def builder_flags(self, trt_major: int) -> tuple[str, ...]:
+        """The weak-typing ``BuilderFlag`` precision flags TensorRT ``trt_major`` is given:
+        FP16 for the weak route; INT8 and FP16 for a Q/DQ graph on 8.x (no strong typing
+        there); none otherwise (the graph's own types rule)."""
+        self.check_trt(trt_major)
+        if self.route == "weak":
+            return ("FP16",)
+        if self.route == "qdq" and trt_major < FIRST_STRONG_MAJOR:
+            return ("INT8", "FP16")
+        return ()
 
     def strongly_typed_network(self, trt_major: int) -> bool:
         """Whether TensorRT ``trt_major`` is asked for a ``STRONGLY_TYPED`` network: the FP16
-        graph below 11 (11 has strong typing only, so the flag is implied there)."""
+        graph below 11, and the Q/DQ graph from 9 to 10 (11 has strong typing only, so the
+        flag is implied there)."""
         self.check_trt(trt_major)
+        if self.route == "qdq":
+            return FIRST_STRONG_MAJOR <= trt_major < FIRST_STRONG_ONLY_MAJOR
         return self.route == "strong" and trt_major < FIRST_STRONG_ONLY_MAJOR
 
     def check_trt(self, trt_major: int) -> None:
@@ -95,10 +118,11 @@ def resolve_precision(requested: str, io_fp16: bool = False, trt_major: int | No
     unknown, which is treated like the current line)."""
     if requested not in PRECISIONS:
         raise InputShapeError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
-    if requested == "fp32":
+    if requested != "fp16":
         if weak_fp16:
             raise InputShapeError("--weak-fp16 only applies to --precision fp16")
-        return PrecisionPlan("fp32", "fp32", io_fp16)  # io_fp16 is refused by the plan itself
+        # io_fp16 is refused by the plan itself
+        return PrecisionPlan(requested, "qdq" if requested == "int8" else "fp32", io_fp16)
     weak = weak_fp16 or (trt_major is not None and trt_major < FIRST_STRONG_MAJOR)
     plan = PrecisionPlan("fp16", "weak" if weak else "strong", io_fp16)
     if trt_major is not None:

@@ -86,22 +86,26 @@ def preprocess_image(path: str | os.PathLike[str], hw: tuple[int, int], pre: Pre
     return normalise(images01, pre)
 
 
-def image_files(directory: str | os.PathLike[str]) -> list[Path]:
-    """The image files in ``directory`` (sorted, non-recursive); none is an error."""
+def image_files(directory: str | os.PathLike[str], what: str = "--images") -> list[Path]:
+    """The image files in ``directory`` (sorted, non-recursive); none is an error (``what``:
+    the option that named the folder, for the message)."""
     d = Path(directory)
     if not d.is_dir():
-        raise InputShapeError(f"--images {str(d)!r} is not a directory")
-    files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        raise InputShapeError(f"{what} {str(d)!r} is not a directory")
+    try:
+        files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    except OSError as e:
+        raise InputShapeError(f"{what} {str(d)!r} cannot be read: {e.strerror or e}") from None
     if not files:
-        raise InputShapeError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {str(d)!r}")
+        raise InputShapeError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {what} {str(d)!r}")
     return files
 
 
-def check_image_folder(directory: str | os.PathLike[str]) -> list[Path]:
+def check_image_folder(directory: str | os.PathLike[str], what: str = "--images") -> list[Path]:
     """The folder's images, each proven readable (header and structure, no decoding), so a
     bad file fails before any work instead of in the middle of validation."""
 
-    files = image_files(directory)
+    files = image_files(directory, what)
     for f in files:
         try:
             with Image.open(f) as im:

@@ -1,4 +1,4 @@
-"""The six Twins variants as data: architecture, preprocessing and names.
+"""The six Twins variants (and a tiny test-only one) as data: architecture, preprocessing and names.
 
 Nothing here imports torch, so listing models and resolving names is cheap (the CLI's
 ``--help`` and error paths use it).
@@ -64,7 +64,7 @@ class TwinsConfig:
     """Architecture of one variant; numbers from timm's ``@register_model`` functions."""
 
     name: str
-    timm_name: str
+    timm_name: str | None  # None: no timm counterpart and no published weights (test models)
     paper_name: str
     embed_dims: tuple[int, int, int, int]
     depths: tuple[int, int, int, int]
@@ -77,14 +77,18 @@ class TwinsConfig:
     preprocess: Preprocess = field(default_factory=Preprocess)
 
     @property
-    def hf_hub_id(self) -> str:
-        return f"timm/{self.timm_name}.in1k"
+    def hf_hub_id(self) -> str | None:
+        """Where timm publishes this variant's ImageNet weights; None for a test model."""
+        return f"timm/{self.timm_name}.in1k" if self.timm_name else None
 
     def block_kinds(self, stage: int) -> list[str]:
-        """``'lsa'`` or ``'gsa'`` per block: SVT alternates LSA (even) and GSA (odd)."""
-        return [
-            "gsa" if self.wss is None or i % 2 == 1 else "lsa" for i in range(self.depths[stage])
-        ]
+        """``'lsa'`` or ``'gsa'`` per block: SVT alternates LSA (even) and GSA (odd).
+
+        A window of 1 means global attention, not 1x1 windows: timm and the official code
+        build ``GlobalSubSampleAttn`` (keys ``q``/``kv``) wherever ``ws == 1``.
+        """
+        ws = self.wss[stage] if self.wss is not None else 1
+        return ["gsa" if ws == 1 or i % 2 == 1 else "lsa" for i in range(self.depths[stage])]
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -113,9 +117,26 @@ _CONFIGS: dict[str, TwinsConfig] = {
     )
 }
 
+# Models that exist for the test suite only: no paper variant, no published weights, not
+# in ``list_models()`` (whose six every parity test iterates over), but resolvable by name.
+# svt_t is an SVT small enough to train on CPU in a minute (tests/train_digits.py), so INT8
+# accuracy can be judged on real predictions instead of random weights.
+_TEST_CONFIGS: dict[str, TwinsConfig] = {
+    c.name: c
+    for c in (
+        TwinsConfig("svt_t", None, "Twins-SVT-T (tiny, 32x32; a test model)", (32, 64, 96, 128),
+                    (2, 2, 2, 2), (1, 2, 3, 4), (2, 2, 2, 2), sr_ratios=(4, 2, 1, 1),
+                    wss=(4, 2, 2, 1), num_params=748_488,
+                    preprocess=Preprocess((3, 32, 32), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
+                                          "bilinear", 1.0)),
+    )
+}
+TEST_MODELS: tuple[str, ...] = tuple(_TEST_CONFIGS)
+
 # timm's names (with or without the ``.in1k`` tag) and the official repo's names.
 _ALIASES: dict[str, str] = {}
 for _c in _CONFIGS.values():
+    assert _c.timm_name is not None
     _ALIASES[_c.timm_name] = _c.name
     _ALIASES[f"{_c.timm_name}.in1k"] = _c.name
 for _official, _short in {
@@ -125,9 +146,10 @@ for _official, _short in {
     _ALIASES[_official] = _short
 
 
-def list_models() -> list[str]:
-    """The short names of the six variants, PCPVT first."""
-    return list(_CONFIGS)
+def list_models(include_test: bool = False) -> list[str]:
+    """The short names of the six variants, PCPVT first; with ``include_test``, the
+    test-only models (:data:`TEST_MODELS`) after them."""
+    return list(_CONFIGS) + (list(_TEST_CONFIGS) if include_test else [])
 
 
 def resolve_name(name: str) -> str:
@@ -138,11 +160,11 @@ def resolve_name(name: str) -> str:
     key = name.strip().lower()
     if key.startswith("timm/"):
         key = key[len("timm/"):]
-    if key in _CONFIGS:
+    if key in _CONFIGS or key in _TEST_CONFIGS:
         return key
     if key in _ALIASES:
         return _ALIASES[key]
-    known = list(_CONFIGS) + list(_ALIASES)
+    known = list(_CONFIGS) + list(_TEST_CONFIGS) + list(_ALIASES)
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise UnknownModelError(
@@ -153,4 +175,5 @@ def resolve_name(name: str) -> str:
 
 def get_config(name: str) -> TwinsConfig:
     """The :class:`TwinsConfig` for any accepted name."""
-    return _CONFIGS[resolve_name(name)]
+    key = resolve_name(name)
+    return _CONFIGS.get(key) or _TEST_CONFIGS[key]

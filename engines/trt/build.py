@@ -16,7 +16,11 @@ Per route, as NVIDIA's docs and bindings have it:
 * ``strong``: the mixed FP16 graph as a strongly typed network. 9.x and 10.x need the
   ``STRONGLY_TYPED`` creation flag; 11.x is strongly typed only and deprecates the flag
   (pyCore.cpp, NVIDIA/TensorRT v11.1: "Deprecated: always enabled"), so none is set;
-* ``weak``: the FP32 graph plus ``BuilderFlag.FP16`` (8.6-10.x; removed in 11.0).
+* ``weak``: the FP32 graph plus ``BuilderFlag.FP16`` (8.6-10.x; removed in 11.0);
+* ``qdq``: the INT8 graph with explicit Q/DQ. 8.x: ``BuilderFlag.INT8`` and ``FP16``
+  (Polygraphy's ``CreateConfig(int8=True)`` sets the flag and, the network having Q/DQ
+  layers, runs no calibrator); 9.x/10.x: strongly typed, no flag; 11.x: no flag. No
+  calibrator is ever given to TensorRT (implicit INT8 is deprecated in 10.1, gone in 11).
 """
 from __future__ import annotations
 
@@ -73,7 +77,7 @@ def engine_loader(onnx_path: str | os.PathLike[str], shapes: Profile, opts: TrtB
     pg = _polygraphy()
     major = trt_major(trt.__version__)
     strongly_typed = plan.strongly_typed_network(major)  # refuses weak typing on 11
-    fp16_flag = plan.builder_fp16_flag
+    flags = plan.builder_flags(major)
     info = BuildInfo(trt.__version__, plan.route, [], [])
     if major < 10:
         info.network_flags.append("EXPLICIT_BATCH")  # Polygraphy sets it below 10.0
@@ -88,11 +92,12 @@ def engine_loader(onnx_path: str | os.PathLike[str], shapes: Profile, opts: TrtB
         if hw is None:
             raise BackendUnavailableError(f"TensorRT {trt.__version__} has no hardware compatibility level "
                                           f"{HW_LEVELS[opts.hw_compat]}")
-    info.builder_flags += (["TF32"] if opts.tf32 else []) + (["FP16"] if fp16_flag else []) + (
+    info.builder_flags += (["TF32"] if opts.tf32 else []) + list(flags) + (
         ["VERSION_COMPATIBLE"] if opts.version_compat else [])
     config = pg.CreateConfig(
         tf32=opts.tf32,
-        fp16=fp16_flag,
+        fp16="FP16" in flags,
+        int8="INT8" in flags,  # a Q/DQ network: Polygraphy sets the flag and calibrates nothing
         profiles=[profile],
         memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(opts.workspace_gib * 2**30)},
         builder_optimization_level=opts.opt_level,

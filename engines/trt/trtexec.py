@@ -40,8 +40,7 @@ def trtexec_command(onnx_file: str, engine_file: str, profile: Profile, opts: Tr
         args.append("--noTF32")
     if strongly_typed:
         args.append("--stronglyTyped")
-    if plan.builder_fp16_flag:
-        args.append("--fp16")
+    args += [f"--{flag.lower()}" for flag in plan.builder_flags(major)]  # --int8 --fp16 for Q/DQ on 8.x
     if cache_file:
         args.append(f"--timingCacheFile={cache_file}")
     if opts.hw_compat != "none":

@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from twins_deploy.bench.harness import COMPARISONS, BenchConfig
+from twins_deploy.bench.machine import int8_cpu_warning
 from twins_deploy.bench.report import paper_table, rerender, results_table, targets_lines
 from twins_deploy.bench.run import partial_rows, row_errors, run_benchmark, validation_failures
 from twins_deploy.cli.common import Parser, hw_arg, int_list, number, run_cli
 from twins_deploy.engines.routes import ROUTES, routes_help
 from twins_deploy.errors import BackendUnavailableError, OptionError, ValidationFailedError
+from twins_deploy.exporters.int8 import calibration_set
 from twins_deploy.registry import resolve_name
 
 if TYPE_CHECKING:
@@ -61,13 +63,20 @@ PRESETS = {  # defaults for the flags below; what the user types wins
     "cpu-compare": dict(model="svt_s", backends="torch,ort-cpu,openvino-f32,openvino-bf16", batch=[1, 8],
                         img_size=(224, 224), threads=2, rounds=5, validate=True, compare=["timm-onnx"],
                         targets=True, name="cpu_compare"),
+    # the INT8 routes beside their FP32 graphs, validated, against timm's ONNX export (needs --calib DIR)
+    "int8-compare": dict(model="svt_s", backends="ort-cpu,ort-int8,openvino-f32,openvino-int8", batch=[8],
+                         img_size=(224, 224), threads=2, rounds=3, validate=True, compare=["timm-onnx"],
+                         targets=True, name="int8_cpu"),
     # our ONNX graph vs timm's export of the same model, in ONNX Runtime, beside PyTorch eager
     "onnx-vs-timm": dict(model="svt_s,pcpvt_s", backends="torch,ort-cpu", batch=[1, 8], img_size=(224, 224),
                          threads=2, rounds=3, compare=["timm-onnx"], name="onnx_vs_timm_cpu"),
 }
 PRESET_HELP = ("'paper': svt_s, 224, batch 192, all backends; 'cpu-compare': svt_s, 224, batch 1,8, every CPU "
                "route, 2 threads, 5 rounds, --validate, --compare timm-onnx, the targets judged (best validated "
-               "route >= 2x timm's ONNX export at batch 8, best FP32 route >= 1.3x), name cpu_compare; "
+               "route >= 2x timm's ONNX export at batch 8, best FP32 route >= 1.3x), name cpu_compare; 'int8-compare': "
+               "svt_s, 224, batch 8, ort-cpu,ort-int8,openvino-f32,openvino-int8, 2 threads, 3 rounds, --validate, "
+               "--compare timm-onnx, best validated INT8 route >= 2.5x timm's export (needs --calib DIR), "
+               "name int8_cpu; "
                "'onnx-vs-timm': svt_s,pcpvt_s, 224, batch 1,8, torch and ort-cpu, 2 threads, 3 rounds, "
                "--compare timm-onnx, name onnx_vs_timm_cpu")
 
@@ -110,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check each runner against the PyTorch FP32 model, with the thresholds of the precision "
                         "its route computes in, and record the verdict in its rows; a failing route is still "
                         "timed, and the command exits 1 after writing the results")
+    p.add_argument("--calib", metavar="DIR",
+                   help="images the INT8 routes (ort-int8, openvino-int8, trt-int8) are calibrated on "
+                        "(twins-export --calib); the INT8 rows need it")
     p.add_argument("--compare", type=compare_list, default=[], metavar="WHAT[,WHAT]",
                    help="also measure: swin_t, timm's Swin-T through the same backends; timm-onnx, timm's own "
                         "ONNX export of each --model (timm's model, the same weights, timm's recipe) in "
@@ -183,7 +195,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str] | None = None) ->
                        min_time_s=args.min_time, include_copies=args.include_copies, cuda_graphs=args.cuda_graphs,
                        threads=args.threads, compare=tuple(dict.fromkeys(args.compare)), rounds=args.rounds,
                        validate=args.validate, targets=args.targets, out=args.out, name=name, note=args.note,
-                       command=command_line(argv), quiet=args.quiet)
+                       command=command_line(argv), quiet=args.quiet, calib=args.calib)
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -207,6 +219,11 @@ def _main(argv: list[str] | None) -> int:
         cfg = config_from_args(args, argv)
     except OptionError as e:
         parser.error(str(e))
+    if cfg.calib is not None:  # its images proven usable before any work (exit 2)
+        calibration_set(cfg.calib)
+        warning = int8_cpu_warning()
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
     return _bench_main(cfg)
 
 

@@ -6,6 +6,7 @@ import functools
 import sys
 from pathlib import Path
 
+from twins_deploy.bench.machine import int8_cpu_warning
 from twins_deploy.cli.common import (
     Parser,
     add_batch_args,
@@ -21,7 +22,15 @@ from twins_deploy.cli.common import (
     trt_options_from_args,
 )
 from twins_deploy.exporters.spec import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, ExportSpec
-from twins_deploy.pipeline import ArtifactRequest, WeightsRequest, make_artifacts
+from twins_deploy.exporters.int8 import (
+    CALIB_METHODS,
+    DEFAULT_CALIB_COUNT,
+    DEFAULT_CALIB_METHOD,
+    MIN_CALIB_IMAGES,
+    RECOMMENDED_CALIB_IMAGES,
+)
+from twins_deploy.pipeline import ArtifactRequest, CalibRequest, WeightsRequest, make_artifacts
+from twins_deploy.precision import PRECISIONS
 from twins_deploy.progress import Steps
 from twins_deploy.registry import list_models, resolve_name
 from twins_deploy.serving.triton_repo import DEFAULT_QUEUE_DELAY_US, DEVICES, TritonRepoOptions
@@ -31,6 +40,8 @@ examples:
   twins-export --model svt_s                      # FP32 ONNX, dynamic batch 1..32, validated
   twins-export --model svt_s --precision fp16     # mixed FP16 ONNX (LayerNorm in FP32)
   twins-export --model svt_s --fmt trt --precision fp16   # + TensorRT engine (GPU + TensorRT)
+  twins-export --model svt_s --weights w.safetensors --precision int8 --calib calib_images/ --images eval_images/
+                                                  # INT8 Q/DQ graphs: -s8s8 (TensorRT, OpenVINO), -u8s8 (ONNX Runtime)
   twins-export --model pcpvt_b --weights twins_pcpvt_base.safetensors --images photos/
   twins-export --model svt_s --features --dynamic-hw --img-size 512   # detection backbone
   twins-export --model svt_s --triton-repo repo   # + repo/svt_s_fp32/{config.pbtxt,1/model.onnx}; twins-serve repo
@@ -50,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"variant: {', '.join(list_models())}, or a timm name such as twins_svt_small")
     p.add_argument("--fmt", choices=("onnx", "trt"), default="onnx",
                    help="onnx: ONNX model; trt: ONNX model then a TensorRT engine (default: %(default)s)")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
-                   help="fp16 writes a mixed FP16 ONNX (LayerNorm FP32, FP32 I/O) (default: %(default)s)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp16 writes a mixed FP16 ONNX (LayerNorm FP32, FP32 I/O); int8 quantizes the FP32 graph "
+                        "with explicit Q/DQ after calibrating on --calib images (default: %(default)s)")
     p.add_argument("--io-fp16", action="store_true", help="with fp16: make the graph's input/outputs FP16 too")
     w = p.add_mutually_exclusive_group()
     w.add_argument("--weights", metavar="PATH",
@@ -77,12 +89,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", metavar="DIR", help="also validate on the photographs in DIR (jpg/png/...)")
     p.add_argument("--no-validate", action="store_true", help="skip validation against PyTorch")
     add_threshold_args(p)
+    add_calib_args(p)
     p.add_argument("--force", action="store_true", help="overwrite existing artifacts")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.add_argument("-v", "--verbose", action="store_true", help="full tracebacks on errors")
     add_trt_args(p)
     add_triton_args(p)
     return p
+
+
+def add_calib_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("INT8 calibration (--precision int8)")
+    g.add_argument("--calib", metavar="DIR",
+                   help=f"images to calibrate INT8 on (representative of what the model will see, preprocessed "
+                        f"like validation); at least {MIN_CALIB_IMAGES}, >= {RECOMMENDED_CALIB_IMAGES} recommended; "
+                        "never the --images that judge it")
+    g.add_argument("--calib-count", type=number(int, MIN_CALIB_IMAGES, 100_000), default=DEFAULT_CALIB_COUNT,
+                   metavar="N", help="use N of the images, spread evenly over the sorted files (default: %(default)s)")
+    g.add_argument("--calib-method", choices=CALIB_METHODS, default=DEFAULT_CALIB_METHOD,
+                   help="how each tensor's range is taken from the images (default: %(default)s)")
+
+
+def calib_from_args(args: argparse.Namespace) -> CalibRequest | None:
+    if args.calib is None:
+        return None
+    return CalibRequest(args.calib, args.calib_count, args.calib_method)
 
 
 def add_triton_args(p: argparse.ArgumentParser) -> None:
@@ -121,7 +152,7 @@ def request_from_args(args: argparse.Namespace) -> ArtifactRequest:
         weights=WeightsRequest(args.weights, args.pretrained, args.reset_head, args.num_classes, args.seed),
         out_dir=args.out_dir, on_existing="overwrite" if args.force else "refuse",
         validate=not args.no_validate, images=args.images, thresholds=thresholds_from_args(args),
-        triton=triton_options_from_args(args),
+        triton=triton_options_from_args(args), calib=calib_from_args(args),
     )
 
 
@@ -132,6 +163,10 @@ def _main(argv: list[str] | None) -> int:
         req = request_from_args(args)
     except ValueError as e:  # spec and option constraints (opset, batch range, workspace)
         parser.error(str(e))
+    if req.precision == "int8":
+        warning = int8_cpu_warning()
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
     arts = make_artifacts(req, progress=functools.partial(Steps, quiet=args.quiet))
     final = arts.final
     val = final.manifest.validation
