@@ -46,6 +46,7 @@ from twins_deploy.engines.validation import validate_against_pytorch, validation
 from twins_deploy.errors import BackendUnavailableError, OptionError
 from twins_deploy.exporters.spec import BatchRange, ExportSpec
 from twins_deploy.progress import Steps
+from twins_deploy.registry import get_config
 
 COMPARISONS = (SWIN, TIMM_ONNX)  # --compare: subjects measured beside the Twins variants
 
@@ -94,6 +95,9 @@ class BenchConfig:
         if unknown:
             raise OptionError(f"--compare takes {', '.join(COMPARISONS)}, got {', '.join(map(repr, unknown))}")
         check_file_stem(self.name, "--name")
+        no_timm = [m for m in self.models if get_config(m).timm_name is None] if TIMM_ONNX in self.compare else []
+        if no_timm:
+            raise OptionError(f"--compare {TIMM_ONNX}: {', '.join(no_timm)} has no timm counterpart to export")
         int8 = [b for b in self.backends if get_route(b).precision == "int8"]
         if int8 and self.calib is None:
             raise OptionError(f"{', '.join(int8)} run INT8 graphs, calibrated on images: pass --calib DIR "

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from twins_deploy.errors import ExportError, InputShapeError, OptionError
+from twins_deploy.preprocess import check_image_folder, image_files, preprocess_image
 from twins_deploy.registry import Preprocess
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
@@ -107,8 +108,6 @@ def calibration_set(folder: str | os.PathLike[str], count: int = DEFAULT_CALIB_C
     files, each proven to decode. Refuses fewer than :data:`MIN_CALIB_IMAGES` and any image
     whose content is also in the ``evaluation`` folder (``--images``): images a model was
     calibrated on say nothing about its accuracy."""
-    from twins_deploy.preprocess import check_image_folder, image_files
-
     if count < MIN_CALIB_IMAGES:
         raise OptionError(f"--calib-count must be >= {MIN_CALIB_IMAGES}, got {count}")
     files = check_image_folder(folder, what="--calib")
@@ -128,18 +127,16 @@ def calibration_set(folder: str | os.PathLike[str], count: int = DEFAULT_CALIB_C
     return CalibrationSet(str(folder), tuple(picked), total, len(files))
 
 
-def _quiet_ort_logging() -> contextlib.AbstractContextManager[None]:
-    """ONNX Runtime's quantizer logs every choice at INFO/WARNING through ``logging``."""
-    @contextlib.contextmanager
-    def quiet() -> Iterator[None]:
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            root.setLevel(level)
-    return quiet()
+@contextlib.contextmanager
+def _quiet_ort_logging() -> Iterator[None]:
+    """ONNX Runtime's quantizer logs every choice at INFO/WARNING through the root logger."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 class _Reader:
@@ -162,8 +159,6 @@ class _Reader:
         self.position, self.end = start_index, min(end_index, self.items)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        from twins_deploy.preprocess import preprocess_image
-
         if self.position >= self.end:
             return None
         files = self.calib.files[self.position * self.batch:(self.position + 1) * self.batch]

@@ -19,7 +19,7 @@ import torch
 from onnx import numpy_helper
 from PIL import Image
 
-from digits import folder_labels, load_folder
+from digits import folder_labels, label_of, load_folder
 from test_bad_inputs import assert_one_error, call, snapshot
 from twins_deploy.bench.harness import BenchConfig
 from twins_deploy.bench.machine import int8_cpu_warning
@@ -148,6 +148,10 @@ def test_twins_validate_judges_int8_with_int8_criteria(exported, digits_dir, dig
     assert rc == 0 and r["precision"] == "int8" and r["candidate"] == "ort-int8"
     assert r["thresholds"]["min_cosine"] == 0.99 and r["thresholds"]["min_top1"] == 0.98
     assert r["decisive_samples"] > 300 and r["top1_judged"] >= 0.98 and "PASS" in out
+    # a trained model's INT8 graph without images: refused (noise exceeds its calibrated ranges)
+    rc, _, err = call(validate_main, [str(exported / f"{STEM}-u8s8.onnx"), "--weights", str(digits_model_path)],
+                      capsys)
+    assert_one_error(rc, err, 2, "judged on images")
     # the same artifact on a route that runs no INT8 graph: refused in one line
     rc, _, err = call(validate_main, [str(exported / f"{STEM}-u8s8.onnx"), "--backend", "ort-cpu"], capsys)
     assert_one_error(rc, err, 2, "onnx-int8")
@@ -201,10 +205,13 @@ def calib_dirs(tmp_path_factory, digits_dir):
     (["--precision", "int8", "--calib", "{test}", "--images", "{root}/overlap"], "must differ"),
     (["--precision", "int8", "--calib", "{calib}", "--calib-count", "8"], "--calib-count"),
     (["--precision", "int8", "--calib", "{calib}", "--io-fp16"], "--io-fp16"),
+    (["--precision", "int8", "--calib", "{calib}", "--weights", "{ckpt}"], "judged on images"),
     (["--precision", "int8", "--calib", "{calib}", "--weak-fp16", "--fmt", "trt"], "--weak-fp16"),
 ])
-def test_bad_int8_input_is_one_line_and_writes_nothing(extra, needle, calib_dirs, digits_dir, tmp_path, capsys):
-    args = [a.format(root=calib_dirs, calib=digits_dir.calib, test=digits_dir.test) for a in extra]
+def test_bad_int8_input_is_one_line_and_writes_nothing(extra, needle, calib_dirs, digits_dir, digits_model_path,
+                                                       tmp_path, capsys):
+    args = [a.format(root=calib_dirs, calib=digits_dir.calib, test=digits_dir.test, ckpt=digits_model_path)
+            for a in extra]
     out = tmp_path / "out"
     before = snapshot(calib_dirs)
     rc, _, err = call(export_main, [*MODEL_ARGS, *args, "--out-dir", str(out)], capsys)
@@ -246,6 +253,8 @@ def test_int8_precision_plan_per_tensorrt_line(major, flags, strong):
 def test_bench_int8_routes_need_calibration_images(tmp_path):
     with pytest.raises(OptionError, match="ort-int8 run INT8 graphs, calibrated on images: pass --calib"):
         BenchConfig(models=("svt_t",), backends=("ort-cpu", "ort-int8"), batches=(1,), out=tmp_path)
+    with pytest.raises(OptionError, match="svt_t has no timm counterpart"):
+        BenchConfig(models=("svt_t",), backends=("ort-cpu",), batches=(1,), out=tmp_path, compare=("timm-onnx",))
     with pytest.raises(OptionError, match="none is among --backends"):
         BenchConfig(models=("svt_t",), backends=("ort-cpu",), batches=(1,), out=tmp_path, calib=str(tmp_path))
 
@@ -262,6 +271,17 @@ def test_cpu_without_vnni_is_warned_about_not_refused():
     assert "avx512_vnni" in int8_cpu_warning(["avx2", "avx512f"])
     assert int8_cpu_warning(["avx2", "avx512_vnni"]) is None and int8_cpu_warning(["avx_vnni"]) is None
     assert int8_cpu_warning([]) is None  # flags unreadable: nothing claimed
+
+
+def test_twins_predict_runs_an_int8_graph(exported, digits_dir, capsys):
+    from twins_deploy.cli.predict import main as predict_main
+
+    images = sorted(digits_dir.test.iterdir())[:8:2]
+    rc, out, _ = call(predict_main, [str(exported / f"{STEM}-u8s8.onnx"), *map(str, images), "--json", "--top-k", "1"],
+                      capsys)
+    assert rc == 0
+    got = {Path(g["image"]).name: g["top"][0]["class"] for g in json.loads(out)}
+    assert got == {p.name: label_of(p) for p in images}  # the trained model reads these digits right
 
 
 def test_an_int8_graph_is_served_like_fp32_in_a_triton_repository(exported, digits_dir, digits_model_path, tmp_path):

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers_mutant import mutant as _mutant
 from trt_doubles import harness
 from trt_doubles.fake_trt import PLAN_MAGIC, read_plan
 from twins_deploy import ArtifactError, InputShapeError
@@ -219,8 +220,8 @@ def test_build_failure_quotes_tensorrt(doubles, tmp_path):
             build_engine(onnx, shapes, TrtBuildOptions(timing_cache=None), PrecisionPlan())
     finally:
         BuilderB.build_serialized_network = real
-    with pytest.raises(InputShapeError, match="precision must be one of"):  # the plan is typed: no 'int8' reaches TensorRT
-        build_engine(onnx, shapes, TrtBuildOptions(timing_cache=None), PrecisionPlan("int8", "fp32"))
+    with pytest.raises(InputShapeError, match="precision must be one of"):  # the plan is typed: no 'int4' reaches TensorRT
+        build_engine(onnx, shapes, TrtBuildOptions(timing_cache=None), PrecisionPlan("int4", "fp32"))
 
 
 def _tiny_onnx(path: Path) -> None:
@@ -585,16 +586,6 @@ PLANTS = {
         "engine.get_tensor_profile_shape(self.input_name, 0)", "engine.get_tensor_profile_shape(self.input_name, 1)",
         "plan's profile for 'input' is missing"),
 }
-
-
-def _mutant(module, old: str, new: str) -> dict:
-    """The namespace of ``module``'s source with ``old`` (there exactly once: if the code moved,
-    the plant is updated, never dropped) replaced by ``new``."""
-    src = Path(module.__file__).read_text()
-    assert src.count(old) == 1, f"the plant no longer matches {module.__name__}: update it to the code's new shape"
-    ns: dict = {"__name__": module.__name__}
-    exec(compile(src.replace(old, new), module.__file__, "exec"), ns)
-    return ns
 
 
 def _planted(monkeypatch, name: str) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -96,6 +97,10 @@ FORMATS = (ONNX_KIND, PLAN_KIND)
 ON_EXISTING = ("refuse", "overwrite", "reuse")
 ENGINE_SUFFIX = ".plan"
 SILENT = functools.partial(Steps, quiet=True)  # make_artifacts' progress when the caller shows none
+# Random pixels exceed the ranges an INT8 graph was calibrated to, so a trained model's correct
+# INT8 graph can fail on them (cosine 0.98 on the digits model): it is judged on images.
+INT8_NEEDS_IMAGES = ("an INT8 graph of trained weights is judged on images like those it will see: pass --images DIR "
+                     "(held-out images, not the calibration ones)")
 
 
 @dataclass(frozen=True)
@@ -399,8 +404,8 @@ class Int8Stage(ArtifactStage):
 
     label = "validate INT8 in ONNX Runtime vs PyTorch FP32"
 
-    def __init__(self, path: Path, form: str, validate: bool) -> None:
-        super().__init__(path, final=True, validate=validate)
+    def __init__(self, path: Path, form: str, final: bool, validate: bool) -> None:
+        super().__init__(path, final=final, validate=validate)
         self.form = form
 
     def planned(self, run: Run) -> Manifest:
@@ -511,6 +516,8 @@ def make_artifacts(req: ArtifactRequest, model: torch.nn.Module | None = None,
     if req.images:
         check_image_folder(req.images)
     calib = calibration_set(req.calib.folder, req.calib.count, req.images) if req.calib is not None else None
+    if calib is not None and req.validate and not req.images and (req.weights.path or req.weights.pretrained):
+        raise OptionError(f"{INT8_NEEDS_IMAGES}, or skip validation with --no-validate")
     # then TensorRT, the driver, the GPU and its free memory (exit 3): a machine where no engine
     # can be built says so before half a minute of ONNX export, not after
     env = checked_build_env(req.trt.workspace_gib) if wants_engine else BuildEnv(None, None)
@@ -520,20 +527,21 @@ def make_artifacts(req: ArtifactRequest, model: torch.nn.Module | None = None,
 
     stages: list[Stage] = [ModelStage()] if model is None else []
     stages.append(OnnxStage(onnx_path, final=not wants_engine and not quantized, validate=req.validate))
-    stages += [Int8Stage(path, form, req.validate) for form, path in quantized.items()]
+    stages += [Int8Stage(path, form, final=not wants_engine, validate=req.validate) for form, path in quantized.items()]
     if engine_path is not None:
         stages.append(EngineStage(engine_path, req.validate))
     if req.triton is not None:
         stages.append(TritonStage())
     run = Run(req, plan, env, profile, (progress or SILENT)(sum(s.steps for s in stages)), model, calib=calib)
     if calib is not None and len(calib.files) < RECOMMENDED_CALIB_IMAGES:
-        run.steps.note(f"warning: calibrating on {len(calib.files)} images; >= {RECOMMENDED_CALIB_IMAGES} "
-                       "representative images are recommended (TensorRT's guidance is 500)")
+        print(f"warning: calibrating on {len(calib.files)} images; >= {RECOMMENDED_CALIB_IMAGES} representative "
+              "images are recommended (NVIDIA's guidance for ViTs is 500)", file=sys.stderr, flush=True)
     made = [a for a in (onnx_path, *quantized.values(), engine_path) if a is not None]
     with output_dir(req.out_dir), run.cleanup:  # held until the run ends: no other run's files appear
         refuse_non_files([p for a in made for p in (a, manifest_path(a))])
         if req.on_existing == "refuse":
-            refuse_overwrite([p for a in (final, *quantized.values()) for p in (a, manifest_path(a))], force=False)
+            finals = [final, *(() if wants_engine else quantized.values())]  # every INT8 graph of --fmt onnx
+            refuse_overwrite([p for a in finals for p in (a, manifest_path(a))], force=False)
         for stage in stages:
             stage.run(run)
     assert run.onnx is not None
@@ -579,7 +587,9 @@ def revalidate(artifact: str | os.PathLike[str], weights: str | None = None, pre
             raise InputShapeError(f"batch {b} is outside the artifact's range {spec.batch.min}..{spec.batch.max}")
     if images:
         check_image_folder(images)
-    runner = open_runner(path, manifest, route=route, threads=threads)
+    runner = open_runner(path, manifest, route=route, threads=threads)  # refuses a route that cannot run it
+    if not images and manifest.precision == "int8" and manifest.weights.source != "random":
+        raise OptionError(INT8_NEEDS_IMAGES)
     if not quiet:
         warn_if_changed(path, manifest, "validating what is on disk")
     runner.activate()  # a missing backend or an unreadable file fails before the model is built

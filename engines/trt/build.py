@@ -21,6 +21,10 @@ Per route, as NVIDIA's docs and bindings have it:
   (Polygraphy's ``CreateConfig(int8=True)`` sets the flag and, the network having Q/DQ
   layers, runs no calibrator); 9.x/10.x: strongly typed, no flag; 11.x: no flag. No
   calibrator is ever given to TensorRT (implicit INT8 is deprecated in 10.1, gone in 11).
+  TensorRT takes a network as explicitly quantized only when it has Q/DQ layers, so the
+  parsed network is checked for them (:func:`_explicit_int8`): a graph without any would
+  build silently as implicit INT8 with no scales (8.x: "Calibrator is not being used") or
+  as a plain FP32/FP16 engine (9+), never as what the manifest says.
 """
 from __future__ import annotations
 
@@ -84,6 +88,8 @@ def engine_loader(onnx_path: str | os.PathLike[str], shapes: Profile, opts: TrtB
     if strongly_typed:
         info.network_flags.append("STRONGLY_TYPED")
     network = pg.NetworkFromOnnxPath(str(onnx_path), strongly_typed=strongly_typed)
+    if plan.route == "qdq":
+        network = _explicit_int8(network, trt, Path(onnx_path).name)
 
     profile = pg.Profile().add(shapes.input, min=shapes.min, opt=shapes.opt, max=shapes.max)
     hw = None
@@ -114,6 +120,24 @@ def engine_loader(onnx_path: str | os.PathLike[str], shapes: Profile, opts: TrtB
     build = pg.EngineBytesFromNetwork(network, config=config,
                                       save_timing_cache=str(cache_path) if cache_path is not None else None)
     return build, info
+
+
+def _explicit_int8(load_network: Callable[[], Any], trt: Any, onnx_name: str) -> Callable[[], Any]:
+    """``load_network`` followed by the check that the parsed network is explicitly quantized:
+    it has QuantizeLinear/DequantizeLinear layers (Polygraphy's ``CreateConfig`` and TensorRT
+    decide between explicit and implicit INT8 the same way)."""
+
+    def load() -> Any:
+        loaded = load_network()
+        network = loaded[1]
+        qdq = (trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE)
+        if not any(layer.type in qdq for layer in network):
+            raise ExportError(f"{onnx_name} has no QuantizeLinear/DequantizeLinear layers: it is not an INT8 Q/DQ "
+                              "graph, and TensorRT would build it as implicit INT8 (no calibration) or in float; "
+                              "build INT8 engines from the -s8s8 graph that twins-export --precision int8 writes")
+        return loaded
+
+    return load
 
 
 def _timing_cache(create_config: Callable[[Any, Any], Any], path: Path, info: BuildInfo) -> Callable[[Any, Any], Any]:

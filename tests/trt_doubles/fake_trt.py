@@ -11,9 +11,11 @@ The *behaviour* is ours: the classes below (named after the TensorRT class) reco
 is asked and answer with shapes, flags and addresses. They refuse what TensorRT refuses,
 per line, from NVIDIA's sources (``PARSER`` and ``BUILDER_SM`` below): an operator or
 opset the line's ONNX parser lacks, a GPU architecture the line does not build for, a
-plan from another version or GPU; ``IHostMemory`` is a buffer, not ``bytes`` (no ``len``,
-no slicing). A surface method without behaviour raises NotImplementedError, so a test
-never passes through something the double does not model. Behaviour for a name the
+plan from another version or GPU, INT8 Q/DQ that is not symmetric signed INT8, a Q/DQ
+network under weak typing without ``BuilderFlag.INT8`` (see "INT8" below); ``IHostMemory``
+is a buffer, not ``bytes`` (no ``len``, no slicing). A surface method without behaviour
+raises NotImplementedError, so a test never passes through something the double does not
+model. Behaviour for a name the
 version lacks is unreachable: the surface decides what exists.
 
 An execution is enqueued on the fake device's stream (see fake_device) and, when the
@@ -54,6 +56,52 @@ PARSER = {
     (11, 4): (24, set()),
 }
 ONNX_DOMAINS = {"", "ai.onnx"}  # anything else needs a plugin, which the double has none of
+
+# -- INT8 ------------------------------------------------------------------------------------------
+# What each line refuses around INT8, and where that comes from:
+# * the ONNX parser takes symmetric signed INT8 Q/DQ only (onnx-tensorrt QuantDequantLinearHelper,
+#   builtin_op_importers.cpp @release/8.6-GA L1157-1230 and onnxOpImporters.cpp @release/10.1-GA
+#   L1345-1500; 10.13 and 11.x are taken to say the same as 10.1, the newest tag read): a UINT8
+#   DequantizeLinear input or QuantizeLinear zero point is refused by ``notInvalidType`` (below),
+#   a non-zero zero point by the "symmetric quantization" assertion, a scale <= 0 by "Scale
+#   coefficients must all be positive"; 8.6 also needs the zero point input (10.x defaults to INT8);
+# * weak typing (8.6, 10.x without STRONGLY_TYPED): a network with Q/DQ layers does not build
+#   without BuilderFlag.INT8 (NVIDIA/TensorRT#4021; the text is TensorRT 8.6's, quoted in NVIDIA's
+#   trt-samples-for-hackathon-cn cookbook/02-API/Layer/ConstantLayer/README.md);
+# * strong typing (10.x STRONGLY_TYPED, all of 11.x) refuses precision builder flags (BuilderB);
+#   11.x has no BuilderFlag.INT8/FP16, no IInt8*Calibrator and no int8_calibrator at all (its
+#   surface, from NVIDIA's 11.1 sources, lacks them: the double raises AttributeError);
+# * 10.x: ``IBuilderConfig.int8_calibrator`` is deprecated ("Deprecated in TensorRT 10.1. Superseded
+#   by explicit quantization.", python/src/infer/pyCore.cpp @v10.13.0 L1782, a DeprecationWarning);
+#   the double warns the same way on assignment (the generic property setter records it);
+# * a build with BuilderFlag.INT8 and no Q/DQ layer is implicit INT8 (a calibrator, or dynamic
+#   ranges). Real TensorRT builds it: with no calibrator it warns "Calibrator is not being used.
+#   Users must provide dynamic range for all tensors that are not Int32 or Bool." and "Missing
+#   scale and zero-point for tensor ..., expect fall back to non-int8 implementation" and runs
+#   those layers in FP16/FP32; with one it calibrates. The double refuses it on every line that
+#   has the flag (IMPLICIT_INT8 below, worded as the double's, not TensorRT's): this project
+#   quantizes offline with explicit Q/DQ only, and a test must never pass through the implicit path;
+# * Q/DQ layers need INT8 hardware (8.6 builds for SM 5.0+): "Networks with QuantizeLayer/
+#   DequantizeLayer layers require hardware with Int8 support." (NVIDIA/TensorRT#3157, on a P100,
+#   SM 6.0; TensorRT's support matrix lists INT8 from SM 6.1).
+QDQ_OPS = {"QuantizeLinear": "QUANTIZE", "DequantizeLinear": "DEQUANTIZE"}
+INT8_MIN_SM = (6, 1)
+IMPLICIT_INT8 = ("TensorRT test double: BuilderFlag.INT8 is set but the network has no Q/DQ layers: that is implicit "
+                 "INT8 calibration (no calibrator / deprecated in 10.1, removed in 11); this project quantizes with "
+                 "explicit Q/DQ only")
+NO_INT8_FLAG = ("4: [network.cpp::validate::2925] Error Code 4: Internal Error (Int8 precision has been set for a "
+                "layer or layer output, but int8 is not configured in the builder)")
+# An ONNX node's layer type in the double's network: one layer per node (TensorRT's own graph
+# differs: constants, shape arithmetic, fusions). Only QUANTIZE/DEQUANTIZE are relied upon
+# (Polygraphy's CreateConfig looks for them to skip calibration, as the builder above does).
+LAYER_TYPES = {
+    "Conv": "CONVOLUTION", "MatMul": "MATRIX_MULTIPLY", "Gemm": "MATRIX_MULTIPLY", "Softmax": "SOFTMAX",
+    "LayerNormalization": "NORMALIZATION", "Concat": "CONCATENATION", "Slice": "SLICE", "Gather": "GATHER",
+    "ReduceMean": "REDUCE", "Constant": "CONSTANT", "Shape": "SHAPE", "Cast": "CAST", "Identity": "IDENTITY",
+    "Pad": "PADDING", "Where": "SELECT", "Relu": "ACTIVATION", "Sigmoid": "ACTIVATION", "Tanh": "ACTIVATION",
+    "Reshape": "SHUFFLE", "Transpose": "SHUFFLE", "Flatten": "SHUFFLE", "Squeeze": "SHUFFLE", "Unsqueeze": "SHUFFLE",
+    "Erf": "UNARY", "Sqrt": "UNARY", "Exp": "UNARY", "Abs": "UNARY", "Neg": "UNARY", **QDQ_OPS,
+}
 
 # The compute capabilities each line builds and runs for: TensorRT 8.6 support matrix
 # (SM 5.0-9.0: Maxwell to Hopper, no Blackwell); 10.5 release notes drop Volta (SM 7.0,
@@ -433,6 +481,19 @@ class BuilderB(Behaviour):
         if strongly and weak:
             _log(self.logger, "ERROR", f"{weak[0]} builder flag is not compatible with a strongly typed network")
             return None
+        qdq = net.qdq_layers()
+        if qdq and not strongly and "INT8" not in cfg.flags:
+            _log(self.logger, "ERROR", NO_INT8_FLAG)
+            return None
+        if "INT8" in cfg.flags and not qdq:
+            calibrator = " (int8_calibrator is set)" if cfg.calibrator is not None else ""
+            _log(self.logger, "ERROR", IMPLICIT_INT8 + calibrator)
+            return None
+        if qdq and tuple(mod._device.compute_capability) < INT8_MIN_SM:
+            _log(self.logger, "ERROR", "9: [standardEngineBuilder.cpp::buildEngine::2072] Error Code 9: Internal Error "
+                                       "(Networks with QuantizeLayer/DequantizeLayer layers require hardware with Int8 "
+                                       "support.)")
+            return None
         dynamic = [t for t in net.inputs if any(d == -1 for d in t.shape)]
         profile_names = set().union(*[set(p.shapes) for p in cfg.profiles]) if cfg.profiles else set()
         missing = [t.name for t in dynamic if t.name not in profile_names]
@@ -456,6 +517,7 @@ class BuilderB(Behaviour):
             "profiles": [{k: [list(s) for s in v] for k, v in p.shapes.items()} for p in cfg.profiles],
             "timing_cache": cfg.timing_cache is not None,
             "onnx": net.onnx_path,
+            "qdq_layers": qdq, "int8_calibrator": cfg.calibrator is not None,
         }
         if cfg.timing_cache is not None:
             cache = object.__getattribute__(cfg.timing_cache, "_b")
@@ -473,8 +535,15 @@ class INetworkDefinitionB(Behaviour):
         self.inputs: list[TensorB] = []
         self.outputs: list[TensorB] = []
         self.name = "network"
-        self.num_layers = 0
+        self.layers: list[ILayerB] = []  # one per ONNX node (see LAYER_TYPES)
         self.onnx_path: str | None = None  # the file the parser read: the double's engines compute with it
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def qdq_layers(self) -> int:
+        return sum(layer.type.name in ("QUANTIZE", "DEQUANTIZE") for layer in self.layers)
 
     def flag_names(self) -> set[str]:
         enum_cls = _enum(self.mod, "NetworkDefinitionCreationFlag")
@@ -500,14 +569,32 @@ class INetworkDefinitionB(Behaviour):
     def get_output(self, index: int) -> Any:
         return self.outputs[index].obj
 
+    def get_layer(self, index: int) -> Any:
+        if not 0 <= int(index) < len(self.layers):
+            return None
+        return self.layers[int(index)].obj
+
     def __len__(self) -> int:
-        return 0
+        return len(self.layers)
 
     def __getitem__(self, index: int) -> Any:
-        raise IndexError(index)
+        if not 0 <= int(index) < len(self.layers):  # the bindings raise IndexError past the end
+            raise IndexError(index)
+        return self.layers[int(index)].obj
 
-    def __iter__(self) -> Any:
-        return iter(())
+
+class ILayerB(Behaviour):
+    """A layer: its name, type and arity (no tensors: nothing in the double reads them); no
+    per-layer precision is ever set (the project sets none; Polygraphy reads it)."""
+
+    precision_is_set = False
+
+    def output_type_is_set(self, index: int) -> bool:
+        return False
+
+    @property
+    def precision(self) -> Any:
+        return _enum(self.mod, "DataType").FLOAT
 
 
 class TensorB(Behaviour):
@@ -570,6 +657,21 @@ class OnnxParserB(Behaviour):
                     "ParserError", desc_text=f"No importer registered for op: {node.op_type}", node_index=i,
                     name=node.name, op=node.op_type))
                 return False
+        qdq = _QdqChecker(model, self.mod.major)
+        layer_types = _enum(self.mod, "LayerType")
+        for i, node in enumerate(model.graph.node):
+            if node.op_type in QDQ_OPS:
+                refusal = qdq.refusal(node)
+                if refusal is not None:
+                    desc, code = refusal
+                    self.errors.append(self.mod.new("ParserError", desc_text=desc, node_index=i, name=node.name,
+                                                    op=node.op_type, error_code=code))
+                    return False
+            kind = getattr(layer_types, LAYER_TYPES.get(node.op_type, "ELEMENTWISE"), None) or layer_types.ELEMENTWISE
+            cls = {"QUANTIZE": "IQuantizeLayer", "DEQUANTIZE": "IDequantizeLayer"}.get(kind.name, "ILayer")
+            layer = self.mod.new(cls, name=node.name or f"(Unnamed Layer* {i}) [{node.op_type}]", type=kind,
+                                 num_inputs=len(node.input), num_outputs=len(node.output))
+            net.layers.append(object.__getattribute__(layer, "_b"))
         net.onnx_path = path
         inits = {i.name for i in model.graph.initializer}
         for kind, values in (("input", [v for v in model.graph.input if v.name not in inits]),
@@ -620,13 +722,72 @@ class ParserErrorB(Behaviour):
         return self.op
 
     def code(self) -> Any:
-        return _enum(self.mod, "ErrorCode").UNSUPPORTED_NODE
+        return getattr(_enum(self.mod, "ErrorCode"), getattr(self, "error_code", "UNSUPPORTED_NODE"))
 
     def func(self) -> str:
         return "parse"
 
     def __str__(self) -> str:
         return self.desc_text
+
+
+class _QdqChecker:
+    """What onnx-tensorrt's QuantDequantLinearHelper refuses (see "INT8" at the top): the
+    element type of each Q/DQ input as TensorRT sees it (an initializer's or Constant's ONNX
+    type; a QuantizeLinear's output is INT8, the only type the importer gives an accepted Q
+    layer) and the values of constant scales and zero points."""
+
+    def __init__(self, model: Any, major: int) -> None:
+        from onnx import TensorProto
+
+        self.major = major
+        self.consts: dict[str, Any] = {i.name: i for i in model.graph.initializer}
+        for node in model.graph.node:
+            if node.op_type == "Constant":
+                for a in node.attribute:
+                    if a.name == "value":
+                        self.consts[node.output[0]] = a.t
+        self.types: dict[str, int] = {name: t.data_type for name, t in self.consts.items()}
+        for node in model.graph.node:
+            if node.op_type == "QuantizeLinear":  # refused below unless INT8 (a UINT8 zero point is)
+                self.types[node.output[0]] = TensorProto.INT8
+
+    def _type_name(self, name: str) -> str | None:
+        from onnx import TensorProto
+
+        t = self.types.get(name)
+        return TensorProto.DataType.Name(t) if t is not None else None
+
+    def _values(self, name: str) -> np.ndarray | None:
+        from onnx import numpy_helper
+
+        t = self.consts.get(name)
+        return numpy_helper.to_array(t) if t is not None else None
+
+    def refusal(self, node: Any) -> tuple[str, str] | None:
+        invalid = "Found invalid input type of UINT8" if self.major < 10 else "Found unsupported input type of UINT8"
+        inputs = [n for n in node.input]
+        if self._type_name(inputs[0]) == "UINT8":
+            return invalid, "UNSUPPORTED_NODE"
+        zp = inputs[2] if len(inputs) > 2 and inputs[2] else None
+        if node.op_type == "QuantizeLinear" and zp and self._type_name(zp) == "UINT8":
+            return invalid, "UNSUPPORTED_NODE"
+        if len(inputs) < 2:
+            return ("This version of TensorRT requires at least 2 inputs for the QuantizeLinear/DequantizeLinear "
+                    "operator.", "INVALID_NODE")
+        scale = self._values(inputs[1])
+        if scale is not None and not (scale.size and np.all(scale.astype(np.float32) > 0)):
+            return "Scale coefficients must all be positive", "INVALID_NODE"
+        if zp is None:
+            if self.major < 10:
+                return ("This version of TensorRT requires 3 inputs for the INT8 QuantizeLinear/DequantizeLinear "
+                        "operator.", "INVALID_NODE")
+            return None  # 10.x: INT8 by default
+        values = self._values(zp)
+        if values is not None and np.any(values != 0):
+            return ("TensorRT only supports symmetric quantization. The zero point for the QuantizeLinear/"
+                    "DequantizeLinear operator must be all zeros.", "INVALID_NODE")
+        return None
 
 
 class IBuilderConfigB(Behaviour):
@@ -643,8 +804,21 @@ class IBuilderConfigB(Behaviour):
         self.default_device_type = _enum(mod, "DeviceType").GPU
         self.engine_capability = list(_enum(mod, "EngineCapability"))[0]
         self.avg_timing_iterations = 1
-        self.int8_calibrator = None
+        self.calibrator: Any = None  # int8_calibrator (8.6, 10.x; 11.x has none)
         self.max_aux_streams = -1
+
+    @property
+    def int8_calibrator(self) -> Any:
+        return self.calibrator
+
+    @int8_calibrator.setter
+    def int8_calibrator(self, value: Any) -> None:
+        if self.mod.major == 10:  # the 10.x bindings' deprecateMember (pyCore.cpp @v10.13.0 L1782)
+            import warnings
+
+            warnings.warn("Use Deprecated in TensorRT 10.1. Superseded by explicit quantization. instead.",
+                          DeprecationWarning, stacklevel=3)
+        self.calibrator = value
 
     def set_flag(self, flag: Any) -> None:
         self.flags.add(flag.name)
@@ -945,7 +1119,8 @@ class IExecutionContextB(Behaviour):
 
 BEHAVIOURS: dict[str, type[Behaviour]] = {
     "ILogger": ILoggerB, "Logger": LoggerB, "Builder": BuilderB, "INetworkDefinition": INetworkDefinitionB,
-    "ITensor": TensorB, "OnnxParser": OnnxParserB, "ParserError": ParserErrorB, "IBuilderConfig": IBuilderConfigB,
+    "ITensor": TensorB, "ILayer": ILayerB, "IQuantizeLayer": ILayerB, "IDequantizeLayer": ILayerB,
+    "OnnxParser": OnnxParserB, "ParserError": ParserErrorB, "IBuilderConfig": IBuilderConfigB,
     "IOptimizationProfile": IOptimizationProfileB, "ITimingCache": ITimingCacheB, "IHostMemory": IHostMemoryB,
     "Runtime": RuntimeB, "ICudaEngine": ICudaEngineB, "IExecutionContext": IExecutionContextB,
 }
