@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -40,6 +39,7 @@ import numpy as np
 
 from twins_deploy.errors import ExportError, InputShapeError, OptionError
 from twins_deploy.preprocess import check_image_folder, image_files, preprocess_image
+from twins_deploy.progress import quiet_logger
 from twins_deploy.registry import Preprocess
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
@@ -127,18 +127,6 @@ def calibration_set(folder: str | os.PathLike[str], count: int = DEFAULT_CALIB_C
     return CalibrationSet(str(folder), tuple(picked), total, len(files))
 
 
-@contextlib.contextmanager
-def _quiet_ort_logging() -> Iterator[None]:
-    """ONNX Runtime's quantizer logs every choice at INFO/WARNING through the root logger."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
 class _Reader:
     """ONNX Runtime's CalibrationDataReader over the calibration images, one batch an item
     (preprocessed exactly as validation and twins-predict prepare images). It has the length
@@ -206,7 +194,7 @@ def calibrated(fp32_onnx: Path, calib: CalibrationSet, pre: Preprocess, hw: tupl
         work = Path(tmp)
         prepared, cache = work / "prepared.onnx", work / "ranges.json"
         try:
-            with _quiet_ort_logging():
+            with quiet_logger():  # ONNX Runtime's quantizer logs every choice through the root logger
                 quant_pre_process(str(fp32_onnx), str(prepared))
                 # the ranges are what is kept (the cache); the graph this first call writes is not
                 quantize_static(str(prepared), str(work / "first.onnx"),
@@ -234,7 +222,7 @@ def quantize(calibration: Calibration, form: str, out: Path) -> dict[str, Any]:
 
     f = FORMS[form]
     try:
-        with _quiet_ort_logging():
+        with quiet_logger():  # ONNX Runtime's quantizer logs every choice through the root logger
             quantize_static(str(calibration.prepared), str(out), None, quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True, reduce_range=False,
                             activation_type=QuantType.QInt8 if f.activations == "int8" else QuantType.QUInt8,

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from helpers_mutant import mutant as _mutant
+from helpers_trt import LINES, doubles, line  # noqa: F401 (fixtures)
 from trt_doubles import harness
 from trt_doubles.fake_trt import PLAN_MAGIC, read_plan
 from twins_deploy import ArtifactError, InputShapeError
@@ -28,20 +29,8 @@ from twins_deploy.errors import BackendUnavailableError, ExportError, InputShape
 from twins_deploy.precision import PrecisionPlan
 from twins_deploy.manifest import read_manifest
 
-LINES = ["8.6", "10", "11"]
 RUNTIME_LINES = ["8.6", "11"]  # the oldest binding source and the real 11.4 runtime module
 MODEL = ["--model", "svt_s", "--img-size", "64", "--min-batch", "1", "--opt-batch", "2", "--max-batch", "4"]
-
-
-@pytest.fixture(params=LINES)
-def line(request):
-    return request.param
-
-
-@pytest.fixture
-def doubles(monkeypatch, line, tmp_path):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    return harness.install(monkeypatch, line)
 
 
 @pytest.fixture(scope="module")

@@ -25,30 +25,19 @@ import numpy as np
 import pytest
 
 from helpers_mutant import plant
+from helpers_trt import LINES, doubles, line  # noqa: F401 (fixtures)
 from trt_doubles import harness
 from trt_doubles.fake_trt import IMPLICIT_INT8, NO_INT8_FLAG, onnx_session, read_plan
 from twins_deploy.cli.export import main as export_main
 from twins_deploy.errors import ExportError
 from twins_deploy.manifest import read_manifest
 
-LINES = ["8.6", "10", "11"]
 MODEL = ["--model", "svt_t", "--img-size", "32", "--num-classes", "10", "--min-batch", "1", "--opt-batch", "2",
          "--max-batch", "4", "--min-cosine", "0.95"]
 STEM = "svt_t_int8_32x32"
 PLAN, S8S8, U8S8, FP32 = f"{STEM}.plan", f"{STEM}-s8s8.onnx", f"{STEM}-u8s8.onnx", "svt_t_fp32_32x32.onnx"
 CALIBRATORS = ("IInt8Calibrator", "IInt8LegacyCalibrator", "IInt8EntropyCalibrator", "IInt8EntropyCalibrator2",
                "IInt8MinMaxCalibrator")
-
-
-@pytest.fixture(params=LINES)
-def line(request):
-    return request.param
-
-
-@pytest.fixture
-def doubles(monkeypatch, line, tmp_path):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    return harness.install(monkeypatch, line)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -37,3 +38,16 @@ class Steps:
             raise
         if not self.quiet:
             print(f"      done in {time.perf_counter() - t0:.1f} s", file=self.stream, flush=True)
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str = "") -> Iterator[None]:
+    """Silence a library's logger below ERROR while a call runs (the root logger by default):
+    its chatter would interleave with our steps and one-line errors."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -7,14 +7,12 @@ of PyTorch's wall of text, and guesses which variant a foreign checkpoint belong
 """
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import pickle
 import pickletools
 import socket
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from torch import Tensor, nn
 
 from twins_deploy.artifacts import file_sha256
 from twins_deploy.errors import CheckpointError, WeightsUnavailableError
+from twins_deploy.progress import quiet_logger
 from twins_deploy.registry import TwinsConfig, get_config, list_models
 from twins_deploy.twins import Twins
 
@@ -288,18 +287,6 @@ def _hub_unreachable(timeout_s: float = 3.0) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def _quiet_logger(name: str) -> Iterator[None]:
-
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def load_pretrained(model: nn.Module, hub_id: str | None = None, *,
                     reset_head: bool = False) -> WeightsInfo:
     """Fetch timm's published weights (``timm/<name>.in1k``) through huggingface_hub.
@@ -328,7 +315,7 @@ def load_pretrained(model: nn.Module, hub_id: str | None = None, *,
         if unreachable:
             raise WeightsUnavailableError(f"cannot fetch {repo}/model.safetensors: {unreachable}; {hint}") from None
         try:
-            with _quiet_logger("huggingface_hub"):  # no retry chatter before our one-line error
+            with quiet_logger("huggingface_hub"):  # no retry chatter before our one-line error
                 path = hf_hub_download(repo, "model.safetensors")
         except Exception as e:  # noqa: BLE001 - no such repo, HTTP errors: all mean "not available"
             raise WeightsUnavailableError(
