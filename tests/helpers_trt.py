@@ -2,8 +2,13 @@
 
 Imported by each TensorRT test module (``from helpers_trt import LINES, doubles, line``), so a
 test taking ``doubles`` runs once per line; ``@pytest.mark.parametrize("line", ...)`` narrows it.
+:func:`link_file` puts ONNX models exported once into each test's output folder.
 """
 from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -21,3 +26,15 @@ def line(request):
 def doubles(monkeypatch, line, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     return harness.install(monkeypatch, line)
+
+
+def link_file(src: Path, dst: Path) -> None:
+    """A hard link: the pipeline replaces files (temp + rename), never writes into them."""
+    if dst.exists():
+        if dst.samefile(src):
+            return
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system
+        shutil.copy(src, dst)

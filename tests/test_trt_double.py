@@ -11,15 +11,13 @@ order things ran in; nothing they produce is a TensorRT result or a timing.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from helpers_mutant import mutant as _mutant
-from helpers_trt import LINES, doubles, line  # noqa: F401 (fixtures)
+from helpers_trt import LINES, doubles, line, link_file  # noqa: F401 (fixtures)
 from trt_doubles import harness
 from trt_doubles.fake_trt import PLAN_MAGIC, read_plan
 from twins_deploy import ArtifactError, InputShapeError
@@ -47,7 +45,7 @@ def onnx_cache(tmp_path_factory):
                 return
             if out.exists():  # after the export: keep its ONNX
                 for f in out.glob("*.onnx*"):
-                    _link(f, made[key] / f.name)
+                    link_file(f, made[key] / f.name)
                 return
         elif key not in made:
             d = tmp_path_factory.mktemp("onnx")
@@ -56,21 +54,9 @@ def onnx_cache(tmp_path_factory):
             made[key] = d
         out.mkdir(parents=True, exist_ok=True)
         for f in made[key].iterdir():
-            _link(f, out / f.name)
+            link_file(f, out / f.name)
 
     return get
-
-
-def _link(src: Path, dst: Path) -> None:
-    """A hard link: the pipeline replaces files (temp + rename), never writes into them."""
-    if dst.exists():
-        if dst.samefile(src):
-            return
-        dst.unlink()
-    try:
-        os.link(src, dst)
-    except OSError:  # another file system
-        shutil.copy(src, dst)
 
 
 def _export(doubles, onnx_cache, tmp_path, precision="fp32", *extra, dynamic_hw=False):
@@ -445,7 +431,7 @@ def test_bench_runs_the_tensorrt_backends(doubles, torch_cuda, bench_onnx, tmp_p
     onnx = [f for f in bench_onnx.rglob("*") if f.is_file()]
     for f in onnx:  # the pipeline reuses these ONNX models from the cache
         (out / ".artifacts" / f.relative_to(bench_onnx)).parent.mkdir(parents=True, exist_ok=True)
-        _link(f, out / ".artifacts" / f.relative_to(bench_onnx))
+        link_file(f, out / ".artifacts" / f.relative_to(bench_onnx))
     rc = bench_main(["--model", "svt_s", "--backends", "trt-fp32,trt-fp16", "--batch", "1,4", "--img-size", "64",
                      "--min-iters", "3", "--min-time", "0", "--warmup", "1", "--warmup-time", "0", "--out", str(out),
                      "--name", "t", "-q", *flags])
@@ -721,7 +707,7 @@ def validated_onnx(tmp_path_factory):
                                 "-q", *io]) == 0
         out.mkdir(parents=True, exist_ok=True)
         for f in made[key].iterdir():
-            _link(f, out / f.name)
+            link_file(f, out / f.name)
 
     return get
 

@@ -17,15 +17,13 @@ the INT8 default of 0.99); everything else about the validation is the default.
 """
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from helpers_mutant import plant
-from helpers_trt import LINES, doubles, line  # noqa: F401 (fixtures)
+from helpers_trt import LINES, doubles, line, link_file  # noqa: F401 (fixtures)
 from trt_doubles import harness
 from trt_doubles.fake_trt import IMPLICIT_INT8, NO_INT8_FLAG, onnx_session, read_plan
 from twins_deploy.cli.export import main as export_main
@@ -67,12 +65,7 @@ def int8_onnx(tmp_path_factory, calib_dir):
 def _link_all(src: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
-        if (out / f.name).exists():
-            (out / f.name).unlink()
-        try:
-            os.link(f, out / f.name)
-        except OSError:
-            shutil.copy(f, out / f.name)
+        link_file(f, out / f.name)
 
 
 def _export(int8_onnx, calib_dir, tmp_path, *extra):

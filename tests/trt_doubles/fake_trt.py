@@ -543,7 +543,7 @@ class INetworkDefinitionB(Behaviour):
         return len(self.layers)
 
     def qdq_layers(self) -> int:
-        return sum(layer.type.name in ("QUANTIZE", "DEQUANTIZE") for layer in self.layers)
+        return sum(layer.type.name in QDQ_OPS.values() for layer in self.layers)
 
     def flag_names(self) -> set[str]:
         enum_cls = _enum(self.mod, "NetworkDefinitionCreationFlag")
@@ -766,7 +766,7 @@ class _QdqChecker:
 
     def refusal(self, node: Any) -> tuple[str, str] | None:
         invalid = "Found invalid input type of UINT8" if self.major < 10 else "Found unsupported input type of UINT8"
-        inputs = [n for n in node.input]
+        inputs = list(node.input)
         if self._type_name(inputs[0]) == "UINT8":
             return invalid, "UNSUPPORTED_NODE"
         zp = inputs[2] if len(inputs) > 2 and inputs[2] else None
