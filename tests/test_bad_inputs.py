@@ -135,8 +135,8 @@ EXPORT_CASES = {
     "images: no image files": (["--images", "{readme_dir}"], "no images"),
     "images: unreadable image": (["--images", "{corrupt_dir}"], "cannot read image"),
     "images: decompression bomb": (["--images", "{bomb_dir}"], "exceeds limit"),
-    "out-dir: a file": (["--out-dir", "{a_file}"], "cannot write to output directory"),
-    "out-dir: under a file": (["--out-dir", "{a_file}/sub"], "cannot write to output directory"),
+    "out-dir: a file": (["--out-dir", "{a_file}"], "is a file, not a folder"),
+    "out-dir: under a file": (["--out-dir", "{a_file}/sub"], "a_file' is a file, not a folder"),
     "img-size 0": (["--img-size", "0"], "impossible"),
     "img-size 31": (["--img-size", "31"], "impossible"),
     "img-size negative": (["--img-size", "-5"], "impossible"),
@@ -372,7 +372,7 @@ BENCH_CASES = {
     "threads 0": (["--threads", "0"], "must be >= 1"),
     "img-size 16": (["--img-size", "16"], "impossible"),
     "unknown model": (["--model", "svt_s,vit_b"], "unknown model 'vit_b'"),
-    "out is a file": (["--out", "{a_file}"], "cannot write to output directory"),
+    "out is a file": (["--out", "{a_file}"], "is a file, not a folder"),
     "unknown preset": (["--preset", "fastest"], "invalid choice"),
     "rerender a file that is no result": (["--rerender", "{text}"], "is not a twins-bench result"),
     "name climbing out of --out": (["--name", "../../escape"], "may hold only letters"),
@@ -547,7 +547,7 @@ def test_sigterm_cleans_up_as_ctrl_c_does(step, existing, tmp_path):
     finally:
         proc.kill()
     assert any(ln.startswith(step) for ln in seen), "".join(seen)
-    assert rc == 143 and rest.strip().splitlines()[-1] == "terminated; no partial artifact was left behind", rest
+    assert rc == 143 and rest.strip().splitlines()[-1] == "terminated by SIGTERM; no partial artifact was left behind", rest
     assert snapshot(tmp_path) == before
 
 
@@ -568,7 +568,7 @@ def test_a_second_run_into_a_busy_out_dir_fails_at_once(tmp_path, capsys):
     out.mkdir()
     with artifacts.output_dir(out):  # another run holds the directory
         rc, _, err = call(export_main, [*SMALL, "--out-dir", str(out)], capsys)
-    assert_one_error(rc, err, 2, "another twins-deploy run is writing into")
+    assert_one_error(rc, err, 2, "is writing into")
     assert list(out.iterdir()) == []
     with artifacts.output_dir(out):  # and the lock was released by both
         pass

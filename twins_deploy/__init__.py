@@ -5,7 +5,11 @@ imported by the engine code that uses them.
 """
 from __future__ import annotations
 
-from twins_deploy.errors import (
+from twins_deploy.startup import quiet_interrupt_at_startup
+
+quiet_interrupt_at_startup()  # before torch: a console script interrupted while starting says one line
+
+from twins_deploy.errors import (  # noqa: E402
     ArtifactError,
     BackendUnavailableError,
     CheckpointError,
@@ -16,10 +20,10 @@ from twins_deploy.errors import (
     ValidationFailedError,
     WeightsUnavailableError,
 )
-from twins_deploy.factory import create_model
-from twins_deploy.registry import Preprocess, TwinsConfig, get_config, list_models, resolve_name
-from twins_deploy.twins import Twins, count_params
-from twins_deploy.weights import WeightsInfo, load_weights, randomize_
+from twins_deploy.factory import create_model  # noqa: E402
+from twins_deploy.registry import Preprocess, TwinsConfig, get_config, list_models, resolve_name  # noqa: E402
+from twins_deploy.twins import Twins, count_params  # noqa: E402
+from twins_deploy.weights import WeightsInfo, load_weights, randomize_  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
 import platform
 import re
+import stat
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from twins_deploy.errors import ArtifactError, OptionError
+from twins_deploy.errors import ArtifactError, OptionError, quoted
 
 
 def manifest_path(artifact: str | os.PathLike[str]) -> Path:
@@ -49,19 +53,57 @@ def check_file_stem(name: str, what: str) -> str:
     return name
 
 
+def path_kind(path: str | os.PathLike[str]) -> str:
+    """What ``path`` is, in words, without opening it (opening a FIFO would block): "a file",
+    "a folder", "missing", "a named pipe (FIFO)", "a socket", "a device", "a symlink loop", "a
+    broken symlink", "a path with a name too long for this system", "a path through a file",
+    "a path that cannot be inspected (...)"."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        try:
+            os.lstat(path)
+        except OSError:
+            return "missing"
+        return "a broken symlink"
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symlink loop"
+        if e.errno == errno.ENAMETOOLONG:
+            return "a path with a name too long for this system"
+        if e.errno == errno.ENOTDIR:
+            return "a path through a file"
+        return f"a path that cannot be inspected ({e.strerror or e})"
+    except ValueError:  # an embedded NUL byte
+        return "not a valid path"
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return "a file"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
 def existing_file(path: str | os.PathLike[str], what: str) -> Path:
     """``path`` if it is a file; otherwise one line saying what it is instead (missing, a
     folder, or a manifest given where its artifact was meant)."""
     p = Path(path)
-    if p.is_file():
+    kind = path_kind(p)
+    if kind == "a file":
         if p.name.endswith(".json") and p.name != ".json":
             artifact = p.with_name(p.name[:-len(".json")])
             if artifact.is_file() and artifact.suffix in (".onnx", ".plan", ".engine"):
                 raise ArtifactError(f"{str(p)!r} is the manifest of {artifact.name}; pass {str(artifact)!r} itself")
         return p
-    if p.is_dir():
-        raise ArtifactError(f"{what} {str(p)!r} is a folder, not a file")
-    raise ArtifactError(f"{what} {str(p)!r} does not exist")
+    if kind == "missing":
+        raise ArtifactError(f"{what} {quoted(str(p))} does not exist")
+    raise ArtifactError(f"{what} {quoted(str(p))} is {kind}, not a file")
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -75,25 +117,49 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 def _missing_parents(d: Path) -> list[Path]:
     """``d`` and its ancestors that do not exist yet, outermost first."""
     missing = []
-    while not d.exists() and d != d.parent:
+    while not os.path.lexists(d) and d != d.parent:
         missing.append(d)
         d = d.parent
     return missing[::-1]
 
 
+def _check_name_limits(d: Path, base: Path) -> None:
+    """Refuse a path the OS cannot create (a component longer than NAME_MAX, the whole longer
+    than PATH_MAX) with one line, before any work; mkdir would only say ENAMETOOLONG later."""
+    try:
+        name_max = os.pathconf(base, "PC_NAME_MAX")
+        path_max = os.pathconf(base, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    for part in d.parts:
+        if len(os.fsencode(part)) > name_max:
+            raise ArtifactError(f"cannot create {quoted(str(d))}: the name {quoted(part, 60)} is "
+                                f"{len(os.fsencode(part))} bytes long; this file system takes at most {name_max}")
+    if len(os.fsencode(str(d.absolute()))) >= path_max:
+        raise ArtifactError(f"cannot create {quoted(str(d))}: the path is longer than this system's "
+                            f"limit of {path_max} bytes")
+
+
 def check_output_dir(directory: str | os.PathLike[str]) -> Path:
     """Prove that ``directory`` can be created and written, before any work, leaving
-    nothing behind: a run that fails on a bad argument must not create its output dir."""
+    nothing behind: a run that fails on a bad argument must not create its output dir.
+    What is in the way (a file, a FIFO, a symlink loop, a name too long) is named."""
     d = Path(directory)
+    kind = path_kind(d)
+    if kind not in ("a folder", "missing", "a path through a file"):  # the last: named below
+        raise ArtifactError(f"output directory {quoted(str(d))} is {kind}, not a folder")
     missing = _missing_parents(d)
     base = missing[0].parent if missing else d
+    base_kind = path_kind(base)
+    if base_kind != "a folder":
+        raise ArtifactError(f"cannot create output directory {quoted(str(d))}: {quoted(str(base))} is {base_kind}, "
+                            "not a folder")
+    _check_name_limits(d, base)
     try:
-        if not base.is_dir():
-            raise NotADirectoryError(20, f"{str(base)!r} is not a directory")
         probe = tempfile.mkdtemp(dir=base, prefix=".twins-write-test-")
         os.rmdir(probe)
     except OSError as e:
-        raise ArtifactError(f"cannot write to output directory {str(d)!r}: {e.strerror or e}") from None
+        raise ArtifactError(f"cannot write to output directory {quoted(str(d))}: {e.strerror or e}") from None
     return d
 
 
@@ -105,8 +171,11 @@ def check_report_path(path: str | os.PathLike[str], artifact: str | os.PathLike[
     must not be a folder, the artifact or its manifest, and an existing file is replaced only
     if it is a report already (a typo must not cost the user an unrelated file)."""
     p = Path(path)
-    if p.is_dir():
-        raise ArtifactError(f"report path {str(p)!r} is a directory; give a file name")
+    kind = path_kind(p)
+    if kind == "a folder":
+        raise ArtifactError(f"report path {quoted(str(p))} is a directory; give a file name")
+    if kind not in ("a file", "missing"):
+        raise ArtifactError(f"report path {quoted(str(p))} is {kind}; give the name of a regular file")
     if artifact is not None and p.exists():
         for own in (Path(artifact), manifest_path(artifact)):
             if own.exists() and p.samefile(own):
@@ -116,8 +185,13 @@ def check_report_path(path: str | os.PathLike[str], artifact: str | os.PathLike[
         raise ArtifactError(f"report path {str(p)!r} exists and is not a validation report; "
                             "give another file name, or remove it first")
     parent = p.parent
-    if not parent.is_dir():
-        raise ArtifactError(f"cannot write the report {str(p)!r}: folder {str(parent)!r} does not exist")
+    parent_kind = path_kind(parent)
+    if parent_kind == "missing":
+        raise ArtifactError(f"cannot write the report {quoted(str(p))}: folder {quoted(str(parent))} does not exist")
+    if parent_kind != "a folder":
+        raise ArtifactError(f"cannot write the report {quoted(str(p))}: {quoted(str(parent))} is {parent_kind}, "
+                            "not a folder")
+    _check_name_limits(p, parent)
     try:
         fd, probe = tempfile.mkstemp(dir=parent, prefix=".twins-write-test-")
         os.close(fd)
@@ -136,34 +210,163 @@ def _is_report(path: Path) -> bool:
     return isinstance(data, dict) and REPORT_KEYS <= data.keys()
 
 
+LOCK_NAME = ".twins-deploy.lock"  # who holds a folder: written while held, removed after
+
+
+def _make_dirs(d: Path) -> list[Path]:
+    """Create ``d`` and its missing parents; return only those this call's ``mkdir`` made.
+    Another run may create the same folders at the same moment: what it made is not ours
+    to remove, so "missing before" is never taken to mean "made by us"."""
+    made = []
+    for p in _missing_parents(d):
+        try:
+            os.mkdir(p)
+        except FileExistsError:
+            if not p.is_dir():
+                raise ArtifactError(f"cannot create output directory {quoted(str(d))}: {quoted(str(p))} is "
+                                    f"{path_kind(p)}, not a folder") from None
+            continue
+        made.append(p)
+    return made
+
+
+def _lock_holder(d: Path) -> str:
+    """Who holds ``d``, from its lock note: "pid N, CMD, since T", or "" when unknown."""
+    try:
+        if path_kind(d / LOCK_NAME) != "a file":
+            return ""
+        with open(d / LOCK_NAME, "rb") as f:
+            note = json.loads(f.read(4096))
+        return f"pid {int(note['pid'])}, {quoted(str(note['command']), 120)}, since {quoted(str(note['since']), 40)}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _write_lock_note(d: Path) -> None:
+    """Say who holds ``d`` (read by the loser of a race), and report a note a killed run left."""
+    stale = _lock_holder(d)
+    if stale:
+        print(f"note: {d}: a run that no longer holds this folder left a lock note ({stale}); "
+              "it was killed or crashed, and its leftovers are cleaned up below", file=sys.stderr)
+    import shlex
+
+    note = {"pid": os.getpid(), "command": shlex.join(sys.argv)[:1000], "since": now_iso()}
+    with contextlib.suppress(OSError):  # the lock itself is the flock; the note only informs
+        write_json_atomic(d / LOCK_NAME, note)
+
+
+_PARTIAL = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.partial$")
+_PREVIOUS = re.compile(r"^\.(?P<name>.+)\.previous$")
+
+
+def recover_leftovers(d: Path) -> list[str]:
+    """What a killed run (SIGKILL, a power cut) left in ``d``, which this run now holds:
+    staged ``.NAME.XXXXXXXX.partial`` files are removed; ``.NAME.previous`` backups of an
+    install that did not finish are put back as a pair (the new pair is incomplete) or
+    removed (the new pair is whole). Returns what was done, also printed as notes."""
+    done: list[str] = []
+    try:
+        names = sorted(os.listdir(d))
+    except OSError:
+        return done
+    for name in names:
+        p = d / name
+        if _PARTIAL.match(name) or name.startswith(".twins-write-test-"):
+            if path_kind(p) != "a file" and not (path_kind(p) == "a folder" and name.startswith(".twins-write-test-")):
+                continue
+            size = p.stat().st_size if p.is_file() else 0
+            with contextlib.suppress(OSError):
+                p.rmdir() if p.is_dir() else p.unlink()
+                done.append(f"removed {name} ({size / 2**20:.1f} MiB), left by a run that was killed")
+    pairs: dict[str, tuple[Path, Path]] = {}
+    for name in names:
+        m = _PREVIOUS.match(name)
+        if m and (d / name).is_file():
+            orig = m.group("name")
+            art = orig[:-len(".json")] if orig.endswith(".json") else orig
+            pairs[art] = (d / art, manifest_path(d / art))
+    for art, (apath, mpath) in pairs.items():
+        backups = [(x.with_name(f".{x.name}.previous"), x) for x in (apath, mpath)]
+        whole = apath.is_file() and mpath.is_file()
+        for backup, orig in backups:
+            if not backup.is_file():
+                continue
+            with contextlib.suppress(OSError):
+                if whole:
+                    backup.unlink()
+                    done.append(f"removed {backup.name}, the backup of an install that finished")
+                else:
+                    os.replace(backup, orig)
+                    done.append(f"restored {orig.name} from {backup.name}: a killed run had not finished "
+                                "installing its replacement")
+    for line in done:
+        print(f"note: {d}: {line}", file=sys.stderr)
+    return done
+
+
 @contextlib.contextmanager
 def output_dir(directory: str | os.PathLike[str]) -> Iterator[Path]:
     """Create ``directory`` for a run and hold it: a second run into the same directory
-    fails at once instead of interleaving its files with this one's. If the run fails,
-    the directories it created are removed again when empty."""
+    fails at once, naming the holder, instead of interleaving its files with this one's.
+    Creating and locking is race-free: the run that holds the lock removes, if it fails,
+    only the empty folders its own ``mkdir`` made; a refused run removes nothing. What a
+    killed run left is cleaned up once the lock is held (:func:`recover_leftovers`)."""
     import fcntl
 
     d = check_output_dir(directory)
-    created = _missing_parents(d)
     try:
-        d.mkdir(parents=True, exist_ok=True)
-        fd = os.open(d, os.O_RDONLY)
+        made = _make_dirs(d)
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
-        raise ArtifactError(f"cannot create output directory {str(d)!r}: {e.strerror or e}") from None
+        raise ArtifactError(f"cannot create output directory {quoted(str(d))}: {e.strerror or e}") from None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a lock on the directory itself: no file left behind
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a lock on the directory itself
         except OSError:
-            raise ArtifactError(f"another twins-deploy run is writing into {str(d)!r}; wait for it to finish "
-                                "or choose another --out-dir") from None
-        yield d
-    except BaseException:
-        for p in reversed(created):
-            with contextlib.suppress(OSError):
-                p.rmdir()  # only succeeds when empty: nothing written is ever removed here
-        raise
+            holder = _lock_holder(d)
+            for _ in range(40):  # the holder writes its note just after locking: give it a moment
+                if holder:
+                    break
+                time.sleep(0.025)
+                holder = _lock_holder(d)
+            raise ArtifactError(f"another twins-deploy run{f' ({holder})' if holder else ''} is writing into "
+                                f"{quoted(str(d))}; wait for it to finish or choose another --out-dir") from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(d))
+        except OSError:
+            same = False
+        if not same:  # removed (by a failed run that made it) or replaced before we locked it
+            raise ArtifactError(f"output directory {quoted(str(d))} was removed or replaced while this run "
+                                "was starting; run again")
+        _write_lock_note(d)
+        try:
+            recover_leftovers(d)
+            yield d
+        except BaseException:
+            _remove_lock_note(d)
+            for p in reversed(made):
+                with contextlib.suppress(OSError):
+                    p.rmdir()  # only succeeds when empty: nothing written is ever removed here
+            raise
+        finally:
+            _remove_lock_note(d)
     finally:
         os.close(fd)  # releases the lock
+
+
+def _remove_lock_note(d: Path) -> None:
+    with contextlib.suppress(OSError):
+        (d / LOCK_NAME).unlink()
 
 
 def refuse_overwrite(paths: list[Path], force: bool) -> None:
@@ -204,10 +407,10 @@ def refuse_non_files(paths: list[Path]) -> None:
     """Refuse, before any work, a folder (or other non-file) where an artifact or manifest
     goes: installing would move it aside and could not put a file in its place."""
     for p in paths:
-        if (p.exists() or p.is_symlink()) and not p.is_file():
-            kind = "a folder" if p.is_dir() else "not a regular file"
-            raise ArtifactError(f"{p} is {kind}, where the output file goes; twins-deploy replaces files only "
-                                "(--force included): move it, or choose another --out-dir")
+        kind = path_kind(p)
+        if kind not in ("a file", "missing"):
+            raise ArtifactError(f"{quoted(str(p))} is {kind}, where the output file goes; twins-deploy replaces files "
+                                "only (--force included): move it, or choose another --out-dir")
 
 
 def install_artifact(staged: Path, final: Path, manifest: dict[str, Any]) -> None:

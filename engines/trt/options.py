@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from twins_deploy.errors import OptionError
+from twins_deploy.artifacts import path_kind
+from twins_deploy.errors import OptionError, quoted
 
 HW_COMPAT_LEVELS = ("none", "ampere+", "same-cc")
 
@@ -38,12 +39,15 @@ def timing_cache_path(opts: TrtBuildOptions, trt_version: str, gpu: dict[str, An
 def check_cache_file(path: Path) -> None:
     """A timing cache the build can read and write: not a folder, and every existing folder
     above it a folder (the build creates the missing ones), checked before the ONNX stage."""
-    if path.is_dir():
-        raise OptionError(f"--timing-cache {str(path)!r} is a folder; give a file path (or 'none')")
+    kind = path_kind(path)
+    if kind not in ("a file", "missing", "a path through a file"):  # a FIFO would block the build's read
+        raise OptionError(f"--timing-cache {quoted(str(path))} is {kind}; give a file path (or 'none')")
     for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise OptionError(f"--timing-cache {str(path)!r}: {str(parent)!r} is a file, not a folder")
+        parent_kind = path_kind(parent)
+        if parent_kind != "missing":
+            if parent_kind != "a folder":
+                raise OptionError(f"--timing-cache {quoted(str(path))}: {quoted(str(parent))} is {parent_kind}, "
+                                  "not a folder")
             break
 
 

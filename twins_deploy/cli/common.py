@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 from twins_deploy.engines.routes import get_route
 from twins_deploy.engines.trt.options import DEFAULT_TIMING_CACHE, HW_COMPAT_LEVELS, TrtBuildOptions
-from twins_deploy.errors import TwinsDeployError
+from twins_deploy.errors import ENVIRONMENT_ERRNOS, TwinsDeployError, os_error_line
 from twins_deploy.exporters.spec import BatchRange, parse_hw
 
 
@@ -150,35 +150,121 @@ def trt_options_from_args(args: argparse.Namespace) -> TrtBuildOptions:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (``timeout``, ``kill``, a CI runner cancelling a job), raised in the main thread
-    as Ctrl-C is, so that the same clean-up runs: staged files removed, old artifacts restored."""
+    """A terminating signal (SIGTERM from ``timeout``, ``kill`` or a CI runner cancelling a
+    job; SIGHUP from a closed terminal; SIGQUIT, SIGUSR1/2, SIGALRM, SIGXCPU), raised in the
+    main thread as Ctrl-C is, so that the same clean-up runs: staged files removed, old
+    artifacts restored. ``signum`` says which, for the message and the exit code."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+# Signals whose default action ends the process without a chance to clean up; each is taken
+# over only while it still has that default (a handler someone installed, or SIG_IGN from
+# ``nohup``, is left alone). SIGXFSZ is ignored instead, so that writing past a file-size
+# limit fails with EFBIG, which is reported, rather than killing the process mid-write.
+TERMINATING_SIGNALS = tuple(getattr(signal, n) for n in (
+    "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGXCPU", "SIGVTALRM", "SIGPROF")
+    if hasattr(signal, n))
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
+def signals_as_interrupt() -> Iterator[None]:
+    """Turn every catchable terminating signal into :class:`Terminated` (Ctrl-C is already
+    ``KeyboardInterrupt``). Once one has arrived, later ones (a second Ctrl-C included) are
+    noted and ignored, so that the clean-up they would cut short still runs to the end."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
         return
+    arrived: list[int] = []
 
     def handler(signum: int, _frame: object) -> None:
-        raise Terminated
+        if arrived:
+            with contextlib.suppress(OSError, ValueError):
+                print(f"{signal_name(signum)} received; still cleaning up, please wait", file=sys.stderr)
+            return
+        arrived.append(signum)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Terminated(signum)
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous: dict[int, object] = {}
+    for signum in (signal.SIGINT, *TERMINATING_SIGNALS):
+        current = signal.getsignal(signum)
+        if current in (signal.SIG_DFL, signal.default_int_handler):
+            previous[signum] = signal.signal(signum, handler)
+    if hasattr(signal, "SIGXFSZ") and signal.getsignal(signal.SIGXFSZ) == signal.SIG_DFL:
+        previous[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, old)  # type: ignore[arg-type]
+
+
+class _WatchedStdout:
+    """stdout, remembering the error a write to it raised (a full device, an I/O error), so
+    that the error line can say the output was what failed rather than some file."""
+
+    def __init__(self, stream: object) -> None:
+        self.stream = stream
+        self.error: OSError | None = None
+
+    def _watch(self, method: str, *args: object) -> object:
+        try:
+            return getattr(self.stream, method)(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            self.error = e
+            raise
+
+    def write(self, text: str) -> object:
+        return self._watch("write", text)
+
+    def flush(self) -> object:
+        return self._watch("flush")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.stream, name)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's flush at exit cannot fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run ``main``; expected failures become one ``error:`` line and their exit code, and
-    Ctrl-C or SIGTERM leaves nothing half-written (exit 130 or 143, as a shell reports them)."""
+    """Run ``main``; expected failures become one ``error:`` line and their exit code.
+    Ctrl-C or any catchable terminating signal leaves nothing half-written (exit 128 + the
+    signal: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP, as a shell reports them). What
+    the machine refuses (a full disk, no permission, a read-only place, an I/O error, output
+    that cannot be written) is one line too, exit 2."""
     args = sys.argv[1:] if argv is None else argv
     verbose = "--verbose" in args or "-v" in args
+    watched = sys.stdout = _WatchedStdout(sys.stdout)  # type: ignore[assignment]
     try:
-        with sigterm_as_interrupt():
+        return _run(main, argv, verbose, watched)
+    finally:
+        if sys.stdout is watched:
+            sys.stdout = watched.stream  # type: ignore[assignment]
+
+
+def _run(main: Callable[[list[str] | None], int], argv: list[str] | None, verbose: bool,
+         watched: _WatchedStdout) -> int:
+    try:
+        with signals_as_interrupt():
             code = main(argv)
-        sys.stdout.flush()  # here, where a closed pipe is handled, not at interpreter exit
+            sys.stdout.flush()  # here, where a closed pipe is handled, not at interpreter exit
         return code
     except TwinsDeployError as e:
         if verbose:
@@ -188,10 +274,20 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     except BrokenPipeError:
         # the reader of our output went away (``twins-inspect --json | head -1``): as other
         # Unix tools do, stop quietly; stdout goes to /dev/null so the exit flush cannot fail
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _silence_stdout()
         return 128 + signal.SIGPIPE
     except KeyboardInterrupt as e:
-        what = "terminated" if isinstance(e, Terminated) else "interrupted"
+        signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
+        what = "interrupted" if signum == signal.SIGINT else f"terminated by {signal_name(signum)}"
         print(f"{what}; no partial artifact was left behind", file=sys.stderr)
-        return 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
+        return 128 + signum
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS or verbose:
+            raise
+        if watched.error is not None:
+            _silence_stdout()
+            print(f"error: cannot write to standard output: {watched.error.strerror or watched.error}",
+                  file=sys.stderr)
+        else:
+            print(f"error: {os_error_line(e)}", file=sys.stderr)
+        return 2
