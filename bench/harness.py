@@ -76,6 +76,7 @@ class BenchConfig:
     note: str = ""                  # a remark recorded with the results
     command: str = ""               # the command line, recorded with the results
     quiet: bool = False
+    force: bool = False             # replace the results of an earlier run of the same --out and --name
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in ROUTES]
@@ -304,16 +305,30 @@ def _no_publish(rows: list[dict[str, Any]]) -> None:
     return None
 
 
-def run(subjects: list[Subject], cfg: BenchConfig, steps: Steps,
-        publish: Callable[[list[dict[str, Any]]], None] = _no_publish) -> list[dict[str, Any]]:
+def step_labels(todo: list[Measured], cfg: BenchConfig) -> list[str]:
+    """The progress steps of a run, in the order :func:`run` takes them: one per runner
+    (opened, and with one round timed), then one per interleaved round. The counters that
+    ``[i/N]`` prints come from this list, never from a separate count."""
+    rounds = [f"round {i + 1}/{cfg.rounds}" for i in range(cfg.rounds)] if cfg.rounds > 1 else []
+    return [m.label for m in todo] + rounds
+
+
+def run(subjects: list[Subject], cfg: BenchConfig,
+        publish: Callable[[list[dict[str, Any]]], None] = _no_publish,
+        progress: Callable[[int], Steps] | None = None) -> list[dict[str, Any]]:
     """Measure every (subject, backend, batch). One round: each runner is opened, timed at
     every batch and closed before the next opens. More: all are opened, then timed in
     interleaved rounds (order reversed every other round), then closed. A run of TensorRT
     routes only, where TensorRT cannot work, raises the preflight's error before any work.
 
     ``publish`` receives every row with a result so far each time one is added or changes
-    (the caller writes them, so that an interrupted run keeps what it measured)."""
+    (the caller writes them, so that an interrupted run keeps what it measured). ``progress``
+    makes the step printer for the number of steps in :func:`step_labels` (default: ``Steps``,
+    quiet as ``cfg`` says); each step announced is taken from that list."""
     todo = pairs(subjects, cfg)
+    labels = step_labels(todo, cfg)
+    steps = (progress or (lambda n: Steps(n, quiet=cfg.quiet)))(len(labels))
+    planned = iter(labels)
 
     def rows() -> list[dict[str, Any]]:
         out = [r for m in todo for r in _rows(m)]
@@ -329,7 +344,7 @@ def run(subjects: list[Subject], cfg: BenchConfig, steps: Steps,
         publish([])  # from here on, what is on disk is this run's
         try:
             for m in todo:
-                with steps.step(m.label):
+                with steps.step(next(planned)):
                     _open(m, cfg, steps, trt if get_route(m.backend).family == TENSORRT else None)
                     if cfg.rounds == 1:
                         for b in m.batches:
@@ -338,7 +353,7 @@ def run(subjects: list[Subject], cfg: BenchConfig, steps: Steps,
                         m.close()
                 publish(rows())
             for i in range(cfg.rounds) if cfg.rounds > 1 else ():
-                with steps.step(f"round {i + 1}/{cfg.rounds}"):
+                with steps.step(next(planned)):
                     for m in todo if i % 2 == 0 else todo[::-1]:
                         for b in m.batches:
                             _time(m, b, cfg, steps, f"{m.label} ")
@@ -350,5 +365,5 @@ def run(subjects: list[Subject], cfg: BenchConfig, steps: Steps,
 
 
 def step_count(subjects: list[Subject], cfg: BenchConfig) -> int:
-    """The progress steps :func:`run` announces."""
-    return len(pairs(subjects, cfg)) + (cfg.rounds if cfg.rounds > 1 else 0)
+    """How many progress steps :func:`run` announces."""
+    return len(step_labels(pairs(subjects, cfg), cfg))

@@ -1,12 +1,18 @@
 """Benchmark results on disk, for every twins-bench run (Runner timings and the serving load
 test alike): JSON (everything), CSV (timm's columns first), markdown, PNG, each written
 atomically, into a folder outside the package's source. A Runner benchmark rewrites its JSON
-and CSV as rows come in (``"complete": false`` until it ends), the markdown and PNG at the end."""
+and CSV as rows come in (``"complete": false`` until it ends), the markdown and PNG at the end.
+
+Before anything is measured, every place a result goes is checked (:func:`check_results`):
+the folder can be written, each results file is a regular file or absent (a folder, a FIFO or
+a symlink loop there is named), and an earlier run's results are replaced only with --force,
+as twins-export replaces artifacts."""
 from __future__ import annotations
 
 import csv
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +20,25 @@ import twins_deploy
 import twins_deploy.bench
 import twins_deploy.engines
 import twins_deploy.exporters
-from twins_deploy.artifacts import check_output_dir, write_bytes_atomic, write_json_atomic
+from twins_deploy.artifacts import (
+    check_output_dir,
+    existing_file,
+    output_dir,
+    path_kind,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+from twins_deploy.bench.machine import load_line
 from twins_deploy.engines.routes import TENSORRT, get_route
-from twins_deploy.errors import ArtifactError, OptionError
+from twins_deploy.errors import ArtifactError, OptionError, quoted
 
 CSV_COLUMNS = ["model", "backend", "precision", "infer_samples_per_sec", "infer_step_time", "infer_batch_size",
                "infer_img_size", "param_count", "infer_gmacs", "latency_ms_p90", "latency_ms_p99",
                "speedup_vs_torch", "speedup_vs_timm_onnx", "achieved_gflops", "peak_memory_mib", "iterations",
                "validated", "status", "reason"]
+RESULT_SUFFIXES = (".json", ".csv", ".md", ".png")
+CACHE_DIR = ".artifacts"  # the artifacts a run makes, reused by the next (bench/backends.py)
+MAX_RESULT_BYTES = 256 << 20  # a results JSON larger than this is not one twins-bench wrote
 SERVE_CSV_COLUMNS = ["mode", "concurrency", "requests", "ok", "errors", "throughput_ips", "latency_ms_p50",
                      "latency_ms_p90", "latency_ms_p99", "latency_ms_mean", "executions", "avg_batch", "wall_s"]
 
@@ -29,13 +46,54 @@ SERVE_CSV_COLUMNS = ["mode", "concurrency", "requests", "ok", "errors", "through
 def check_results_dir(out: Path) -> Path:
     """``out`` can be written and lies outside the installed package's source folders
     (a benchmark never writes into the source tree, whatever the working directory)."""
-    target = Path(out).resolve()
+    d = check_output_dir(out)  # what is in the way first (a FIFO, a symlink loop, a name too long)
+    target = Path(os.path.realpath(out))
     for pkg in (twins_deploy, twins_deploy.bench, twins_deploy.engines, twins_deploy.exporters):
         src = Path(pkg.__file__).resolve().parent
         if target == src or src in target.parents:
-            raise OptionError(f"--out {str(out)!r} lies inside the package source ({src}); "
+            raise OptionError(f"--out {quoted(str(out))} lies inside the package source ({src}); "
                               "write results to a folder outside it (e.g. --out results)")
-    return check_output_dir(out)
+    return d
+
+
+def result_paths(out_dir: Path, stem: str) -> list[Path]:
+    """``<stem>.json``, ``.csv``, ``.md``, ``.png`` in ``out_dir``: every file a run writes."""
+    return [out_dir / f"{stem}{suffix}" for suffix in RESULT_SUFFIXES]
+
+
+def check_results(out_dir: Path, stem: str, force: bool, cache: bool = True) -> list[Path]:
+    """Before any measurement: each results file of ``stem`` is absent or a regular file (a
+    folder, FIFO, device, socket, broken symlink or symlink loop where one goes is refused,
+    --force included: an atomic write could not replace it, and opening a FIFO would block; a
+    symlink to a file is replaced as itself, never followed); an earlier run's results are
+    refused unless ``force``. With ``cache``, the artifacts cache must be a folder
+    or absent. Returns the earlier results that ``force`` lets this run replace."""
+    for p in result_paths(out_dir, stem) + ([out_dir / CACHE_DIR] if cache else []):
+        kind = path_kind(p)
+        wanted = "a folder" if p.name == CACHE_DIR else "a file"
+        if kind not in ("missing", wanted):
+            what = "the benchmark's artifacts cache" if p.name == CACHE_DIR else "a results file"
+            raise ArtifactError(f"{quoted(str(p))} is {kind}, where {what} goes; move it, or choose another "
+                                f"{'--out' if p.name == CACHE_DIR else '--name or --out'}")
+    earlier = [p for p in result_paths(out_dir, stem) if path_kind(p) == "a file"]
+    if earlier and not force:
+        raise ArtifactError(f"{', '.join(p.name for p in earlier)} in {quoted(str(out_dir))} hold{'s' * (len(earlier) == 1)} "
+                            f"the results of an earlier run{describe_earlier(out_dir / f'{stem}.json')}; pass --force "
+                            "to replace them, or choose another --name or --out")
+    return earlier
+
+
+def describe_earlier(json_path: Path) -> str:
+    """`` (created T, N rows[, interrupted])`` from an earlier run's JSON; "" when unreadable."""
+    try:
+        if path_kind(json_path) != "a file" or json_path.stat().st_size > MAX_RESULT_BYTES:
+            return ""
+        data = json.loads(json_path.read_bytes())
+        rows = len(data["rows"])
+        partial = ", interrupted" if data.get("complete") is False else ""
+        return f" (created {quoted(str(data.get('created')), 40)}, {rows} row{'s' * (rows != 1)}{partial})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def _is_serve(result: dict[str, Any]) -> bool:
@@ -134,6 +192,9 @@ def _header(result: dict[str, Any], title: str) -> list[str]:
              + (f"; GPU {gpu['name']} (SM {gpu['compute_capability']}, {gpu['memory_gib']} GiB)" if gpu else "; no GPU"),
              "- versions: " + ", ".join(f"{k} {v}" for k, v in env["tools"].items() if v),
              f"- method: {result['method']}", f"- created: {result['created']}"]
+    load = load_line(env.get("load"))
+    if load:
+        lines.append(load)
     if result.get("note"):
         lines.append(f"- note: {result['note']}")
     if result.get("command"):
@@ -259,15 +320,24 @@ def write_all(out_dir: Path, stem: str, result: dict[str, Any]) -> list[Path]:
 
 
 def rerender(json_path: Path) -> list[Path]:
-    """Rewrite the markdown and PNG of a recorded run from its JSON (the measurements)."""
+    """Rewrite the markdown and PNG of a recorded run from its JSON (the measurements), in its
+    folder, held (another run writing there is refused); what is in the way is named first."""
+    path = existing_file(json_path, "results JSON")  # not a folder, a FIFO (which would block), ...
+    if path.stat().st_size > MAX_RESULT_BYTES:
+        raise ArtifactError(f"{quoted(str(path))} is {path.stat().st_size / 2**20:.0f} MiB: not a twins-bench result")
     try:
-        result = json.loads(Path(json_path).read_text())
+        result = json.loads(path.read_bytes())
         md, png = to_markdown(result), chart_png(result)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ArtifactError(f"{str(json_path)!r} is not a twins-bench result: {type(e).__name__}: {e}") from None
-    paths = [Path(json_path).with_suffix(".md")]
-    write_bytes_atomic(paths[0], md.encode())
-    if png is not None:
-        paths.append(Path(json_path).with_suffix(".png"))
-        write_bytes_atomic(paths[1], png)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+        raise ArtifactError(f"{quoted(str(path))} is not a twins-bench result: {type(e).__name__}: "
+                            f"{quoted(str(e), 200)}") from None
+    paths = [path.with_suffix(".md")] + ([path.with_suffix(".png")] if png is not None else [])
+    with output_dir(path.parent):
+        for p in paths:
+            kind = path_kind(p)
+            if kind not in ("missing", "a file"):
+                raise ArtifactError(f"{quoted(str(p))} is {kind}, where the rerendered results go; move it")
+        write_bytes_atomic(paths[0], md.encode())
+        if png is not None:
+            write_bytes_atomic(paths[1], png)
     return paths

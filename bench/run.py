@@ -1,19 +1,26 @@
-"""Assemble a benchmark run: subjects, environment, results on disk."""
+"""Assemble a benchmark run: subjects, environment, results on disk.
+
+Everything about where the results go is checked before any measurement; the run then holds
+its output folder (:func:`twins_deploy.artifacts.output_dir`: another run into the same
+folder is refused, naming this one), records the machine's load beside its rows, and writes
+each results file atomically."""
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from twins_deploy.artifacts import now_iso, tool_versions
+from twins_deploy.artifacts import now_iso, output_dir, tool_versions
 from twins_deploy.bench.backends import SWIN, Subject, swin_subject, twins_subject
-from twins_deploy.bench.harness import BenchConfig, run, step_count
-from twins_deploy.bench.machine import machine_info
-from twins_deploy.bench.report import check_results_dir, write_all, write_rows
+from twins_deploy.bench.harness import BenchConfig, run
+from twins_deploy.bench.machine import busy_reasons, busy_warning, load_end, load_start, machine_info, public
+from twins_deploy.bench.report import MAX_RESULT_BYTES, check_results, check_results_dir, write_all, write_rows
+from twins_deploy.errors import ArtifactError, quoted
 from twins_deploy.bench.targets import PAPER_BATCH, PAPER_MODEL, cpu_targets, paper_comparison
 from twins_deploy.bench.timm_baseline import TIMM_ONNX, timm_onnx_subject
 from twins_deploy.engines.routes import get_route
-from twins_deploy.progress import Steps
 
 
 def subjects_of(cfg: BenchConfig) -> list[Subject]:
@@ -47,44 +54,76 @@ def method(cfg: BenchConfig) -> str:
 def run_benchmark(cfg: BenchConfig) -> tuple[list[Path], dict[str, Any]]:
     """Measure every (model, backend, batch) of ``cfg``; write JSON, CSV, markdown and PNG.
 
-    The JSON and CSV are rewritten (atomically) whenever a row is measured, the JSON with
-    ``"complete": false`` until the run ends: an interrupted run keeps what it measured."""
+    Before any measurement: the output folder (writable, outside the package), each results
+    file (absent or a file; an earlier run's only with ``cfg.force``), a busy machine warned
+    about. The JSON and CSV are rewritten (atomically) whenever a row is measured, the JSON
+    with ``"complete": false`` until the run ends: an interrupted run keeps what it measured.
+    A results file that cannot be written (a full disk, a refused write) stops the run with
+    one line (:class:`ArtifactError`); what was written before stays whole."""
     check_results_dir(cfg.out)  # before any measurement, not when the results are written
+    check_results(cfg.out, cfg.name, cfg.force)
     subjects = subjects_of(cfg)
-    steps = Steps(step_count(subjects, cfg), quiet=cfg.quiet)
-    result: dict[str, Any] = {
-        "kind": "bench", "title": cfg.name, "created": now_iso(), "complete": False,
-        "environment": {"machine": machine_info(),
-                        "tools": tool_versions(("openvino", "tensorrt", "cuda-bindings"))},
-        "method": method(cfg), "command": cfg.command, "note": cfg.note,
-        "config": cfg.to_dict(), "graphs": {}, "rows": [],
-    }
+    load = load_start()
+    with output_dir(cfg.out):  # held to the end: a second run into --out is refused, naming this one
+        earlier = check_results(cfg.out, cfg.name, cfg.force)  # again, held: a run may have ended meanwhile
+        if earlier:
+            print(f"note: replacing the results of an earlier run (--force): {', '.join(str(p) for p in earlier)}",
+                  file=sys.stderr, flush=True)
+        reasons = busy_reasons(load)
+        if reasons:
+            print(busy_warning(reasons), file=sys.stderr, flush=True)
+        result: dict[str, Any] = {
+            "kind": "bench", "title": cfg.name, "created": now_iso(), "complete": False,
+            "environment": {"machine": machine_info(), "load": public(load),
+                            "tools": tool_versions(("openvino", "tensorrt", "cuda-bindings"))},
+            "method": method(cfg), "command": cfg.command, "note": cfg.note,
+            "config": cfg.to_dict(), "graphs": {}, "rows": [],
+        }
 
-    def record(rows: list[dict[str, Any]]) -> None:
-        result.update(rows=rows, graphs={s.name: s.graphs for s in subjects if s.graphs})
+        def record(rows: list[dict[str, Any]]) -> None:
+            result.update(rows=rows, graphs={s.name: s.graphs for s in subjects if s.graphs})
 
-    def publish(rows: list[dict[str, Any]]) -> None:
+        def publish(rows: list[dict[str, Any]]) -> None:
+            record(rows)
+            _writing(cfg, rows, lambda: write_rows(cfg.out, cfg.name, result))
+
+        rows = run(subjects, cfg, publish)
         record(rows)
-        write_rows(cfg.out, cfg.name, result)
+        result["complete"] = True
+        result["environment"]["load"] = load_end(load)
+        if PAPER_MODEL in cfg.models and PAPER_BATCH in cfg.batches:
+            result["paper"] = paper_comparison(rows)
+        if cfg.targets:
+            result["targets"] = cpu_targets(rows, list(cfg.batches))
+        paths = _writing(cfg, rows, lambda: write_all(cfg.out, cfg.name, result))
+    return paths, result
 
-    rows = run(subjects, cfg, steps, publish)
-    record(rows)
-    result["complete"] = True
-    if PAPER_MODEL in cfg.models and PAPER_BATCH in cfg.batches:
-        result["paper"] = paper_comparison(rows)
-    if cfg.targets:
-        result["targets"] = cpu_targets(rows, list(cfg.batches))
-    return write_all(cfg.out, cfg.name, result), result
+
+def _writing(cfg: BenchConfig, rows: list[dict[str, Any]], write: Callable[[], Any]) -> Any:
+    """``write()``, what the machine refuses (a full disk, no permission, a read-only place)
+    turned into one line that says what was measured and what is on disk."""
+    try:
+        return write()
+    except OSError as e:
+        where = f" ({quoted(str(e.filename), 160)})" if e.filename else ""
+        raise ArtifactError(f"cannot write the benchmark results into {quoted(str(cfg.out))}: {e.strerror or e}{where}; "
+                            f"the run stopped after {len(rows)} row(s); each results file on disk is whole, "
+                            "as last written") from None
 
 
 def partial_rows(cfg: BenchConfig) -> int | None:
     """How many rows an interrupted run of ``cfg`` left in its JSON; None when the JSON there
     is not a partial one (absent, or a finished run's)."""
+    path = cfg.out / f"{cfg.name}.json"
     try:
-        result = json.loads((cfg.out / f"{cfg.name}.json").read_text())
+        if not path.is_file() or path.stat().st_size > MAX_RESULT_BYTES:
+            return None
+        result = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
-    return len(result["rows"]) if isinstance(result, dict) and result.get("complete") is False else None
+    if not isinstance(result, dict) or result.get("complete") is not False or not isinstance(result.get("rows"), list):
+        return None
+    return len(result["rows"])
 
 
 def validation_failures(result: dict[str, Any]) -> list[str]:

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from twins_deploy.errors import ExportError, InputShapeError, OptionError
-from twins_deploy.preprocess import check_image_folder, image_files, preprocess_image
+from twins_deploy.errors import ExportError, InputShapeError, OptionError, quoted
+from twins_deploy.preprocess import check_images, image_files, preprocess_image
 from twins_deploy.progress import quiet_logger
 from twins_deploy.registry import Preprocess
 
@@ -110,17 +110,19 @@ def calibration_set(folder: str | os.PathLike[str], count: int = DEFAULT_CALIB_C
     calibrated on say nothing about its accuracy."""
     if count < MIN_CALIB_IMAGES:
         raise OptionError(f"--calib-count must be >= {MIN_CALIB_IMAGES}, got {count}")
-    files = check_image_folder(folder, what="--calib")
+    files = image_files(folder, what="--calib")  # kinds only: nothing opened yet
     if len(files) < MIN_CALIB_IMAGES:
-        raise InputShapeError(f"--calib {str(folder)!r} has {len(files)} images; calibration needs at least "
+        raise InputShapeError(f"--calib {quoted(str(folder))} has {len(files)} images; calibration needs at least "
                               f"{MIN_CALIB_IMAGES} (recommended >= {RECOMMENDED_CALIB_IMAGES}) representative images")
     picked = files if len(files) <= count else [files[int(i)] for i in np.linspace(0, len(files) - 1, count)]
+    check_images(picked)  # each image calibration reads, decoded in full: a bad one fails now, not mid-calibration
     digests = [_sha256(f) for f in picked]
     if evaluation is not None:
         shared = set(digests) & {_sha256(f) for f in image_files(evaluation, what="--images")}
         if shared:
             raise InputShapeError(
-                f"{len(shared)} of the {len(picked)} calibration images are also in --images {str(evaluation)!r}: "
+                f"{len(shared)} of the {len(picked)} calibration images are also in "
+                f"--images {quoted(str(evaluation))}: "
                 "calibration and evaluation images must differ (accuracy measured on calibration images "
                 "flatters the INT8 model)")
     total = hashlib.sha256("".join(digests).encode()).hexdigest()

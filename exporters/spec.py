@@ -10,12 +10,22 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from twins_deploy.errors import InputShapeError
+from twins_deploy.errors import InputShapeError, quoted
 from twins_deploy.registry import MIN_IMAGE_SIDE
 
 # A bound against typos (22400 for 224): stage-1 global attention scores (H/4*W/4) x (H/32*W/32)
 # per head and image, 1.7e10 of them (69 GB in FP32) at 4096x4096 already.
 MAX_IMAGE_SIDE = 4096
+# Batch sizes beyond any GPU's memory for Twins at 224; catches typos such as 10000. One bound
+# for the CLI's options and for every manifest read back.
+MAX_BATCH = 4096
+# Classifier widths: the largest public label sets (ImageNet-21k's 21,843, iNaturalist's 10,000)
+# fit with room; 10**9 (a hostile manifest) would ask for a 512 x 10**9 head.
+MAX_CLASSES = 100_000
+# Elements of the input tensor at the largest batch: 2**31 - 1 is the largest volume a tensor
+# has in TensorRT's and many ONNX Runtime kernels' int32 indexing, and 8 GiB of FP32 input
+# before Twins' activations (several times larger) is beyond what one GPU holds anyway.
+MAX_INPUT_ELEMENTS = 2**31 - 1
 
 INPUT_NAME = "input"
 LOGITS_NAME = "logits"
@@ -35,16 +45,16 @@ def parse_hw(text: str | int) -> tuple[int, int]:
     try:
         parts = [int(v) for v in s.split("x")] if "x" in s else [int(s), int(s)]
     except ValueError:
-        raise InputShapeError(f"image size {text!r} is not N or HxW (e.g. 224 or 256x320)") from None
+        raise InputShapeError(f"image size {quoted(text)} is not N or HxW (e.g. 224 or 256x320)") from None
     if len(parts) != 2:
-        raise InputShapeError(f"image size {text!r} is not N or HxW (e.g. 224 or 256x320)")
+        raise InputShapeError(f"image size {quoted(text)} is not N or HxW (e.g. 224 or 256x320)")
     return check_hw(*parts)
 
 
 def check_hw(h: int, w: int) -> tuple[int, int]:
     """(H, W) as the model can take them: whole numbers within the sizes Twins supports."""
     if type(h) is not int or type(w) is not int:
-        raise InputShapeError(f"image size must be two whole numbers, got {h!r}x{w!r}")
+        raise InputShapeError(f"image size must be two whole numbers, got {quoted(h, 60)}x{quoted(w, 60)}")
     if h < MIN_IMAGE_SIDE or w < MIN_IMAGE_SIDE:
         raise InputShapeError(
             f"image size {h}x{w} is impossible for Twins: H and W must be >= {MIN_IMAGE_SIDE}"
@@ -65,13 +75,15 @@ class BatchRange:
 
     def __post_init__(self) -> None:
         if not all(type(v) is int for v in (self.min, self.opt, self.max)):
-            raise InputShapeError(f"batch sizes must be whole numbers, got min={self.min!r} opt={self.opt!r} "
-                                  f"max={self.max!r}")
+            raise InputShapeError(f"batch sizes must be whole numbers, got min={quoted(self.min, 60)} "
+                                  f"opt={quoted(self.opt, 60)} max={quoted(self.max, 60)}")
         if not (1 <= self.min <= self.opt <= self.max):
             raise InputShapeError(
                 f"batch range must satisfy 1 <= min <= opt <= max, got "
                 f"min={self.min} opt={self.opt} max={self.max}"
             )
+        if self.max > MAX_BATCH:
+            raise InputShapeError(f"batch {self.max} is larger than {MAX_BATCH}, beyond any GPU's memory for Twins")
 
     @property
     def dynamic(self) -> bool:
@@ -102,12 +114,16 @@ class ExportSpec:
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
-            raise InputShapeError(f"model must be a name, got {self.model!r}")
+            raise InputShapeError(f"model must be a name, got {quoted(self.model)}")
         if not (isinstance(self.img_size, tuple) and len(self.img_size) == 2):
-            raise InputShapeError(f"image size must be (H, W), got {self.img_size!r}")
-        check_hw(*self.img_size)
+            raise InputShapeError(f"image size must be (H, W), got {quoted(self.img_size)}")
+        h, w = check_hw(*self.img_size)
         if not isinstance(self.batch, BatchRange):
             raise InputShapeError(f"batch must be a BatchRange, got {self.batch!r}")
+        if self.batch.max * 3 * h * w > MAX_INPUT_ELEMENTS:
+            raise InputShapeError(
+                f"an input of {self.batch.max}x3x{h}x{w} (batch max x image) has {self.batch.max * 3 * h * w:,} "
+                f"elements, more than a tensor can hold ({MAX_INPUT_ELEMENTS:,}); lower the batch or the image size")
         if type(self.opset) is not int or not MIN_OPSET <= self.opset <= MAX_OPSET:
             raise InputShapeError(
                 f"opset {self.opset} is outside {MIN_OPSET}..{MAX_OPSET} (17 is the widest "
@@ -161,12 +177,3 @@ class ExportSpec:
         d = asdict(self)
         d["img_size"] = list(self.img_size)
         return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ExportSpec:
-        """Read a manifest's ``spec`` (schema 1 also held precision keys, now in the plan)."""
-        known = {"model", "img_size", "batch", "dynamic_hw", "features", "opset"}
-        d = {k: v for k, v in d.items() if k in known}
-        d["img_size"] = tuple(d["img_size"])
-        d["batch"] = BatchRange(**d["batch"])
-        return cls(**d)

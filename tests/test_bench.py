@@ -26,6 +26,21 @@ from twins_deploy.progress import Steps
 FAST = ["--min-iters", "2", "--min-time", "0", "--warmup", "1", "--warmup-time", "0", "-q"]
 
 
+def QUIET(n: int) -> Steps:
+    """run()'s progress printer in these tests: silent."""
+    return Steps(n, quiet=True)
+
+
+@pytest.fixture(autouse=True)
+def quiet_machine(monkeypatch):
+    """The machine as idle, whatever else runs beside the tests: its busy warning would add
+    lines to the stderr these tests read (tests/test_bench_faults.py tests the warning)."""
+    from twins_deploy.bench import machine
+
+    monkeypatch.setattr(machine, "loadavg", lambda: [0.0, 0.0, 0.0])
+    monkeypatch.setattr(machine, "system_cpu_seconds", lambda: None)
+
+
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     import contextlib
@@ -147,7 +162,7 @@ def test_out_of_memory_is_reported_per_row_and_the_run_goes_on(tmp_path, monkeyp
     subject = Subject("svt_s", lambda: torch.nn.Identity(), (64, 64), 4, tmp_path)
     monkeypatch.setattr(harness, "make_runner", lambda *a, **k: _OomAbove(limit=2))
     cfg = BenchConfig(("svt_s",), ("torch",), (1, 4, 3, 2), warmup=1, warmup_s=0, min_iters=2, min_time_s=0)
-    rows = run([subject], cfg, Steps(1, quiet=True))
+    rows = run([subject], cfg, progress=QUIET)
     assert [(r["infer_batch_size"], r["status"]) for r in rows] == [(1, "ok"), (4, "oom"), (3, "error"), (2, "ok")]
     assert "out of memory" in rows[1]["reason"] and "unsupported op" in rows[2]["reason"]
 
@@ -260,7 +275,7 @@ def test_rounds_interleave_reverse_and_report_the_median(tmp_path, monkeypatch):
     monkeypatch.setattr(harness, "time_runner", scripted_time)
     subject = Subject("m", lambda: torch.nn.Identity(), (32, 32), 2, tmp_path)
     cfg = BenchConfig(("m",), ("torch", "ort-cpu"), (1, 2), rounds=3)
-    rows = run([subject], cfg, Steps(1, quiet=True))
+    rows = run([subject], cfg, progress=QUIET)
     t, o = ("time", "torch"), ("time", "ort-cpu")
     assert log == [("open", "torch"), ("open", "ort-cpu"),
                    (*t, 1), (*t, 2), (*o, 1), (*o, 2),    # round 1
@@ -275,7 +290,7 @@ def test_rounds_interleave_reverse_and_report_the_median(tmp_path, monkeypatch):
     assert by[("torch", 1)]["infer_step_time"] == 50.0  # median latency over every round's steps
     # one round: each runner is opened, timed and closed before the next opens
     log.clear()
-    run([subject], BenchConfig(("m",), ("torch", "ort-cpu"), (1,)), Steps(1, quiet=True))
+    run([subject], BenchConfig(("m",), ("torch", "ort-cpu"), (1,)), progress=QUIET)
     assert [e[0] for e in log] == ["open", "time", "close", "open", "time", "close"]
 
 
@@ -454,7 +469,7 @@ def test_an_interrupted_run_keeps_every_row_it_measured(tmp_path, monkeypatch, c
     monkeypatch.setattr(harness, "make_runner", make)
     (tmp_path / "i.json").write_text(json.dumps({"complete": True, "rows": []}))  # a finished earlier run's
     rc = bench_main(["--model", "pcpvt_s", "--backends", "torch,ort-cpu", "--batch", "1,2", "--img-size", "32",
-                     "--out", str(tmp_path), "--name", "i", *FAST])
+                     "--out", str(tmp_path), "--name", "i", "--force", *FAST])
     err = capsys.readouterr().err
     assert rc == 130
     measured = [("torch", 1), ("torch", 2)] if where == "second backend opens" else [("torch", 1)]
@@ -515,7 +530,7 @@ def test_a_route_tuned_per_batch_opens_validates_and_times_one_runner_per_batch(
     monkeypatch.setattr(harness, "validate_runner", validate)
     monkeypatch.setattr(harness, "time_runner", time)
     subject = Subject("m", lambda: torch.nn.Identity(), (32, 32), 4, tmp_path)
-    rows = run([subject], BenchConfig(("m",), ("torch", "ort-tuned"), (1, 4), validate=True), Steps(3, quiet=True))
+    rows = run([subject], BenchConfig(("m",), ("torch", "ort-tuned"), (1, 4), validate=True), progress=QUIET)
     assert log == [("open", "torch", None), ("validate", "torch", None, (1, 4)),
                    ("time", "torch", None, 1), ("time", "torch", None, 4),
                    ("open", "ort-tuned", 1), ("validate", "ort-tuned", 1, (1,)), ("time", "ort-tuned", 1, 1),

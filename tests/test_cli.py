@@ -42,14 +42,64 @@ def test_export_writes_model_and_manifest(exported, capsys):
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".partial")]
 
 
-def test_existing_file_needs_force(exported, capsys):
+def test_existing_file_is_reused_when_the_same_and_needs_force_when_not(exported, capsys):
     path, ckpt = exported
     before = path.stat().st_mtime_ns
     args = ["--model", "pcpvt_s", "--weights", str(ckpt), "--out-dir", str(path.parent), *SMALL]
-    assert export_main(args) == 2
-    assert "already exist" in capsys.readouterr().err and path.stat().st_mtime_ns == before
+    assert export_main(args) == 0  # the same export again: reused, nothing rewritten
+    assert path.stat().st_mtime_ns == before
+    other = [a for a in args if a not in ("--weights", str(ckpt))]  # random weights: another artifact
+    assert export_main(other) == 2
+    err = capsys.readouterr().err
+    assert "already exist" in err and "made with other inputs" in err and "--force" in err
+    assert path.stat().st_mtime_ns == before
     assert export_main(args + ["--force", "--no-validate"]) == 0
     assert path.stat().st_mtime_ns != before
+
+
+def test_readme_triton_step_after_an_export_reuses_it(tmp_path, capsys):
+    """README: `make export`, then `twins-export --model svt_s --triton-repo repo`. The second
+    command once failed (exit 2, needs --force, which then exported again): it reuses the
+    artifact, writes the entry, and its steps count [1/3]..[3/3]."""
+    out = tmp_path / "o"
+    args = ["--model", "pcpvt_s", "--img-size", "32", "--min-batch", "1", "--opt-batch", "1", "--max-batch", "2",
+            "--out-dir", str(out)]
+    assert export_main([*args, "--force", "-q"]) == 0  # what `make export` runs, smaller
+    path = out / "pcpvt_s_fp32_32x32.onnx"
+    before = path.stat().st_mtime_ns
+    capsys.readouterr()
+    assert export_main([*args, "--triton-repo", str(tmp_path / "repo")]) == 0
+    cap = capsys.readouterr()
+    counters = [line.split("]")[0] + "]" for line in cap.err.splitlines() if line.startswith("[")]
+    assert counters == ["[1/3]", "[2/3]", "[3/3]"], cap.err
+    assert "reuse" in cap.err and "export pcpvt_s to ONNX" not in cap.err
+    assert path.stat().st_mtime_ns == before and (tmp_path / "repo" / path.stem / "config.pbtxt").is_file()
+    assert cap.out.splitlines()[:3] == [str(path), f"{path}.json", f"{tmp_path / 'repo' / path.stem}/"]
+
+
+def test_predict_warns_once_when_the_weights_are_random(exported, tmp_path, capsys):
+    """Class labels from seeded random weights mean nothing: one warning line on stderr
+    (text and --json), none for an artifact made from a checkpoint."""
+    from PIL import Image
+
+    from twins_deploy.cli.predict import main as predict_main
+
+    image = tmp_path / "red.png"
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(image)
+    out = tmp_path / "o"
+    assert export_main(["--model", "pcpvt_s", "--img-size", "32", "--no-validate", "--out-dir", str(out), *SMALL]) == 0
+    random_art = out / "pcpvt_s_fp32_32x32.onnx"
+    for extra in ([], ["--json"]):
+        capsys.readouterr()
+        assert predict_main([str(random_art), str(image), *extra]) == 0
+        cap = capsys.readouterr()
+        warnings = [line for line in cap.err.splitlines() if line.startswith("warning:")]
+        assert len(warnings) == 1 and "random weights" in warnings[0] and "meaningless" in warnings[0]
+        assert "--pretrained" in warnings[0] and str(image) in cap.out
+    path, _ = exported  # made from a checkpoint: no warning
+    capsys.readouterr()
+    assert predict_main([str(path), str(image)]) == 0
+    assert "warning:" not in capsys.readouterr().err
 
 
 def test_validate_passes_then_fails_on_tampered_artifact(exported, tmp_path, capsys):

@@ -319,3 +319,35 @@ def test_checker_catches_planted_mistakes(tmp_path: Path) -> None:
 
     table = "| route | needs |\n|---|---|\n| `ort-cpu` (also `ort`) | base |\n| `trt-fp32` | `[trt]` |\n"
     assert [name for name, _ in route_table(table)] == ["ort-cpu", "trt-fp32"]
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_every_console_script_help_names_the_exit_codes(script: str) -> None:
+    """--help states the exit codes, interruptions included: 130 (Ctrl-C) and 143 (SIGTERM)."""
+    parser = importlib.import_module(SCRIPTS[script]).build_parser()
+    text = " ".join(parser.format_help().split())
+    assert re.search(r"\bexit (codes|status)\b", text, re.I), f"{script} --help names no exit codes"
+    for code in ("130", "143"):
+        assert re.search(rf"\b{code}\b", text), f"{script} --help does not say when it exits {code}"
+
+
+def step_counters(block: list[str]) -> list[tuple[int, int]]:
+    return [(int(m[1]), int(m[2])) for m in (re.match(r"^\[(\d+)/(\d+)\] ", line) for line in block) if m]
+
+
+def test_readme_step_output_adds_up() -> None:
+    """Every output the README quotes with [i/N] step counters reads [1/N]..[N/N], and the
+    steps it shows are the pipeline's labels."""
+    blocks = [lines for _, _, lines in fenced_blocks(README.read_text()) if step_counters(lines)]
+    assert blocks, "README.md quotes no step output"
+    for lines in blocks:
+        counters = step_counters(lines)
+        n = len(counters)
+        assert counters == [(i, n) for i in range(1, n + 1)], lines
+    labels = [line.split("] ", 1)[1] for line in blocks[0] if line.startswith("[")]
+    assert labels[0].startswith("build svt_s (classifier)") and labels[1].startswith("export svt_s to ONNX (fp32")
+    assert labels[2].startswith("validate ONNX Runtime vs PyTorch FP32 (fp32 thresholds)")
+
+
+def test_step_counter_checker_reads_a_bad_count() -> None:
+    assert step_counters(["[1/3] a ...", "      done in 1 s", "[2/2] b ..."]) == [(1, 3), (2, 2)]

@@ -187,3 +187,29 @@ def test_a_fixed_batch_is_stated_on_every_output_with_dynamic_hw(tmp_path):
     assert [o.shape[0] for o in sess.run(None, {"input": x})] == [2] * 4
     config = model_for(Manifest.from_dict(manifest), TritonRepoOptions(repo=tmp_path / "repo"))
     assert {t.name: list(t.dims) for t in config.inputs + config.outputs} == graph_dims
+
+
+def test_fmt_trt_without_tensorrt_says_so_in_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    """Where TensorRT (or a GPU) is missing, --fmt trt stops at once: exit 3, one error line
+    naming what is missing and how to install it; nothing built, exported or written."""
+    from twins_deploy.cli.export import main as export_main
+    from twins_deploy.engines.trt.preflight import preflight
+    import twins_deploy.pipeline as pipeline
+
+    found = preflight(build=True, workspace_gib=4.0)
+    if not found.problems:
+        pytest.skip("TensorRT and a GPU are here: the missing path cannot be shown")
+
+    def no_work(*a, **k):
+        raise AssertionError("work started before the preflight refused TensorRT")
+
+    monkeypatch.setattr(pipeline, "build_model", no_work)
+    monkeypatch.setattr(pipeline, "export_onnx", no_work)
+    out = tmp_path / "o"
+    rc = export_main(["--model", "svt_s", "--fmt", "trt", "--precision", "fp16", "--out-dir", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 3 and len(found.problems) >= 1
+    if len(found.problems) == 1:
+        assert err == [f"error: TensorRT cannot run here: {found.problems[0]}"]
+    assert err[0].startswith("error: TensorRT cannot run here:") and "pip install" in " ".join(err)
+    assert not out.exists()

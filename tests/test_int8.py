@@ -41,7 +41,12 @@ STEM = "svt_t_int8_32x32"
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, digits_dir, digits_model_path):
-    """One INT8 export of the trained model: calibrated on digits_dir.calib, validated on .test."""
+    """One INT8 export of the trained model: calibrated on digits_dir.calib, validated on .test.
+    Without VNNI the CPU's INT8 kernels saturate (see int8_cpu_warning): the export's own
+    validation then refuses the graphs, as it should, and these tests cannot judge them."""
+    if int8_cpu_warning() is not None:
+        pytest.skip("this CPU has no VNNI/AMX INT8 instructions: ONNX Runtime's and OpenVINO's INT8 kernels "
+                    "saturate here and the export's validation refuses the graphs (docs/int8.md)")
     out = tmp_path_factory.mktemp("int8") / "out"
     rc = export_main([*MODEL_ARGS, "--weights", str(digits_model_path), "--precision", "int8",
                       "--calib", str(digits_dir.calib), "--images", str(digits_dir.test), "--out-dir", str(out), "-q"])
@@ -215,6 +220,7 @@ def test_bad_int8_input_is_one_line_and_writes_nothing(extra, needle, calib_dirs
     out = tmp_path / "out"
     before = snapshot(calib_dirs)
     rc, _, err = call(export_main, [*MODEL_ARGS, *args, "--out-dir", str(out)], capsys)
+    err = "\n".join(ln for ln in err.splitlines() if not ln.startswith("warning: this CPU has none of"))  # no VNNI
     assert_one_error(rc, err, 2, needle)
     assert not out.exists() or not any(out.iterdir())
     assert snapshot(calib_dirs) == before

@@ -2,7 +2,10 @@
 artifacts made from the same inputs, nothing half-written, the caller's model untouched."""
 from __future__ import annotations
 
+import functools
+import io
 import json
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +21,8 @@ from twins_deploy.exporters.spec import BatchRange, ExportSpec
 from twins_deploy.manifest import SCHEMA, Manifest, read_manifest
 from twins_deploy.manifest import reuse_verdict
 from twins_deploy.pipeline import ArtifactRequest, make_artifacts
+from twins_deploy.progress import Steps
+from twins_deploy.serving.triton_repo import TritonRepoOptions
 
 SMALL = ExportSpec(model="pcpvt_s", img_size=(32, 32), batch=BatchRange(1, 2, 2))
 
@@ -139,3 +144,113 @@ def test_fp16_request_exports_the_graph_its_route_needs(tmp_path, monkeypatch):
     assert arts.onnx.manifest.precision == "fp32" and arts.onnx.manifest.plan.requested == "fp16"
     (plan, path, profile), = engine_calls
     assert plan is arts.plan and path.name == "pcpvt_s_fp16_32x32.plan" and profile.max == (2, 3, 32, 32)
+
+
+# -- step counters: computed from the steps that will really run ---------------------------------
+COUNTER = re.compile(r"^\[(\d+)/(\d+)\] (.*) \.\.\.$")
+
+
+def _run_counted(req: ArtifactRequest) -> tuple[pipeline.Artifacts, list[str]]:
+    """Run ``req`` with progress shown; (its artifacts, the labels of its steps), after
+    checking that the counters read [1/N] .. [N/N] with one N."""
+    buf = io.StringIO()
+    arts = make_artifacts(req, progress=functools.partial(Steps, stream=buf))
+    steps = [COUNTER.match(line) for line in buf.getvalue().splitlines() if line.startswith("[")]
+    assert steps and all(steps), buf.getvalue()
+    n = len(steps)
+    assert [(int(m[1]), int(m[2])) for m in steps] == [(i, n) for i in range(1, n + 1)], buf.getvalue()
+    return arts, [m[3] for m in steps]
+
+
+def _kinds(labels: list[str]) -> list[str]:
+    return [label.split()[0] for label in labels]
+
+
+def test_step_counters_add_up_in_every_configuration(tmp_path):
+    """Fresh, reused (with and without --force), validated or not, with a Triton entry: every
+    run prints [1/N]..[N/N], N being the steps that ran (a reuse once printed [1/3] then [2/2])."""
+    out = tmp_path / "o"
+    req = ArtifactRequest(spec=SMALL, out_dir=out)
+    _, labels = _run_counted(req)  # fresh: build, export, validate
+    assert _kinds(labels) == ["build", "export", "validate"]
+    first = (out / "pcpvt_s_fp32_32x32.onnx").stat().st_mtime_ns
+    arts, labels = _run_counted(req)  # the same again, no --force: reused, nothing rewritten
+    assert _kinds(labels) == ["build", "reuse"] and arts.onnx.reused
+    arts, labels = _run_counted(replace(req, triton=TritonRepoOptions(tmp_path / "repo")))
+    assert _kinds(labels) == ["build", "reuse", "write"] and (arts.triton_entry / "config.pbtxt").is_file()
+    assert (out / "pcpvt_s_fp32_32x32.onnx").stat().st_mtime_ns == first
+    _, labels = _run_counted(replace(req, validate=False, on_existing="reuse"))
+    assert _kinds(labels) == ["build", "reuse"]
+    _, labels = _run_counted(replace(req, validate=False, on_existing="overwrite",  # --force --no-validate
+                                     triton=TritonRepoOptions(tmp_path / "repo")))
+    assert _kinds(labels) == ["build", "export", "write"]
+    buf = io.StringIO()  # the caller's model (the same seeded weights): no build step
+    make_artifacts(replace(req, validate=False), model=create_model("pcpvt_s"),
+                   progress=functools.partial(Steps, stream=buf))
+    assert buf.getvalue().startswith("[1/1] reuse ")
+
+
+def test_step_counters_add_up_with_an_engine_and_when_it_is_reused(tmp_path, monkeypatch):
+    """--fmt trt (the TensorRT build stood in for): ONNX and engine made, then both reused."""
+    from twins_deploy.artifacts import file_sha256
+    from twins_deploy.engines.trt import env
+
+    fake_trt = type("trt", (), {"__version__": "10.13.0"})
+    monkeypatch.setattr(pipeline, "checked_build_env",
+                        lambda workspace_gib: env.BuildEnv(fake_trt, {"name": "GPU", "compute_capability": "8.0"}))
+
+    def make(self, run, planned, tmp):
+        with run.steps.step("build the engine (stand-in)"):
+            tmp.write_bytes(b"plan")
+        return replace(planned, sha256=file_sha256(tmp), size_bytes=4)
+
+    monkeypatch.setattr(pipeline.EngineStage, "make", make)
+    req = ArtifactRequest(spec=SMALL, fmt="trt", out_dir=tmp_path, validate=False, on_existing="reuse")
+    arts, labels = _run_counted(req)
+    assert _kinds(labels) == ["build", "export", "build"] and not arts.engine.reused
+    arts, labels = _run_counted(req)
+    assert _kinds(labels) == ["build", "reuse", "reuse"] and arts.engine.reused and arts.onnx.reused
+
+
+def test_step_counters_add_up_for_int8(tmp_path, digits_dir):
+    """INT8: the FP32 graph, calibration and two Q/DQ forms, validated; then all reused."""
+    from twins_deploy.exporters.int8 import MIN_CALIB_IMAGES
+    from twins_deploy.pipeline import CalibRequest
+
+    req = ArtifactRequest(ExportSpec("svt_t", img_size=(32, 32), batch=BatchRange(1, 2, 2)), precision="int8",
+                          out_dir=tmp_path, calib=CalibRequest(str(digits_dir.calib), MIN_CALIB_IMAGES),
+                          thresholds={"min_cosine": 0.5})  # random weights, digits calibration: counters only
+    _, labels = _run_counted(req)
+    assert _kinds(labels) == ["build", "export", "validate", "quantize", "validate", "quantize", "validate"]
+    arts, labels = _run_counted(req)  # no --force: every graph reused, nothing calibrated
+    assert _kinds(labels) == ["build", "reuse", "reuse", "reuse"] and arts.onnx.reused
+
+
+# -- without --force: the same artifact is reused, a different one refused before any work ------
+def test_without_force_only_an_artifact_validated_as_asked_is_reused(tmp_path, monkeypatch):
+    out = tmp_path / "o"
+    req = ArtifactRequest(spec=SMALL, out_dir=out)
+    make_artifacts(req)
+    path = out / "pcpvt_s_fp32_32x32.onnx"
+    before = path.stat().st_mtime_ns
+
+    def no_export(*a, **k):
+        raise AssertionError("exported although the run had to be refused")
+
+    monkeypatch.setattr(pipeline, "export_onnx", no_export)
+    assert make_artifacts(req).onnx.reused and path.stat().st_mtime_ns == before
+    assert make_artifacts(replace(req, validate=False)).onnx.reused  # validated is more than asked
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(photos / "red.png")
+    for change, why in [
+        (dict(weights=pipeline.WeightsRequest(seed=1)), "made with other inputs (weights.seed"),
+        (dict(thresholds={"atol": 1e-3}), "validated with other thresholds"),
+        (dict(images=str(photos)), f"not validated on {photos}"),
+    ]:
+        with pytest.raises(ArtifactError, match=re.escape(why)) as e:
+            make_artifacts(replace(req, **change))
+        assert "already exists" in str(e.value) and "--force" in str(e.value)
+    assert path.stat().st_mtime_ns == before

@@ -11,8 +11,10 @@ from twins_deploy.registry import Preprocess, get_config
 timm_factory = pytest.importorskip("timm.data.transforms_factory", reason="timm is the test-time reference")
 
 # Image sizes with odd aspect ratios, both orientations, sizes below the crop (torchvision
-# pads those), near-square off-by-one shapes, and the three export sizes the tests use.
-IMAGE_SIZES = [(224, 224), (300, 451), (451, 300), (257, 333), (100, 50), (50, 100), (640, 1), (249, 249), (250, 251)]
+# pads those), near-square off-by-one shapes, the three export sizes the tests use, and
+# strips near the most elongated image read (50:1, preprocess.MAX_ASPECT_RATIO).
+IMAGE_SIZES = [(224, 224), (300, 451), (451, 300), (257, 333), (100, 50), (50, 100), (640, 13), (13, 640),
+               (249, 249), (250, 251)]
 TARGETS = [(224, 224), (256, 320), (320, 256), (230, 301)]
 
 

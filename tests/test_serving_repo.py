@@ -274,7 +274,7 @@ def test_export_refuses_an_existing_entry_before_any_work(svt_s_triton_repo, tmp
                         "--triton-repo", str(repo), "-q"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
-    assert err[0].startswith("error: Triton model repository entry") and "svt_s_fp32 already exists" in err[0]
+    assert err[0].startswith("error: Triton model repository entry") and "svt_s_fp32' already exists" in err[0]
     assert not out.exists()  # refused before the export started
     assert {p: p.stat().st_mtime_ns for p in repo.rglob("*")} == before
 

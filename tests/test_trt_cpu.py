@@ -48,8 +48,8 @@ def test_fmt_trt_without_tensorrt_exits_3_before_exporting(tmp_path, capsys):
     rc = export_main(["--model", "pcpvt_s", "--fmt", "trt", "--precision", "fp16", "--out-dir", str(out), "-q"])
     assert rc == 3
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[0] == "error: TensorRT cannot run here:" and len(err) == 2
-    assert "pip install 'twins-deploy[trt]'" in err[1]
+    assert err[0].startswith("error: TensorRT cannot run here: ") and len(err) == 1
+    assert "pip install 'twins-deploy[trt]'" in err[0]
     assert not out.exists()  # not even the output folder: no export work was done
 
 def test_tensorrt_import_is_refused_clearly_when_absent():

@@ -267,3 +267,72 @@ def test_pretrained_fails_in_seconds_when_the_hub_is_unreachable(monkeypatch):
     with pytest.raises(WeightsUnavailableError, match=r"huggingface.co is not reachable \(Name or service not known\)"):
         create_model("svt_s", pretrained=True)
     assert calls == [True]
+
+
+# -- hostile files: kinds, sizes, keys (issue 21) ---------------------------------------------------
+def _refused_fast(path, needle: str, limit: int = 1000) -> str:
+    """``create_model`` refuses ``path`` with a CheckpointError naming ``needle``, in a bounded
+    line, within 30 s (an alarm turns a hang into a failure)."""
+    import signal
+
+    def hang(*_):
+        raise AssertionError(f"reading {path} hangs")
+
+    old = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(30)
+    try:
+        with pytest.raises(CheckpointError) as e:
+            create_model("pcpvt_s", weights=path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    text = str(e.value)
+    assert needle in text and "\n" not in text and len(text) < limit, text[:2000]
+    return text
+
+
+def test_checkpoint_paths_of_the_wrong_kind_are_refused_without_opening(tmp_path):
+    fifo = tmp_path / "weights.pth"
+    os.mkfifo(fifo)
+    _refused_fast(fifo, "is a named pipe (FIFO), not a file")
+    _refused_fast(tmp_path, "is a folder, not a file")
+    (tmp_path / "loop.pth").symlink_to(tmp_path / "loop.pth")
+    _refused_fast(tmp_path / "loop.pth", "symlink loop")
+
+
+def test_a_huge_checkpoint_is_refused_before_reading(tmp_path):
+    big = tmp_path / "huge.pth"
+    with open(big, "wb") as f:  # sparse: no disk used, and nothing may read it
+        f.write(b"PK\x03\x04")
+        f.truncate(weights_module.MAX_CHECKPOINT_BYTES + 1)
+    _refused_fast(big, "GiB; a Twins checkpoint is at most")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_an_unreadable_checkpoint_is_one_line(tmp_path):
+    path = _save({"w": torch.zeros(1)}, tmp_path / "locked.pth")
+    path.chmod(0)
+    try:
+        _refused_fast(path, "Permission denied")
+    finally:
+        path.chmod(0o600)
+
+
+@pytest.mark.parametrize("keys,needle", [
+    ({1: torch.zeros(1)}, "named by parameter names"),                    # torch.save takes any key
+    ({"k" * 5_000_000: torch.zeros(1)}, "named by parameter names"),      # 5 MB key, never echoed whole
+    ({"": torch.zeros(1)}, "named by parameter names"),
+    ({f"x{'y' * 100_000}{i}": torch.zeros(1) for i in range(20)}, "named by parameter names"),
+    ({"patch_embeds.0.proj.weight": torch.zeros(()), "head.weight": torch.zeros(())}, "mis-shaped"),  # 0-d
+    ({"u" * 1000: torch.zeros(1)}, "unexpected keys"),  # a 1000-character key: listed cut short
+])
+def test_hostile_state_dicts_are_one_bounded_line(tmp_path, keys, needle):
+    path = tmp_path / "hostile.pth"
+    torch.save(keys, str(path))
+    _refused_fast(path, needle)
+
+
+def test_hostile_checkpoint_without_tensors_lists_bounded_keys(tmp_path):
+    path = _save({"a" * 3_000_000: 1, "b": 2}, tmp_path / "meta.pth")
+    text = _refused_fast(path, "holds no tensors")
+    assert "characters)" in text  # the long key, cut

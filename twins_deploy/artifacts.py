@@ -202,10 +202,12 @@ def check_report_path(path: str | os.PathLike[str], artifact: str | os.PathLike[
 
 
 def _is_report(path: Path) -> bool:
+    if path_kind(path) != "a file":
+        return False
     try:
         with open(path, "rb") as f:
             data = json.loads(f.read(16 << 20))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
     return isinstance(data, dict) and REPORT_KEYS <= data.keys()
 
@@ -238,7 +240,7 @@ def _lock_holder(d: Path) -> str:
         with open(d / LOCK_NAME, "rb") as f:
             note = json.loads(f.read(4096))
         return f"pid {int(note['pid'])}, {quoted(str(note['command']), 120)}, since {quoted(str(note['since']), 40)}"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return ""
 
 

@@ -10,17 +10,30 @@ one instead of rebuilding it.
 from __future__ import annotations
 
 import json
+import math
 import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twins_deploy.artifacts import ONNX_KIND, PLAN_KIND, existing_file, file_sha256, manifest_path
-from twins_deploy.errors import ArtifactError
-from twins_deploy.exporters.spec import ExportSpec
-from twins_deploy.precision import PrecisionPlan
-from twins_deploy.registry import Preprocess
-from twins_deploy.weights import WeightsInfo
+from twins_deploy.artifacts import ONNX_KIND, PLAN_KIND, existing_file, file_sha256, manifest_path, path_kind
+from twins_deploy.errors import ArtifactError, InputShapeError, quoted
+from twins_deploy.exporters.spec import (
+    DEFAULT_OPSET,
+    FEATURE_NAMES,
+    MAX_BATCH,
+    MAX_CLASSES,
+    MAX_IMAGE_SIDE,
+    MAX_OPSET,
+    MIN_OPSET,
+    BatchRange,
+    ExportSpec,
+    check_hw,
+)
+from twins_deploy.precision import PRECISIONS, ROUTES, PrecisionPlan
+from twins_deploy.registry import MIN_IMAGE_SIDE, Preprocess
+from twins_deploy.weights import WEIGHT_SOURCES, WeightsInfo
 
 SCHEMA = 2
 KINDS = (ONNX_KIND, PLAN_KIND)
@@ -44,11 +57,6 @@ class InputInfo:
     dynamic_axes: dict[int, str]
     batch: dict[str, int]
     layout: str = "NCHW"
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> InputInfo:
-        return cls(d["name"], list(d["shape"]), d["dtype"], {int(k): v for k, v in d["dynamic_axes"].items()},
-                   dict(d["batch"]), d.get("layout", "NCHW"))
 
 
 @dataclass(frozen=True)
@@ -188,36 +196,34 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
-        d = _upgrade(d)
-        return cls(
-            kind=d["kind"], artifact=d["artifact"], model=ModelInfo(**d["model"]),
-            weights=WeightsInfo(**d["weights"]), spec=ExportSpec.from_dict(d["spec"]),
-            plan=PrecisionPlan.from_dict(d["precision_plan"]), input=InputInfo.from_dict(d["input"]),
-            outputs=list(d["outputs"]), preprocess=Preprocess.from_dict(d["preprocess"]), tools=dict(d.get("tools") or {}),
-            created=d.get("created", ""), sha256=d.get("sha256"), size_bytes=d.get("size_bytes"),
-            onnx=OnnxInfo(**d["onnx"]) if d.get("onnx") else None,
-            engine=EngineInfo(**d["engine"]) if d.get("engine") else None,
-            validation=d.get("validation"), quant=QuantInfo(**d["quant"]) if d.get("quant") else None,
-            schema=SCHEMA,
-        )
+        """A manifest read back: every field checked for its type and bounds first (see
+        :func:`_checked`), so a damaged or hostile one is one line naming the field."""
+        if not isinstance(d, dict):
+            raise ArtifactError("is not a twins-deploy manifest (not a JSON object)")
+        _check_tree(d)
+        schema = d.get("schema")
+        if type(schema) is not int or schema not in (1, SCHEMA):
+            raise ArtifactError(f"schema {quoted(schema, 40)} is not one this twins-deploy reads (1, {SCHEMA})")
+        return _checked(_upgrade(d))
 
 
 def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
     """Schema 1 (twins-deploy 0.1) kept graph and engine facts at the top level and the
     precision inside ``spec``; lay it out as schema 2."""
-    schema = d.get("schema")
-    if schema == SCHEMA:
+    if d["schema"] == SCHEMA:
         return d
-    if schema != 1:
-        raise ArtifactError(f"manifest schema {schema!r} is not one this twins-deploy reads (1, {SCHEMA})")
     d = dict(d)
-    spec = d.get("spec") or {}
-    trt = d.get("trt") or {}
+
+    def section(key: str) -> dict[str, Any]:  # a damaged one: its fields are then found missing
+        v = d.get(key)
+        return v if isinstance(v, dict) else {}
+
+    spec, trt = section("spec"), section("trt")
     precision = spec.get("precision", d.get("precision", "fp32"))
     route = trt.get("route") or ("strong" if precision == "fp16" else "fp32")
-    d["precision_plan"] = {"requested": precision, "route": route, "io_fp16": bool(spec.get("io_fp16"))}
+    d["precision_plan"] = {"requested": precision, "route": route, "io_fp16": spec.get("io_fp16", False)}
     if d.get("kind") == ONNX_KIND and "graph" in d:
-        g = d["graph"]
+        g = section("graph")
         d["onnx"] = {"opset": d.get("opset"), "ir_version": d.get("ir_version"), "nodes": g.get("nodes"),
                      "op_census": g.get("op_census", {}), "roll_free": g.get("roll_free"),
                      "trt_compatible": g.get("trt_compatible", {}), "export": d.get("export") or {}}
@@ -228,6 +234,368 @@ def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
                        "source_onnx": d.get("onnx") or {}, "tf32": bool(trt.get("tf32")),
                        "build": trt.get("build") or {}, "trtexec": trt.get("trtexec", "")}
     return d
+
+
+# -- reading a manifest back: bounds ------------------------------------------------------------------
+MAX_MANIFEST_BYTES = 16 << 20  # a real manifest is a few KiB (its validation report included)
+MAX_DEPTH = 32                 # a real one nests 5 deep; Python's json recurses per level
+MAX_ITEMS = 100_000            # entries of any one list or object
+MAX_NAME = 1024                # names: model, tensor, file, tool, version, time stamp, dict key
+MAX_PATH = 4096                # paths: PATH_MAX on Linux
+MAX_TEXT = 64 << 10            # free text anywhere (notes, summaries, command lines)
+MAX_COUNT = 2**31 - 1          # counts in descriptive sections (nodes, images)
+MAX_FILE_BYTES = 2**40         # an artifact's size: the largest Twins plan is under 1 GiB
+MAX_OUTPUTS = len(FEATURE_NAMES)
+MAX_SEED = 2**32 - 1           # what --seed takes
+OPSET_BOUNDS = (1, 100)        # an ONNX graph's own opset / IR version as recorded (descriptive)
+IO_DTYPES = ("float32", "float16")
+MAX_EMBED_DIM = 65_536
+
+
+def _name(where: str) -> str:
+    """A field's dotted path for an error line: as is when plain, else bounded and escaped."""
+    if len(where) <= 120 and where.isascii() and where.isprintable() and '"' not in where:
+        return f'"{where}"'
+    return quoted(where, 120)
+
+
+def _bad(where: str, value: Any, rule: str) -> ArtifactError:
+    return ArtifactError(f"field {_name(where)} is {quoted(value)}; {rule}")
+
+
+def _check_tree(d: Any) -> None:
+    """Bounds on the whole document, whatever its schema: depth, entries per list or object,
+    length of every key and string. Iterative, so no recursion limit is met here."""
+    stack: list[tuple[Any, str, int]] = [(d, "", 0)]
+    while stack:
+        node, where, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ArtifactError(f"is nested deeper than {MAX_DEPTH} levels (at {_name(where)})")
+        if isinstance(node, str):
+            if len(node) > MAX_TEXT:
+                raise ArtifactError(f"field {_name(where)} is a text of {len(node):,} characters; "
+                                    f"at most {MAX_TEXT:,} are read")
+        elif isinstance(node, (dict, list)):
+            if len(node) > MAX_ITEMS:
+                raise ArtifactError(f"field {_name(where or '(top level)')} has {len(node):,} entries; "
+                                    f"at most {MAX_ITEMS:,} are read")
+            if isinstance(node, dict):
+                for k, v in node.items():
+                    if len(k) > MAX_NAME:
+                        raise ArtifactError(f"field {_name(where or '(top level)')} has a key of {len(k):,} "
+                                            f"characters ({quoted(k, 60)}); at most {MAX_NAME} are read")
+                    stack.append((v, f"{where}.{k}" if where else k, depth + 1))
+            else:
+                stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(node))
+
+
+_MISSING = object()
+
+
+def _get(d: dict[str, Any], key: str, where: str, default: Any = _MISSING) -> Any:
+    """``d[key]``, or ``default`` when the key is absent (never when it is null, 0 or "")."""
+    if key in d:
+        return d[key]
+    if default is _MISSING:
+        raise ArtifactError(f"lacks '{where}{key}'; is it a twins-deploy manifest?")
+    return default
+
+
+def _obj(v: Any, where: str, nullable: bool = False) -> dict[str, Any]:
+    if nullable and v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise _bad(where, v, "must be an object" + (" or null" if nullable else ""))
+    return v
+
+
+def _int(v: Any, where: str, lo: int, hi: int, what: str = "it", nullable: bool = False) -> int | None:
+    """A whole number within ``lo..hi``; a bool is not one (``True == 1`` in Python)."""
+    if nullable and v is None:
+        return None
+    if type(v) is not int or not lo <= v <= hi:
+        many = what == "batch sizes"
+        raise _bad(where, v, f"{what} must be {'' if many else 'a '}whole number{'s' if many else ''} "
+                             f"{lo}..{hi}" + (" or null" if nullable else ""))
+    return v
+
+
+def _bool(v: Any, where: str) -> bool:
+    if type(v) is not bool:
+        raise _bad(where, v, "must be true or false")
+    return v
+
+
+def _str(v: Any, where: str, limit: int = MAX_NAME, *, choices: tuple[str, ...] | None = None,
+         what: str = "it", empty: bool = True, nullable: bool = False) -> str | None:
+    if nullable and v is None:
+        return None
+    if choices is not None:
+        if not isinstance(v, str) or v not in choices:
+            raise _bad(where, v, f"{what} must be one of {', '.join(choices)}")
+        return v
+    if not isinstance(v, str) or len(v) > limit or (not empty and not v):
+        rule = f"{what} must be a{'' if empty else ' non-empty'} text of at most {limit} characters"
+        raise _bad(where, v, rule + (" or null" if nullable else ""))
+    return v
+
+
+def _number(v: Any, where: str, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or abs(v) > 1e6:
+        raise _bad(where, v, f"{what}: a finite number within +-1e6")
+    return float(v)
+
+
+def _sha256(v: Any, where: str) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, str) or len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
+        raise _bad(where, v, "must be a sha256 (64 lowercase hex digits) or null")
+    return v
+
+
+def _str_map(v: Any, where: str, values: str = "str", limit: int = MAX_NAME) -> dict[str, Any]:
+    """An object of names to texts (``values`` "str", "str?" for nullable), bools or counts."""
+    out: dict[str, Any] = {}
+    for k, x in _obj(v, where).items():
+        if values == "bool":
+            out[k] = _bool(x, f"{where}.{k}")
+        elif values == "count":
+            out[k] = _int(x, f"{where}.{k}", 0, MAX_COUNT)
+        else:
+            out[k] = _str(x, f"{where}.{k}", limit, nullable=values == "str?")
+    return out
+
+
+def _hw(v: Any, where: str, what: str = "image size", shown: Any = None) -> tuple[int, int]:
+    """(H, W) within the sizes Twins takes (:func:`check_hw`); ``shown`` is the field's whole value."""
+    shown = v if shown is None else shown
+    if not (isinstance(v, list) and len(v) == 2 and all(type(x) is int for x in v)):
+        raise _bad(where, shown, f"{what} must be (H, W): two whole numbers")
+    try:
+        return check_hw(*v)
+    except InputShapeError as e:
+        raise _bad(where, shown, str(e)) from None
+
+
+def _batch(v: Any, where: str) -> BatchRange:
+    d = _obj(v, where)
+    values = [_int(_get(d, k, f"{where}."), f"{where}.{k}", 1, MAX_BATCH, "batch sizes") for k in ("min", "opt", "max")]
+    try:
+        return BatchRange(*values)  # type: ignore[arg-type]
+    except InputShapeError as e:
+        raise ArtifactError(f"field {_name(where)}: {e}") from None
+
+
+def _built(where: str, make: Any) -> Any:
+    """``make()``: a constructor's own consistency checks, its refusal naming the section."""
+    try:
+        return make()
+    except (InputShapeError, ValueError, ArtifactError) as e:
+        raise ArtifactError(f"field {_name(where)}: {e}") from None
+
+
+def _model(v: Any) -> ModelInfo:
+    d = _obj(v, "model")
+    features = _bool(_get(d, "features", "model."), "model.features")
+    lo = 0 if features else 1  # a backbone has no classifier; a classifier has at least one class
+    config = _obj(_get(d, "config", "model.", {}), "model.config", nullable=True)
+    if "embed_dims" in config:  # the Triton repository sizes a backbone's outputs from it
+        dims = config["embed_dims"]
+        if not (isinstance(dims, list) and len(dims) == MAX_OUTPUTS):
+            raise _bad("model.config.embed_dims", dims, f"must be {MAX_OUTPUTS} whole numbers")
+        for i, x in enumerate(dims):
+            _int(x, f"model.config.embed_dims[{i}]", 1, MAX_EMBED_DIM)
+    return ModelInfo(
+        _str(_get(d, "name", "model."), "model.name", empty=False),  # type: ignore[arg-type]
+        features, _int(_get(d, "num_classes", "model."), "model.num_classes", lo, MAX_CLASSES,  # type: ignore[arg-type]
+                       "the number of classes"),
+        _str(d.get("paper_name"), "model.paper_name", nullable=True),
+        _str(d.get("timm_name"), "model.timm_name", nullable=True), config)
+
+
+def _weights(v: Any) -> WeightsInfo:
+    d = _obj(v, "weights")
+    return WeightsInfo(
+        _str(_get(d, "source", "weights."), "weights.source", choices=WEIGHT_SOURCES,  # type: ignore[arg-type]
+             what="weights source"),
+        _str(d.get("path"), "weights.path", MAX_PATH, nullable=True), _sha256(d.get("sha256"), "weights.sha256"),
+        _int(d.get("seed"), "weights.seed", 0, MAX_SEED, "the seed", nullable=True),
+        _str(d.get("note", ""), "weights.note", MAX_TEXT))  # type: ignore[arg-type]
+
+
+def _spec(v: Any) -> ExportSpec:
+    d = _obj(v, "spec")
+    model = _str(_get(d, "model", "spec."), "spec.model", empty=False)
+    hw = _hw(_get(d, "img_size", "spec."), "spec.img_size")
+    batch = _batch(_get(d, "batch", "spec."), "spec.batch")
+    dynamic_hw = _bool(d.get("dynamic_hw", False), "spec.dynamic_hw")
+    features = _bool(d.get("features", False), "spec.features")
+    opset = _int(d.get("opset", DEFAULT_OPSET), "spec.opset", MIN_OPSET, MAX_OPSET, "the opset")
+    return _built("spec", lambda: ExportSpec(model, hw, batch, dynamic_hw, features, opset))  # type: ignore[arg-type]
+
+
+def _plan(v: Any) -> PrecisionPlan:
+    d = _obj(v, "precision_plan")
+    requested = _str(_get(d, "requested", "precision_plan."), "precision_plan.requested", choices=PRECISIONS,
+                     what="precision")
+    route = _str(_get(d, "route", "precision_plan."), "precision_plan.route", choices=ROUTES, what="route")
+    io_fp16 = _bool(d.get("io_fp16", False), "precision_plan.io_fp16")
+    return _built("precision_plan", lambda: PrecisionPlan(requested, route, io_fp16))  # type: ignore[arg-type]
+
+
+def _input(v: Any) -> InputInfo:
+    d = _obj(v, "input")
+    shape = _get(d, "shape", "input.")
+    if not (isinstance(shape, list) and len(shape) == 4):
+        raise _bad("input.shape", shape, "must be 4 dimensions (N, C, H, W)")
+    dims: list[int | str] = []
+    for i, x in enumerate(shape):
+        lo, hi = ((1, MAX_BATCH), (3, 3), (MIN_IMAGE_SIDE, MAX_IMAGE_SIDE), (MIN_IMAGE_SIDE, MAX_IMAGE_SIDE))[i]
+        dims.append(_str(x, f"input.shape[{i}]", empty=False) if isinstance(x, str)  # type: ignore[arg-type]
+                    else _int(x, f"input.shape[{i}]", lo, hi, "a dimension"))
+    axes = {}
+    for k, name in _obj(_get(d, "dynamic_axes", "input."), "input.dynamic_axes").items():
+        if k not in ("0", "1", "2", "3"):
+            raise _bad(f"input.dynamic_axes.{k}", k, "dynamic axes are numbered 0..3")
+        axes[int(k)] = _str(name, f"input.dynamic_axes.{k}", empty=False)
+    b = _batch(_get(d, "batch", "input."), "input.batch")
+    return InputInfo(_str(_get(d, "name", "input."), "input.name", empty=False),  # type: ignore[arg-type]
+                     dims, _str(_get(d, "dtype", "input."), "input.dtype", choices=IO_DTYPES,  # type: ignore[arg-type]
+                                what="the input type"),
+                     axes, {"min": b.min, "opt": b.opt, "max": b.max},  # type: ignore[arg-type]
+                     _str(d.get("layout", "NCHW"), "input.layout", choices=("NCHW",), what="the layout"))  # type: ignore[arg-type]
+
+
+def _outputs(v: Any) -> list[str]:
+    if not (isinstance(v, list) and 1 <= len(v) <= MAX_OUTPUTS
+            and all(isinstance(o, str) and 0 < len(o) <= MAX_NAME for o in v)):
+        raise _bad("outputs", v, f"outputs must be a list of tensor names (1..{MAX_OUTPUTS}, each at most "
+                                 f"{MAX_NAME} characters)")
+    return list(v)
+
+
+def _preprocess(v: Any) -> Preprocess:
+    d = _obj(v, "preprocess")
+    size = _get(d, "input_size", "preprocess.")
+    if not (isinstance(size, list) and len(size) == 3 and size[0] == 3 and type(size[0]) is int):
+        raise _bad("preprocess.input_size", size, "preprocess input_size must be (3, H, W)")
+    hw = _hw(size[1:], "preprocess.input_size", "preprocess input_size (H, W)", size)
+    three = []
+    for key in ("mean", "std"):
+        x = _get(d, key, "preprocess.")
+        if not (isinstance(x, list) and len(x) == 3):
+            raise _bad(f"preprocess.{key}", x, "preprocess mean and std must be 3 finite numbers each, std > 0")
+        three.append(tuple(_number(c, f"preprocess.{key}[{i}]", "preprocess mean and std must be 3 finite "
+                                   "numbers each, std > 0") for i, c in enumerate(x)))
+    interpolation = _str(_get(d, "interpolation", "preprocess."), "preprocess.interpolation", 64,
+                         what="preprocess interpolation")
+    crop_pct = _get(d, "crop_pct", "preprocess.")
+    if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0 < crop_pct <= 1:
+        raise _bad("preprocess.crop_pct", crop_pct, "preprocess crop_pct must be in (0, 1]")
+    crop_mode = _str(d.get("crop_mode", "center"), "preprocess.crop_mode", 64, what="preprocess crop_mode")
+    return _built("preprocess", lambda: Preprocess((3, *hw), *three, interpolation, float(crop_pct), crop_mode))
+
+
+def _onnx(v: Any) -> OnnxInfo | None:
+    if v is None:
+        return None
+    d = _obj(v, "onnx")
+    return OnnxInfo(
+        _int(_get(d, "opset", "onnx."), "onnx.opset", 0, OPSET_BOUNDS[1], "the opset"),  # type: ignore[arg-type]
+        _int(_get(d, "ir_version", "onnx."), "onnx.ir_version", 0, OPSET_BOUNDS[1], "the IR version"),  # type: ignore[arg-type]
+        _int(_get(d, "nodes", "onnx."), "onnx.nodes", 0, MAX_COUNT, "the node count"),  # type: ignore[arg-type]
+        _str_map(_get(d, "op_census", "onnx.", {}), "onnx.op_census", "count"),
+        _bool(_get(d, "roll_free", "onnx."), "onnx.roll_free"),
+        _str_map(_get(d, "trt_compatible", "onnx.", {}), "onnx.trt_compatible", "bool"),
+        _obj(d.get("export", {}), "onnx.export", nullable=True))
+
+
+def _profile(v: Any) -> dict[str, Any]:
+    """An engine's optimization profile: three NCHW shapes, min <= opt <= max per dimension."""
+    d = _obj(v, "engine.profile")
+    out: dict[str, Any] = {"input": _str(_get(d, "input", "engine.profile."), "engine.profile.input", empty=False)}
+    for k in ("min", "opt", "max"):
+        shape = _get(d, k, "engine.profile.")
+        where = f"engine.profile.{k}"
+        if not (isinstance(shape, list) and len(shape) == 4):
+            raise _bad(where, shape, "must be 4 whole numbers (N, 3, H, W)")
+        hw_hi = 2 * MAX_IMAGE_SIDE  # a dynamic H/W profile reaches twice the export size
+        out[k] = [_int(x, f"{where}[{i}]", lo, hi, "a dimension") for i, (x, lo, hi) in
+                  enumerate(zip(shape, (1, 3, MIN_IMAGE_SIDE, MIN_IMAGE_SIDE), (MAX_BATCH, 3, hw_hi, hw_hi)))]
+    if not all(a <= b <= c for a, b, c in zip(out["min"], out["opt"], out["max"])):
+        raise _bad("engine.profile", [out["min"], out["opt"], out["max"]], "must satisfy min <= opt <= max")
+    return out
+
+
+def _engine(v: Any) -> EngineInfo | None:
+    if v is None:
+        return None
+    d = _obj(v, "engine")
+    gpu = _obj(_get(d, "gpu", "engine."), "engine.gpu")
+    for k in ("name", "compute_capability"):
+        if k in gpu:
+            _str(gpu[k], f"engine.gpu.{k}", nullable=True)
+    options = _obj(_get(d, "build_options", "engine."), "engine.build_options")
+    return EngineInfo(
+        _str(_get(d, "trt_version", "engine."), "engine.trt_version"),  # type: ignore[arg-type]
+        gpu, _profile(_get(d, "profile", "engine.")), options,
+        _str_map(_get(d, "source_onnx", "engine."), "engine.source_onnx"),
+        _bool(d.get("tf32", False), "engine.tf32"), _obj(d.get("build", {}), "engine.build", nullable=True),
+        _str(d.get("trtexec", ""), "engine.trtexec", MAX_TEXT))  # type: ignore[arg-type]
+
+
+def _quant(v: Any) -> QuantInfo | None:
+    if v is None:
+        return None
+    d = _obj(v, "quant")
+
+    def text(key: str, default: Any = _MISSING) -> str:
+        return _str(_get(d, key, "quant.", default), f"quant.{key}")  # type: ignore[return-value]
+
+    ops = _get(d, "ops", "quant.")
+    if not isinstance(ops, list):
+        raise _bad("quant.ops", ops, "must be a list of operator names")
+    calib = _obj(_get(d, "calibration", "quant."), "quant.calibration")
+    if "images" in calib:
+        _int(calib["images"], "quant.calibration.images", 0, MAX_COUNT, "the image count", nullable=True)
+    _sha256(calib.get("sha256"), "quant.calibration.sha256")
+    _str(calib.get("method"), "quant.calibration.method", nullable=True)
+    return QuantInfo(text("form"), text("activations"), text("weights"),
+                     [_str(o, f"quant.ops[{i}]", empty=False) for i, o in enumerate(ops)],  # type: ignore[misc]
+                     text("quantizer"), text("quantizer_version"), calib,
+                     _str_map(d.get("source_onnx", {}), "quant.source_onnx"),
+                     _obj(d.get("qdq", {}), "quant.qdq", nullable=True), text("runs_best_in", ""))
+
+
+def _checked(d: dict[str, Any]) -> Manifest:
+    """The typed manifest of a schema-2 dict, each field checked for type and bounds."""
+    kind = _str(_get(d, "kind", ""), "kind", choices=KINDS, what="the kind")
+    engine = _engine(d.get("engine"))
+    if kind == PLAN_KIND and engine is None:
+        raise ArtifactError("is of kind 'trt' but describes no TensorRT engine (its \"engine\" section is "
+                            "missing); rebuild it with twins-export --fmt trt")
+    validation = d.get("validation")
+    if validation is not None:
+        if not isinstance(validation, dict):
+            raise _bad("validation", validation, "validation must be an object or null")
+        if "passed" in validation:
+            _bool(validation["passed"], "validation.passed")
+    precision = d.get("precision")
+    if precision is not None:
+        _str(precision, "precision", choices=PRECISIONS, what="precision")
+    tools = d.get("tools")
+    tools = {} if tools is None else _str_map(tools, "tools", "str?")
+    return Manifest(
+        kind=kind, artifact=_str(_get(d, "artifact", ""), "artifact", MAX_PATH),
+        model=_model(_get(d, "model", "")), weights=_weights(_get(d, "weights", "")),
+        spec=_spec(_get(d, "spec", "")), plan=_plan(_get(d, "precision_plan", "")), input=_input(_get(d, "input", "")),
+        outputs=_outputs(_get(d, "outputs", "")), preprocess=_preprocess(_get(d, "preprocess", "")), tools=tools,
+        created=_str(d.get("created", ""), "created"), sha256=_sha256(d.get("sha256"), "sha256"),
+        size_bytes=_int(d.get("size_bytes"), "size_bytes", 0, MAX_FILE_BYTES, "the size", nullable=True),
+        onnx=_onnx(d.get("onnx")), engine=engine, validation=validation, quant=_quant(d.get("quant")),
+        schema=SCHEMA,
+    )
 
 
 def _identity_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
@@ -264,21 +632,44 @@ def read_manifest(artifact: str | os.PathLike[str]) -> Manifest:
     """Read and check the manifest beside ``artifact``; any defect is one clear line."""
     art = existing_file(artifact, "artifact")
     mp = manifest_path(art)
-    if not mp.is_file():
-        raise ArtifactError(
-            f"no manifest {str(mp)!r} beside {art.name}; twins-deploy artifacts are written "
-            "with one (re-export with twins-export)"
-        )
+    if path_kind(mp) == "missing":
+        raise ArtifactError(f"no manifest {quoted(str(mp))} beside {quoted(art.name)}; twins-deploy artifacts are "
+                            "written with one (re-export with twins-export)")
     try:
-        data = json.loads(mp.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"manifest {str(mp)!r} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ArtifactError(f"manifest {str(mp)!r} is not a twins-deploy manifest (not a JSON object)")
-    try:
-        return Manifest.from_dict(data)
+        return Manifest.from_dict(_read_json(mp))
     except ArtifactError as e:
-        raise ArtifactError(f"manifest {str(mp)!r}: {e}") from None
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        what = f"lacks {e}" if isinstance(e, KeyError) else f"is malformed ({type(e).__name__}: {e})"
-        raise ArtifactError(f"manifest {str(mp)!r} {what}; is it a twins-deploy manifest?") from None
+        raise ArtifactError(f"manifest {quoted(str(mp))}: {e}") from None
+
+
+def _read_json(mp: Path) -> Any:
+    """The JSON document in ``mp``, read only when it is a file of a manifest's size: a FIFO
+    is never opened (it would block), a 100 GB file never read, a deep nesting never parsed
+    into a RecursionError traceback."""
+    kind = path_kind(mp)
+    if kind != "a file":
+        raise ArtifactError(f"is {kind}, not a file")
+    try:  # O_NONBLOCK: should a FIFO have replaced the file since, opening it does not wait
+        fd = os.open(mp, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise ArtifactError(f"cannot be read: {e.strerror or type(e).__name__}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ArtifactError("is not a regular file")
+        if st.st_size > MAX_MANIFEST_BYTES:
+            raise ArtifactError(f"is {st.st_size:,} bytes; a manifest is a few KiB and at most "
+                                f"{MAX_MANIFEST_BYTES:,} bytes are read")
+        try:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        except OSError as e:
+            raise ArtifactError(f"cannot be read: {e.strerror or type(e).__name__}") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"grew beyond {MAX_MANIFEST_BYTES:,} bytes while being read")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ArtifactError(f"is not valid JSON: not UTF-8 text (byte {e.start})") from None
+    except RecursionError:
+        raise ArtifactError(f"is not a twins-deploy manifest: nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as e:  # JSONDecodeError, or an integer of more digits than Python converts
+        raise ArtifactError(f"is not valid JSON: {str(e)[:200]}") from None

@@ -8,10 +8,11 @@ existing files), precision is resolved once into a :class:`PrecisionPlan`, and e
 artifact is staged under a temporary name, validated there, and renamed into place with
 its manifest only when complete: a failed or interrupted run leaves what was there before.
 
-An existing artifact is reused instead of rebuilt only when its manifest's identity
-(model, weights, spec, precision plan; for engines also TensorRT version, GPU, profile and
-build options) equals the request's, its file still has the manifest's sha256, and it did
-not fail validation.
+An existing artifact is reused instead of rebuilt (or, without --force, instead of refused)
+only when its manifest's identity (model, weights, spec, precision plan; for engines also
+TensorRT version, GPU, profile and build options) equals the request's, its file still has
+the manifest's sha256, and it did not fail validation (a final artifact without --force:
+it passed the validation this request asks for).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,6 @@ from twins_deploy.artifacts import (
     now_iso,
     output_dir,
     refuse_non_files,
-    refuse_overwrite,
     staged_file,
     tool_versions,
 )
@@ -49,7 +49,13 @@ from twins_deploy.engines.trt.options import TrtBuildOptions
 from twins_deploy.engines.trt.preflight import checked_build_env
 from twins_deploy.engines.trt.profile import Profile, profile_for
 from twins_deploy.engines.trt.trtexec import trtexec_command
-from twins_deploy.engines.validation import ValidationReport, smallest_hw, validate_against_pytorch, validation_cases
+from twins_deploy.engines.validation import (
+    Thresholds,
+    ValidationReport,
+    smallest_hw,
+    validate_against_pytorch,
+    validation_cases,
+)
 from twins_deploy.errors import (
     ArtifactError,
     CheckpointError,
@@ -224,26 +230,40 @@ def _describe(kind: str, path: Path, spec: ExportSpec, plan: PrecisionPlan, mode
 
 
 # -- reuse and staging ----------------------------------------------------------------------------
-def _use_existing(path: Path, planned: Manifest, req: ArtifactRequest, final: bool, steps: Steps) -> Artifact | None:
-    """Reuse a matching artifact, or say why one in the way cannot be overwritten."""
+def _existing(path: Path, planned: Manifest, req: ArtifactRequest, final: bool) -> tuple[Artifact | None, str]:
+    """(a matching artifact at ``path`` to reuse, "") or (None, why one in the way is replaced:
+    "" when nothing is there); raises when one is in the way and may not be overwritten.
+
+    Without --force ("refuse") nothing is overwritten, but an artifact made from the same
+    inputs, intact, and validated as this request would validate it is reused: running the
+    same export again, or again with --triton-repo, costs nothing and changes nothing."""
     if not path.exists() and not manifest_path(path).exists():
-        return None
-    reuse = req.on_existing == "reuse" or (req.on_existing == "refuse" and not final)
-    if reuse:
-        existing, why = reuse_verdict(path, planned, require_validated=req.validate)
-        if existing is not None:
-            steps.skip(int(req.validate))  # reusing is one step, with no validation after it
-            with steps.step(f"reuse {path} (same inputs, sha256 checked"
-                            + (", validated)" if existing.passed else ")")):
-                pass
-            return Artifact(path, existing, reused=True)
-    else:
-        why = "it exists"
+        return None, ""
+    if req.on_existing == "overwrite":
+        return None, "it exists"
+    existing, why = reuse_verdict(path, planned, require_validated=req.validate)
+    if existing is not None and final and req.on_existing == "refuse":
+        why = _not_judged_as_asked(existing, planned, req)
+        existing = None if why else existing
+    if existing is not None:
+        return Artifact(path, existing, reused=True), ""
     if req.on_existing == "refuse":
         raise ArtifactError(f"{path} already exists and cannot be reused: {why}; pass --force to overwrite it, "
                             "or choose another --out-dir")
-    steps.note(f"replacing {path.name}: {why}")
-    return None
+    return None, why
+
+
+def _not_judged_as_asked(existing: Manifest, planned: Manifest, req: ArtifactRequest) -> str:
+    """Why ``existing``'s validation does not answer the validation ``req`` asks for ("" when it does)."""
+    if not req.validate:
+        return ""
+    if req.images:
+        return (f"it was not validated on {req.images} (twins-validate {existing.artifact} --images "
+                f"{req.images} checks it without exporting again)")
+    asked = asdict(Thresholds.for_precision(planned.precision).override(**req.thresholds))
+    if (existing.validation or {}).get("thresholds") != asked:
+        return "it was validated with other thresholds"
+    return ""
 
 
 def _fail_unless_passed(manifest: Manifest, path: Path) -> None:
@@ -311,25 +331,30 @@ class Run:
         return self._calibration
 
 
+def _build_model(run: Run) -> tuple[str, float, list[str]]:
+    """Build the request's model into ``run``: the step's label, its duration and its notes,
+    printed once the run's steps are counted (which needs the model's weights)."""
+    spec = run.req.spec
+    start = time.perf_counter()
+    run.model = build_model(spec.model, run.req.weights, spec.features)
+    w = run.model.weights_info
+    note = f"weights: {w.source}" + (f" {w.path}" if w.path else f" (seed {w.seed}; {w.note})")
+    return (f"build {spec.model} ({'backbone' if spec.features else 'classifier'})", time.perf_counter() - start,
+            [note])
+
+
 class Stage:
-    """One step of the pipeline: ``steps`` progress steps (counted before any runs, so the
-    counter adds up), and ``run``, which adds what it makes to the :class:`Run`."""
+    """One step of the pipeline: ``plan`` decides what it will do and how many progress steps
+    that takes (every stage is planned before any step prints, so the counter adds up), and
+    ``run`` does it, adding what it makes to the :class:`Run`."""
 
     steps: int = 1
 
+    def plan(self, run: Run) -> int:
+        return self.steps
+
     def run(self, run: Run) -> None:
         raise NotImplementedError
-
-
-class ModelStage(Stage):
-    """The model with its weights, and where they came from (when the caller gave none)."""
-
-    def run(self, run: Run) -> None:
-        spec, steps = run.req.spec, run.steps
-        with steps.step(f"build {spec.model} ({'backbone' if spec.features else 'classifier'})"):
-            run.model = build_model(spec.model, run.req.weights, spec.features)
-            w = run.model.weights_info
-            steps.note(f"weights: {w.source}" + (f" {w.path}" if w.path else f" (seed {w.seed}; {w.note})"))
 
 
 class ArtifactStage(Stage):
@@ -339,20 +364,35 @@ class ArtifactStage(Stage):
     label = "artifact"
 
     def __init__(self, path: Path, final: bool, validate: bool) -> None:
-        self.path, self.final = path, final
-        self.steps = 2 if validate else 1  # make (or reuse), validate
+        self.path, self.final, self.validate = path, final, validate
+        self.steps = 2 if validate else 1  # make, validate
+        self.reused: Artifact | None = None
+        self.replacing = ""  # why an artifact in the way is replaced
+
+    def plan(self, run: Run) -> int:
+        """Reuse or make: decided before any work. Later stages plan with what this one will
+        keep (the artifact reused, or the manifest planned for the one to be made)."""
+        planned = self.planned(run)
+        self.reused, self.replacing = _existing(self.path, planned, run.req, final=self.final)
+        self.keep(run, self.reused or Artifact(self.path, planned))
+        return 1 if self.reused is not None else self.steps  # reusing is one step, with no validation after it
 
     def run(self, run: Run) -> None:
+        if self.reused is not None:
+            with run.steps.step(f"reuse {self.path} (same inputs, sha256 checked"
+                                + (", validated)" if self.reused.manifest.passed else ")")):
+                pass
+            self.keep(run, self.reused)
+            return
+        if self.replacing:
+            run.steps.note(f"replacing {self.path.name}: {self.replacing}")
         planned = self.planned(run)
-        artifact = _use_existing(self.path, planned, run.req, final=self.final, steps=run.steps)
-        if artifact is None:
-            with staged_file(self.path) as tmp:
-                manifest = self.make(run, planned, tmp)
-                manifest.validation = _validate(run, open_runner(tmp, manifest), manifest, self.label)
-                install_artifact(tmp, self.path, manifest.to_dict())
-            _fail_unless_passed(manifest, self.path)
-            artifact = Artifact(self.path, manifest)
-        self.keep(run, artifact)
+        with staged_file(self.path) as tmp:
+            manifest = self.make(run, planned, tmp)
+            manifest.validation = _validate(run, open_runner(tmp, manifest), manifest, self.label)
+            install_artifact(tmp, self.path, manifest.to_dict())
+        _fail_unless_passed(manifest, self.path)
+        self.keep(run, Artifact(self.path, manifest))
 
     def planned(self, run: Run) -> Manifest:
         """The manifest before the artifact exists: its identity and contract."""
@@ -498,8 +538,9 @@ def make_artifacts(req: ArtifactRequest, model: torch.nn.Module | None = None,
                    progress: Callable[[int], Steps] | None = None) -> Artifacts:
     """Everything from a name (or a ``model`` built by the caller) to validated artifacts.
 
-    Everything that can be refused is checked first; then the run's stages are listed, their
-    steps counted, and run in order inside the locked output directory. ``progress`` makes
+    Everything that can be refused is checked first; then, inside the locked output directory,
+    the model is built, each stage decides whether it reuses or makes its artifact, the steps
+    that will run are counted, and the stages run in order. ``progress`` makes
     the step printer for that count (the caller decides how progress is shown, e.g.
     ``functools.partial(Steps, quiet=args.quiet)``); None: silent."""
 
@@ -525,23 +566,29 @@ def make_artifacts(req: ArtifactRequest, model: torch.nn.Module | None = None,
     onnx_path, engine_path = artifact_paths(req, plan)
     assert (engine_path or quantized.get(TRT_FORM) or onnx_path) == final  # named for what was asked, not the line
 
-    stages: list[Stage] = [ModelStage()] if model is None else []
-    stages.append(OnnxStage(onnx_path, final=not wants_engine and not quantized, validate=req.validate))
+    stages: list[Stage] = [OnnxStage(onnx_path, final=not wants_engine and not quantized, validate=req.validate)]
     stages += [Int8Stage(path, form, final=not wants_engine, validate=req.validate) for form, path in quantized.items()]
     if engine_path is not None:
         stages.append(EngineStage(engine_path, req.validate))
     if req.triton is not None:
         stages.append(TritonStage())
-    run = Run(req, plan, env, profile, (progress or SILENT)(sum(s.steps for s in stages)), model, calib=calib)
+    run = Run(req, plan, env, profile, SILENT(0), model, calib=calib)
     if calib is not None and len(calib.files) < RECOMMENDED_CALIB_IMAGES:
         print(f"warning: calibrating on {len(calib.files)} images; >= {RECOMMENDED_CALIB_IMAGES} representative "
               "images are recommended (NVIDIA's guidance for ViTs is 500)", file=sys.stderr, flush=True)
     made = [a for a in (onnx_path, *quantized.values(), engine_path) if a is not None]
     with output_dir(req.out_dir), run.cleanup:  # held until the run ends: no other run's files appear
         refuse_non_files([p for a in made for p in (a, manifest_path(a))])
-        if req.on_existing == "refuse":
-            finals = [final, *(() if wants_engine else quantized.values())]  # every INT8 graph of --fmt onnx
-            refuse_overwrite([p for a in finals for p in (a, manifest_path(a))], force=False)
+        # The model first (the artifacts' identities name its weights), then every stage decides
+        # whether it reuses or makes its artifact (refusing one in the way before any export), and
+        # only then are the steps counted and printed: [1/N] .. [N/N], whatever is reused.
+        built = _build_model(run) if model is None else None
+        counts = [stage.plan(run) for stage in stages]
+        run.onnx = run.source = run.engine = None
+        run.companions = []
+        run.steps = (progress or SILENT)(sum(counts) + (built is not None))
+        if built is not None:
+            run.steps.finished(*built)
         for stage in stages:
             stage.run(run)
     assert run.onnx is not None

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from twins_deploy.errors import InputShapeError
+from twins_deploy.artifacts import path_kind
+from twins_deploy.errors import InputShapeError, quoted
 from twins_deploy.manifest import read_manifest
 from twins_deploy.engines.opening import open_runner, warn_if_changed
-from twins_deploy.preprocess import IMAGE_SUFFIXES, check_image_folder, preprocess_image
+from twins_deploy.preprocess import IMAGE_SUFFIXES, image_files, preprocess_image
 
 
 @dataclass(frozen=True)
@@ -35,17 +36,21 @@ def imagenet_labels() -> list[str]:
 
 
 def image_paths(items: list[str | os.PathLike[str]]) -> list[Path]:
-    """Files as given, folders expanded to their images (sorted); all must be readable."""
+    """Files as given, folders expanded to their images (sorted, :func:`image_files`). Each
+    path's kind is checked without opening it (a named pipe would block); the images are
+    decoded by :func:`predict`, all before the artifact is opened."""
     out: list[Path] = []
     for item in items:
         p = Path(item)
-        if p.is_dir():
-            out += check_image_folder(p)
-        elif p.is_file():
+        kind = path_kind(p)
+        if kind == "a folder":
+            out += image_files(p, what="folder")
+        elif kind == "a file":
             out.append(p)
         else:
-            raise InputShapeError(f"{str(p)!r} is neither an image nor a folder of images "
-                                  f"({', '.join(IMAGE_SUFFIXES)})")
+            raise InputShapeError(f"{quoted(str(p))} is neither an image nor a folder of images "
+                                  f"({', '.join(IMAGE_SUFFIXES)}): "
+                                  + ("there is no such file" if kind == "missing" else f"it is {kind}"))
     if not out:
         raise InputShapeError("no images given")
     return out
@@ -63,6 +68,7 @@ def predict(artifact: str | os.PathLike[str], images: list[str | os.PathLike[str
     if not 1 <= top_k <= manifest.model.num_classes:
         raise InputShapeError(f"--top-k must be 1..{manifest.model.num_classes}, got {top_k}")
     paths = image_paths(images)
+    # every image decoded (and a bad one refused, one line) before the artifact is opened
     batches = [preprocess_image(p, manifest.spec.img_size, manifest.preprocess) for p in paths]
     labels = imagenet_labels() if manifest.model.num_classes == 1000 else None
     batch = manifest.spec.batch

@@ -5,7 +5,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TextIO
 
 
@@ -17,12 +17,23 @@ class Steps:
         self.stream = stream or sys.stderr
 
     def skip(self, n: int) -> None:
-        """``n`` announced steps will not run (e.g. an artifact was reused, not rebuilt)."""
+        """``n`` announced steps will not run. Prefer counting only the steps that will run
+        (decide first, then make the Steps): a skip after a step printed breaks [i/N]."""
         self.total -= n
 
     def note(self, text: str) -> None:
         if not self.quiet:
             print(f"      {text}", file=self.stream, flush=True)
+
+    def finished(self, label: str, seconds: float, notes: Iterable[str] = ()) -> None:
+        """A step that ran before the steps could be counted, printed as :meth:`step` would have."""
+        self.i += 1
+        if not self.quiet:
+            print(f"[{self.i}/{self.total}] {label} ...", file=self.stream, flush=True)
+        for text in notes:
+            self.note(text)
+        if not self.quiet:
+            print(f"      done in {seconds:.1f} s", file=self.stream, flush=True)
 
     @contextlib.contextmanager
     def step(self, label: str) -> Iterator[None]:

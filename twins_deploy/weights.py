@@ -21,8 +21,8 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
-from twins_deploy.artifacts import file_sha256
-from twins_deploy.errors import CheckpointError, WeightsUnavailableError
+from twins_deploy.artifacts import file_sha256, path_kind
+from twins_deploy.errors import CheckpointError, WeightsUnavailableError, quoted
 from twins_deploy.progress import quiet_logger
 from twins_deploy.registry import TwinsConfig, get_config, list_models
 from twins_deploy.twins import Twins
@@ -31,6 +31,10 @@ from twins_deploy.twins import Twins
 # plain weights under 'state_dict'/'model' and an EMA copy beside them.
 WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 _MAX_LISTED = 8
+MAX_KEY_CHARS = 1024  # timm's longest Twins key is under 60 characters
+# Twins-SVT-L is 0.4 GB in FP32; a training checkpoint with an EMA copy and Adam's two moments
+# about 1.6 GB. A file far beyond that is not a Twins checkpoint, and loading reads it whole.
+MAX_CHECKPOINT_BYTES = 8 << 30
 
 
 WEIGHT_SOURCES = ("random", "file", "pretrained")
@@ -90,7 +94,7 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
 def _file_kind(p: Path) -> str | None:
     """What a checkpoint file holds, by its first bytes: "zip" (torch.save since 1.6),
     "pickle" (older torch.save), "safetensors", or None (anything else: text, images...)."""
-    with open(p, "rb") as f:
+    with open(p, "rb", opener=lambda f, flags: os.open(f, flags | os.O_NONBLOCK)) as f:  # a FIFO swapped in
         head = f.read(9)
     if head.startswith(b"PK\x03\x04"):
         return "zip"
@@ -108,15 +112,23 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     damaged file becomes :class:`CheckpointError`, since any file can be passed here.
     """
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint {str(p)!r} does not exist or is not a file")
+    where = quoted(str(p))
+    kind = path_kind(p)  # never opens: a FIFO would block
+    if kind == "missing":
+        raise CheckpointError(f"checkpoint {where} does not exist")
+    if kind != "a file":
+        raise CheckpointError(f"checkpoint {where} is {kind}, not a file")
     try:
+        size = p.stat().st_size
+        if size > MAX_CHECKPOINT_BYTES:
+            raise CheckpointError(f"checkpoint {where} is {size / 2**30:.1f} GiB; a Twins checkpoint is at most "
+                                  f"a few GiB (limit {MAX_CHECKPOINT_BYTES >> 30} GiB), so this is not one")
         kind = _file_kind(p)
     except OSError as e:
-        raise CheckpointError(f"cannot read checkpoint {str(p)!r}: {e.strerror or e}") from None
+        raise CheckpointError(f"cannot read checkpoint {where}: {e.strerror or e}") from None
     if kind is None:
         raise CheckpointError(
-            f"{str(p)!r} is not a checkpoint: neither a torch file (zip archive or pickle) nor safetensors")
+            f"{where} is not a checkpoint: neither a torch file (zip archive or pickle) nor safetensors")
     try:
         if kind == "safetensors":
             from safetensors.torch import load_file
@@ -129,14 +141,14 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     except pickle.UnpicklingError as e:
         if "GLOBAL" in str(e) or (kind == "pickle" and _parses_as_pickle(p)):  # well-formed, but not only tensors
             raise CheckpointError(
-                f"{str(p)!r} was refused by the safe loader (torch.load weights_only=True): it holds "
+                f"{where} was refused by the safe loader (torch.load weights_only=True): it holds "
                 "objects other than tensors and plain containers, which could run code when loaded. "
                 "Re-save the weights with torch.save(model.state_dict(), ...) or as .safetensors"
             ) from None
-        raise CheckpointError(f"{str(p)!r} is not a readable checkpoint: its pickle is damaged") from None
+        raise CheckpointError(f"{where} is not a readable checkpoint: its pickle is damaged") from None
     except Exception as e:  # noqa: BLE001 - a damaged file makes loaders raise anything
-        raise CheckpointError(f"{str(p)!r} is not a readable {kind} checkpoint: {_first_line(e)}") from None
-    return unwrap_state_dict(obj, origin=str(p))
+        raise CheckpointError(f"{where} is not a readable {kind} checkpoint: {_first_line(e)}") from None
+    return unwrap_state_dict(obj, origin=where)
 
 
 def _parses_as_pickle(p: Path) -> bool:
@@ -151,9 +163,12 @@ def _parses_as_pickle(p: Path) -> bool:
     return True
 
 
-def _first_line(e: BaseException) -> str:
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    """A loader's message, first line only and bounded (it may quote the file's content)."""
     text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+    line = text.splitlines()[0] if text else ""
+    line = line if len(line) <= limit else f"{line[:limit]}... ({len(line)} characters)"
+    return f"{type(e).__name__}: {line}" if line else type(e).__name__
 
 
 def unwrap_state_dict(obj: Any, origin: str = "checkpoint") -> dict[str, Tensor]:
@@ -171,16 +186,20 @@ def unwrap_state_dict(obj: Any, origin: str = "checkpoint") -> dict[str, Tensor]
         raise CheckpointError(f"{origin} holds no state dict (found {type(obj).__name__})")
     tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
     if not tensors:
-        keys = ", ".join(list(map(str, obj))[:_MAX_LISTED])
-        raise CheckpointError(f"{origin} holds no tensors (top-level keys: {keys})")
+        raise CheckpointError(f"{origin} holds no tensors (top-level keys: {_listed(list(obj))})")
+    odd = [k for k in tensors if not isinstance(k, str) or not 0 < len(k) <= MAX_KEY_CHARS]
+    if odd:
+        raise CheckpointError(f"{origin} is not a state dict: its tensors must be named by parameter names "
+                              f"(texts of 1..{MAX_KEY_CHARS} characters), found {_listed(odd)}")
     if all(k.startswith("module.") for k in tensors):
         tensors = {k[len("module."):]: v for k, v in tensors.items()}
     return tensors
 
 
-def _listed(names: list[str]) -> str:
+def _listed(names: list[Any]) -> str:
+    """The first few names, each bounded (a hostile checkpoint's keys can be megabytes long)."""
     more = f" (+{len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else ""
-    return ", ".join(names[:_MAX_LISTED]) + more
+    return ", ".join(n if isinstance(n, str) and len(n) <= 80 else quoted(n, 60) for n in names[:_MAX_LISTED]) + more
 
 
 def _meta_shapes(cfg: TwinsConfig) -> dict[str, tuple[int, ...]]:
@@ -224,7 +243,8 @@ def load_state_dict_checked(model: nn.Module, sd: Mapping[str, Tensor], *,
     if not isinstance(getattr(model, "head", None), nn.Linear):
         for k in head_keys:  # backbone mode: the classifier is unused
             del sd[k]
-    elif "head.weight" in sd and sd["head.weight"].shape[0] != own["head.weight"].shape[0]:  # width: a body mismatch
+    elif ("head.weight" in sd and sd["head.weight"].ndim == own["head.weight"].ndim  # else: mis-shaped, below
+          and sd["head.weight"].shape[0] != own["head.weight"].shape[0]):  # width: a body mismatch
         ck, mine = sd["head.weight"].shape[0], own["head.weight"].shape[0]
         if not reset_head:
             raise CheckpointError(
@@ -263,7 +283,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], *, reset_head: 
     """Load a checkpoint file into ``model`` (strictly) and record its provenance;
     ``state_dict`` is the file's content when the caller has already read it."""
     sd = read_checkpoint(path) if state_dict is None else state_dict
-    load_state_dict_checked(model, sd, reset_head=reset_head, origin=repr(str(path)))
+    load_state_dict_checked(model, sd, reset_head=reset_head, origin=quoted(str(path)))
     info = WeightsInfo("file", path=str(Path(path).resolve()), sha256=file_sha256(path))
     model.weights_info = info  # type: ignore[assignment]
     return info

@@ -107,6 +107,10 @@ class Preflight:
     problems: list[str] = field(default_factory=list)
 
     def raise_if_failed(self) -> None:
+        """One error: one line when there is one problem (the usual case, e.g. no TensorRT),
+        otherwise a first line that introduces the list, one problem a line."""
+        if len(self.problems) == 1:
+            raise BackendUnavailableError(f"TensorRT cannot run here: {self.problems[0]}")
         if self.problems:
             raise BackendUnavailableError(
                 "TensorRT cannot run here:\n" + "\n".join(f"  - {p}" for p in self.problems))

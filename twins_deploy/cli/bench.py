@@ -9,11 +9,19 @@ engine build, opening it, a CUDA error) or of one batch is recorded in its rows 
 and the run goes on. The JSON and CSV are rewritten as each row is measured ("complete":
 false until the run ends).
 
+Before anything is measured: the output folder and every results file are checked (a folder
+or a FIFO where a results file goes is named), and the results of an earlier run with the
+same --out and --name are replaced only with --force (as twins-export replaces artifacts);
+the run then holds --out (a second run into it is refused, naming this one). The machine's
+load is recorded with the results, and a busy machine is warned about (docs/benchmarks.md).
+
 Exit status, after every result is written: 0; 1 when a row failed with an error (each
 printed on one line) or, with --validate, a route failed validation (still timed and
-recorded); 3 when nothing was measured (every row skipped or out of memory), or, before any
-work, when a run of TensorRT routes only finds TensorRT cannot work here; 130 on Ctrl-C (the
-rows measured until then stay in the JSON and CSV).
+recorded); 2 before any work for a results place that cannot be used or earlier results
+without --force, or when a results file cannot be written (a full disk); 3 when nothing was
+measured (every row skipped or out of memory), or, before any work, when a run of TensorRT
+routes only finds TensorRT cannot work here; 130 on Ctrl-C, 143 on SIGTERM, 129 on SIGHUP
+(the rows measured until then stay in the JSON and CSV).
 """
 from __future__ import annotations
 
@@ -24,9 +32,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from twins_deploy.artifacts import output_dir
 from twins_deploy.bench.harness import COMPARISONS, BenchConfig
-from twins_deploy.bench.machine import int8_cpu_warning
-from twins_deploy.bench.report import paper_table, rerender, results_table, targets_lines
+from twins_deploy.bench.machine import busy_warning, int8_cpu_warning
+from twins_deploy.bench.report import check_results, check_results_dir, paper_table, rerender, results_table, targets_lines
 from twins_deploy.bench.run import partial_rows, row_errors, run_benchmark, validation_failures
 from twins_deploy.cli.common import Parser, hw_arg, int_list, number, run_cli
 from twins_deploy.engines.routes import ROUTES, routes_help
@@ -129,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("bench_out"),
                    help="output directory, outside the package's source (default: %(default)s)")
     p.add_argument("--name", help="file stem of the results (default: the preset's, or derived from the run)")
+    p.add_argument("--force", action="store_true",
+                   help="replace the results of an earlier run with the same --out and --name (without it, such "
+                        "results are refused before anything is measured)")
     p.add_argument("--note", default="", help="a remark recorded with the results (e.g. 'machine otherwise idle')")
     p.add_argument("--rerender", metavar="JSON", type=Path,
                    help="measure nothing: rewrite the markdown table and chart of a recorded run from its JSON")
@@ -166,12 +178,18 @@ def load_config_from_args(args: argparse.Namespace, argv: list[str] | None) -> L
 
 def _serve_main(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> int:
     from twins_deploy.bench.serve_load import run_load_test
+    from twins_deploy.serving.server import check_environment
 
     try:
         cfg = load_config_from_args(args, argv)
     except OptionError as e:
         parser.error(str(e))
-    paths, result = run_load_test(cfg)
+    check_environment()  # an environment that cannot serve is the first thing to say (exit 3)
+    check_results_dir(cfg.out)  # where the results go, before any server starts
+    check_results(cfg.out, cfg.name, args.force, cache=False)
+    with output_dir(cfg.out):  # held while the test runs: a second run into --out is refused
+        check_results(cfg.out, cfg.name, args.force, cache=False)
+        paths, result = run_load_test(cfg)
     for p in paths:
         print(p)
     for g in result["gains"]:
@@ -195,7 +213,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str] | None = None) ->
                        min_time_s=args.min_time, include_copies=args.include_copies, cuda_graphs=args.cuda_graphs,
                        threads=args.threads, compare=tuple(dict.fromkeys(args.compare)), rounds=args.rounds,
                        validate=args.validate, targets=args.targets, out=args.out, name=name, note=args.note,
-                       command=command_line(argv), quiet=args.quiet, calib=args.calib)
+                       command=command_line(argv), quiet=args.quiet, calib=args.calib, force=args.force)
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -245,6 +263,9 @@ def _bench_main(cfg: BenchConfig) -> int:
         print(f"\ntargets (batch {result['targets']['batch']}, against timm's ONNX export in ONNX Runtime):")
         print("\n".join(targets_lines(result["targets"])))
     print("\nresults: " + ", ".join(str(p) for p in paths))
+    load = result["environment"].get("load") or {}
+    if load.get("busy"):  # said again here, beside the numbers it concerns
+        print(busy_warning(load["busy_reasons"]), file=sys.stderr, flush=True)
     errors = row_errors(result)
     for line in errors:
         print(f"failed: {line}", file=sys.stderr)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from twins_deploy.engines.routes import get_route
 from twins_deploy.engines.trt.options import DEFAULT_TIMING_CACHE, HW_COMPAT_LEVELS, TrtBuildOptions
 from twins_deploy.errors import ENVIRONMENT_ERRNOS, TwinsDeployError, os_error_line
-from twins_deploy.exporters.spec import BatchRange, parse_hw
+from twins_deploy.exporters.spec import MAX_BATCH, BatchRange, parse_hw
 
 
 def plain(doc: str | None) -> str:
@@ -68,7 +68,6 @@ def route_arg(text: str) -> str:
 
 
 positive_int = number(int, 1)
-MAX_BATCH = 4096  # beyond any GPU's memory for Twins at 224; catches typos such as 10000
 
 
 def batch_size(text: str) -> int:

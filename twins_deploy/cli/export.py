@@ -49,9 +49,12 @@ examples:
 Outputs land in --out-dir as <model>_<precision>[...].onnx with <file>.json beside it (the
 manifest: weights and their sha256, input spec, preprocessing, tool versions, validation).
 Without --weights/--pretrained the model gets seeded random weights, labelled as such:
-fine for parity and speed, meaningless for accuracy. With --fmt trt, a validated ONNX
-model already in --out-dir that was made from the same inputs is reused. Exit codes:
-0 ok, 1 validation failed (report kept), 2 bad input, 3 missing backend (TensorRT, GPU).
+fine for parity and speed, meaningless for accuracy. An artifact already in --out-dir
+that was made from the same inputs (and validated as this run would validate it) is reused;
+one that differs is refused unless --force (which re-exports). Exit codes: 0 ok,
+1 validation failed (report kept), 2 bad input, 3 missing backend (TensorRT, GPU),
+130 interrupted by Ctrl-C, 143 by SIGTERM (128 + the signal number for other signals);
+an interrupted run leaves nothing half-written.
 """
 
 

@@ -16,7 +16,7 @@ from twins_deploy.manifest import read_manifest
 def build_parser() -> argparse.ArgumentParser:
     p = Parser("twins-inspect", __doc__,
                "Exit codes: 0 when the graph is roll-free and every TensorRT line can parse it, 1 otherwise, "
-               "2 when the file is not a readable ONNX model.")
+               "2 when the file is not a readable ONNX model, 130 interrupted by Ctrl-C, 143 by SIGTERM.")
     p.add_argument("onnx", help="path to an .onnx file")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="full tracebacks on errors")

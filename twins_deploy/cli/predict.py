@@ -11,6 +11,7 @@ import sys
 
 from twins_deploy.cli.common import Parser, number, route_arg, run_cli
 from twins_deploy.engines.routes import artifact_routes, routes_help
+from twins_deploy.manifest import Manifest, read_manifest
 from twins_deploy.predict import predict
 
 EPILOG = """\
@@ -19,7 +20,9 @@ examples:
   twins-predict twins_out/svt_s_fp16.plan photos/ --top-k 3 --json
 
 With seeded random weights (no --weights/--pretrained at export) the classes are
-meaningless; export with --pretrained or --weights for real predictions.
+meaningless (a warning says so); export with --pretrained or --weights for real predictions.
+Exit codes: 0 ok, 2 bad input (artifact, manifest or image), 3 missing backend,
+130 interrupted by Ctrl-C, 143 by SIGTERM.
 The same in Python:
   from twins_deploy.predict import predict
   for p in predict("twins_out/svt_s_fp32.onnx", ["cat.jpg"]):
@@ -44,10 +47,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def random_weights_warning(manifest: Manifest) -> str | None:
+    """One ``warning:`` line when the artifact's weights are not trained ones (its manifest
+    says seeded random): its classes and probabilities mean nothing."""
+    w = manifest.weights
+    if w.source != "random":
+        return None
+    seed = f" (seed {w.seed})" if w.seed is not None else ""
+    return (f"warning: {manifest.artifact} has seeded random weights{seed}, not trained ones: its predicted classes are "
+            "meaningless; export with --weights PATH or --pretrained for real predictions")
+
+
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
 
     preds = predict(args.artifact, args.images, args.top_k, args.provider, route=args.backend)
+    if warning := random_weights_warning(read_manifest(args.artifact)):
+        print(warning, file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps([{"image": r.image, "top": [{"class": c, "probability": round(pr, 6), "label": lab}
                                                       for c, pr, lab in r.top]} for r in preds], indent=2))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -18,9 +19,22 @@ exports), already resized, cropped and normalised as the manifest's "preprocess"
 output "logits" [batch, classes] or "stage1".."stage4" for backbones. Any tritonclient
 (HTTP on --http-port, gRPC on --grpc-port) or Triton's perf_analyzer works. Runs the
 tritonserver bundled with nvidia-pytriton (python backend), each model executed by the
-twins-deploy Runner for its artifact; needs an environment with numpy<2
-(pip install 'twins-deploy[serve]'). Stops cleanly on Ctrl-C, SIGTERM or SIGHUP.
-Exit codes: 0 stopped on request, 2 bad input, 3 serving environment or server failure.
+twins-deploy Runner for its artifact. Needs the serving environment (numpy<2 with
+nvidia-pytriton): make serve-env, then .venv-serve/bin/twins-serve ...
+An artifact whose sha256 is not the one its manifest records is refused (exit 2).
+
+Stops within seconds on Ctrl-C, SIGTERM or SIGHUP, also under load: tritonserver gets
+2 s for open connections and in-flight requests, what is left of it after 5 s (or at a
+second signal) is killed, and the shared-memory regions its backends made are removed from
+/dev/shm; the last line says how many ("freed N shared-memory regions (X MiB)").
+
+exit codes:
+  0    stopped on request (Ctrl-C, SIGTERM or SIGHUP) once ready, everything removed
+  2    bad input: a target, an option, a port in use, an artifact that fails its manifest
+  3    not the serving environment; the server failed to start or died; or something of it
+       could not be removed (the last line names it)
+  130  Ctrl-C (SIGINT) before the server was ready (129 SIGHUP); nothing left running
+  143  SIGTERM before the server was ready; nothing left running
 """
 
 
@@ -48,18 +62,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", type=Path, metavar="DIR",
                    help="where the temporary server workspace is made (default: the system's temp dir); "
                         "it is removed on exit")
+    p.add_argument("--allow-hash-mismatch", action="store_true",
+                   help="serve an ONNX file whose sha256 differs from its manifest's, with a warning, instead of "
+                        "refusing it (a TensorRT plan is refused either way)")
     p.add_argument("-v", "--verbose", action="store_true", help="server logs on the console; tracebacks on errors")
     return p
 
 
 def _main(argv: list[str] | None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    from twins_deploy.serving.server import ServeOptions, main_entry
+    from twins_deploy.serving.server import ServeOptions, check_environment, main_entry
 
+    # first, before any work: main environments have twins-serve installed too (numpy 2)
+    again = shlex.join(["twins-serve", *argv])
+    check_environment(again if len(again) <= 160 else "twins-serve ...")
     opts = ServeOptions(host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                         metrics_port=args.metrics_port, instances=args.instances, max_batch=args.max_batch,
                         queue_delay_us=args.queue_delay_us, threads=args.threads, workspace=args.workspace,
-                        verbose=args.verbose)
+                        verbose=args.verbose, allow_hash_mismatch=args.allow_hash_mismatch)
     return main_entry(args.targets, opts)
 
 

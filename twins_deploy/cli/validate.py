@@ -23,7 +23,7 @@ from twins_deploy.pipeline import revalidate
 
 EPILOG = """\
 exit codes: 0 parity holds, 1 a check failed (report still written), 2 bad input,
-3 missing backend. Example CI step:
+3 missing backend, 130 interrupted by Ctrl-C, 143 by SIGTERM. Example CI step:
   twins-validate twins_out/svt_s_fp16.onnx --weights ckpt.safetensors --images tests/photos \\
       --report parity.json
 the same FP32 ONNX file deployed with OpenVINO on the CPU, in BF16:

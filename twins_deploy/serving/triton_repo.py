@@ -12,13 +12,21 @@ ships ``model_config_pb2``), and is what ``twins-serve`` binds into PyTriton.
 
 An entry is staged beside the repository and renamed into place whole: Triton polls every
 directory inside a repository, hidden ones included, so nothing half-written may sit there.
+The repository is held while an entry is written (another run is refused, naming the
+holder); a run recognises what a killed one left (its staging, an entry moved aside) and
+cleans it up, saying so; an entry that is a symlink is replaced as itself, never followed.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import re
 import shutil
+import stat
+import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +39,9 @@ from twins_deploy.artifacts import (
     file_sha256,
     manifest_path,
     output_dir,
+    path_kind,
 )
-from twins_deploy.errors import ArtifactError, BackendUnavailableError, OptionError
+from twins_deploy.errors import ArtifactError, BackendUnavailableError, OptionError, quoted
 from twins_deploy.exporters.spec import ExportSpec
 from twins_deploy.manifest import Manifest
 
@@ -252,12 +261,19 @@ def model_for(manifest: Manifest, options: TritonRepoOptions, name: str | None =
 
 def check_entry(options: TritonRepoOptions, kind: str, spec: ExportSpec, default_name: str, overwrite: bool) -> Path:
     """Everything about the entry REPO/<name>/ that can be refused before any export work:
-    what Triton could not serve, a repository that cannot be written, an entry in the way.
-    Returns the entry's folder."""
+    what Triton could not serve, a repository that cannot be written, another run writing
+    into it (named), an entry in the way. What a killed run left beside an existing
+    repository is recovered here already (see :func:`recover_staging`), so that the entry
+    is judged as it really is. Returns the entry's folder."""
     check_request(options, kind, spec)
     check_output_dir(options.repo)
     path = entry_dir(options, default_name)
-    refuse_existing_entry(path, overwrite)
+    if path_kind(options.repo) == "a folder":  # never created by a check
+        with hold_repo(options.repo) as repo:
+            recover_staging(repo)
+            refuse_existing_entry(path, overwrite)
+    else:
+        refuse_existing_entry(path, overwrite)
     return path
 
 
@@ -266,12 +282,58 @@ def entry_dir(options: TritonRepoOptions, default_name: str) -> Path:
 
 
 def refuse_existing_entry(path: Path, overwrite: bool) -> None:
-    if (path.exists() or path.is_symlink()) and not path.is_dir():
-        raise ArtifactError(f"{path} is a file, where the Triton model folder goes; it is replaced only as "
-                            "a folder (--force included): move it, or choose another --triton-name")
-    if path.exists() and not overwrite:
-        raise ArtifactError(f"Triton model repository entry {path} already exists; pass --force to replace it, "
-                            "or choose another --triton-name")
+    """An entry in the way: a folder (or a symlink, of any kind) is replaced with ``overwrite``
+    only; a symlink is replaced as itself, never followed. Anything else (a file, a FIFO, a
+    device) is not ours to replace."""
+    if os.path.islink(path):
+        if not overwrite:
+            raise ArtifactError(f"Triton model repository entry {quoted(str(path))} already exists (a symlink to "
+                                f"{_link_target(path)}); pass --force to replace the symlink itself (what it points "
+                                "to is left alone), or choose another --triton-name")
+        return
+    kind = path_kind(path)
+    if kind == "missing":
+        return
+    if kind != "a folder":
+        raise ArtifactError(f"{quoted(str(path))} is {kind}, where the Triton model folder goes; it is replaced only "
+                            "as a folder (--force included): move it, or choose another --triton-name")
+    if not overwrite:
+        raise ArtifactError(f"Triton model repository entry {quoted(str(path))} already exists; pass --force to "
+                            "replace it, or choose another --triton-name")
+
+
+def _link_target(path: Path) -> str:
+    try:
+        target = os.readlink(path)
+    except OSError as e:
+        return f"something unreadable: {e.strerror or e}"
+    return f"{quoted(target, 120)}, {path_kind(path)}"
+
+
+# -- the repository's lock, the staging folders and what a killed run left ----------------------------
+_held: dict[str, int] = {}  # repositories this process holds (resolved path -> depth)
+
+
+@contextlib.contextmanager
+def hold_repo(repo: Path) -> Iterator[Path]:
+    """Hold the repository (the project's output-folder lock, :func:`output_dir`, on its root)
+    while this process writes into it: another run that tries meanwhile is refused, naming
+    this one, and removes nothing. Re-entrant within a process (an export may hold the
+    repository for its whole run, and :func:`write_entry` takes it again)."""
+    key = os.path.realpath(repo)
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield repo
+        finally:
+            _held[key] -= 1
+        return
+    with output_dir(repo) as d:
+        _held[key] = 1
+        try:
+            yield d
+        finally:
+            del _held[key]
 
 
 def _staging_parent(repo: Path) -> Path:
@@ -286,36 +348,159 @@ def _staging_parent(repo: Path) -> Path:
     return repo
 
 
+def _staging_prefix(repo: Path) -> str:
+    """``.<repo>.``: the start of every staging folder of this repository. Its name is cut to
+    64 characters (a file name holds 255 bytes; the model's name and mkdtemp's part follow)."""
+    return f".{repo.resolve().name[:64]}."
+
+
+def _staging_tag(repo: Path) -> str:
+    """A digest of the repository's real path in every staging name: a run recognises its own
+    repository's leftovers, never a neighbour's whose name starts alike."""
+    return hashlib.sha256(os.fsencode(str(repo.resolve()))).hexdigest()[:10]
+
+
+def _staging_names(repo: Path) -> re.Pattern[str]:
+    """``.<repo>.<model>.<tag>.<8 random>.partial`` (an entry being written) and ``.replaced``
+    (the entry it replaces, moved aside until the new one is in place)."""
+    return re.compile(rf"^(?P<stem>{re.escape(_staging_prefix(repo))}(?P<model>[A-Za-z0-9_][A-Za-z0-9_.-]*)"
+                      rf"\.{_staging_tag(repo)}\.[a-z0-9_]{{8}})\.(?P<kind>partial|replaced)$")
+
+
+def _is_real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _remove(path: Path) -> None:
+    """Remove ``path`` itself: a symlink (to a folder, a file, nothing, itself) or a file is
+    unlinked, never followed; a real folder is removed with its contents (symlinks inside
+    are unlinked, not followed: shutil.rmtree never descends into one)."""
+    if _is_real_dir(path):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def _tree_mib(path: Path) -> float:
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, f)).st_size
+    return total / 2**20
+
+
+def recover_staging(repo: Path) -> list[str]:
+    """What a killed run (SIGKILL, a power cut: no cleanup ran) left while writing an entry of
+    ``repo``, which the caller holds: a ``.partial`` staging folder is removed; a ``.replaced``
+    entry (moved aside, the new one not yet in place) is put back when its entry is missing,
+    removed when the new entry made it. Each thing done is one ``note:`` line on stderr."""
+    names = _staging_names(repo)
+    found: dict[tuple[Path, str], tuple[str, dict[str, Path]]] = {}  # (place, stem) -> (model, kind -> path)
+    for place in dict.fromkeys((_staging_parent(repo), repo)):
+        try:
+            listing = os.listdir(place)
+        except OSError:
+            continue
+        for name in listing:
+            m = names.match(name)
+            if m and _is_real_dir(place / name):  # a symlink of that name is not ours: left alone
+                found.setdefault((place, m.group("stem")), (m.group("model"), {}))[1][m.group("kind")] = place / name
+    done: list[str] = []
+    for _, (model, parts) in sorted(found.items()):
+        entry = repo / model
+        aside, partial = parts.get("replaced"), parts.get("partial")
+        try:
+            if aside is not None:
+                if not os.path.lexists(entry):
+                    os.replace(aside, entry)
+                    done.append(f"restored {entry} from {aside.name}: a killed run had moved it aside and not "
+                                "put its replacement in place")
+                else:
+                    _remove(aside)
+                    done.append(f"removed {aside.name} beside {repo}: the entry a killed run had already replaced")
+            if partial is not None:
+                mib = _tree_mib(partial)
+                _remove(partial)
+                done.append(f"removed {partial.name} ({mib:.1f} MiB) beside {repo}: an entry a killed run left "
+                            "half-written")
+        except OSError as e:
+            done.append(f"could not clean up what a killed run left for {entry.name} "
+                        f"({quoted(str(e.filename or ''), 120)}): {e.strerror or e}; remove it by hand")
+    for line in done:
+        print(f"note: {line}", file=sys.stderr, flush=True)
+    return done
+
+
 def write_entry(options: TritonRepoOptions, artifact: Path, manifest: Manifest, overwrite: bool = False) -> Path:
-    """Write ``REPO/<name>/`` for ``artifact``, whole or not at all; returns the entry's folder."""
+    """Write ``REPO/<name>/`` for ``artifact``, whole or not at all; returns the entry's folder.
+
+    The repository is held (another run is refused, naming this one); what a killed run left
+    is recovered first. The entry is staged beside the repository and renamed into place; an
+    entry it replaces (a folder, or a symlink: replaced as itself, never followed) is moved
+    aside first and removed only once the new one is in place. On any failure (a full disk,
+    a refused write, Ctrl-C) the staging is removed and the previous entry put back; what the
+    machine refused is one line (:class:`ArtifactError`)."""
     model = model_for(manifest, options)
-    with output_dir(options.repo) as repo:
+    with hold_repo(options.repo) as repo:
+        recover_staging(repo)
         final = repo / model.name
         refuse_existing_entry(final, overwrite)
-        stage = Path(tempfile.mkdtemp(dir=_staging_parent(repo), prefix=f".{repo.name[:64]}.{model.name}.",
-                                      suffix=".partial"))
-        aside = stage.with_suffix(".replaced")
+        existed = os.path.lexists(final)
         try:
-            version = stage / str(VERSION)
-            version.mkdir()
-            dst = version / model.model_filename
-            shutil.copyfile(artifact, dst)
-            if manifest.sha256 and file_sha256(dst) != manifest.sha256:
-                raise ArtifactError(f"{artifact} differs from its manifest (sha256) or changed while it was copied")
-            shutil.copyfile(manifest_path(artifact), manifest_path(dst))
-            comment = (f"written by twins-deploy from {artifact.name} (sha256 {manifest.sha256})\n"
-                       f"model {manifest.model.name}, {manifest.precision}, weights {manifest.weights.source}; "
-                       f"manifest: {VERSION}/{dst.name}.json")
-            (stage / CONFIG_FILE).write_text(model.to_pbtxt(comment))
-            os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700; a server may run as another user
-            if final.exists():
-                os.replace(final, aside)
-            os.replace(stage, final)
-        finally:
-            for leftover in (stage, aside):
-                with contextlib.suppress(FileNotFoundError):
-                    shutil.rmtree(leftover)
+            _install(repo, final, model, artifact, manifest)
+        except OSError as e:
+            where = f" ({quoted(str(e.filename), 160)})" if e.filename else ""
+            kept = "the previous entry is unchanged" if existed else "nothing was left behind"
+            raise ArtifactError(f"cannot write Triton model repository entry {quoted(str(final))}: "
+                                f"{e.strerror or e}{where}; {kept}") from None
     return final
+
+
+def _install(repo: Path, final: Path, model: TritonModel, artifact: Path, manifest: Manifest) -> None:
+    stage = Path(tempfile.mkdtemp(dir=_staging_parent(repo), suffix=".partial",
+                                  prefix=f"{_staging_prefix(repo)}{model.name}.{_staging_tag(repo)}."))
+    aside = stage.with_suffix(".replaced")
+    moved = installed = False
+    try:
+        version = stage / str(VERSION)
+        version.mkdir()
+        dst = version / model.model_filename
+        shutil.copyfile(artifact, dst)
+        if manifest.sha256 and file_sha256(dst) != manifest.sha256:
+            raise ArtifactError(f"{artifact} differs from its manifest (sha256) or changed while it was copied")
+        shutil.copyfile(manifest_path(artifact), manifest_path(dst))
+        comment = (f"written by twins-deploy from {artifact.name} (sha256 {manifest.sha256})\n"
+                   f"model {manifest.model.name}, {manifest.precision}, weights {manifest.weights.source}; "
+                   f"manifest: {VERSION}/{dst.name}.json")
+        with open(stage / CONFIG_FILE, "w") as f:
+            f.write(model.to_pbtxt(comment))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700; a server may run as another user
+        if os.path.lexists(final):
+            os.replace(final, aside)  # a symlink is moved as itself
+            moved = True
+        os.replace(stage, final)
+        installed = True
+    finally:
+        if moved and not installed:
+            try:
+                os.replace(aside, final)
+            except OSError as e:
+                print(f"warning: could not put the previous entry back ({e.strerror or e}): it is "
+                      f"{aside}", file=sys.stderr, flush=True)
+                aside = None  # never removed: it is the only copy
+        for leftover in (stage, aside):
+            if leftover is not None and os.path.lexists(leftover):
+                try:
+                    _remove(leftover)
+                except OSError as e:
+                    print(f"warning: could not remove {leftover} ({e.strerror or e}); the next run into "
+                          f"{repo} removes it", file=sys.stderr, flush=True)
 
 
 def _umask() -> int:
