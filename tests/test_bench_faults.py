@@ -12,18 +12,16 @@ import errno
 import json
 import os
 import re
-import signal
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from helpers_cli import held_elsewhere
 import twins_deploy.bench.harness as harness
 import twins_deploy.bench.run as bench_run
-from twins_deploy.artifacts import output_dir
 from twins_deploy.bench import machine
 from twins_deploy.bench.backends import Subject
 from twins_deploy.cli.bench import main as bench_main
@@ -182,23 +180,8 @@ def test_a_second_run_into_the_same_out_is_refused_naming_the_holder(tmp_path, w
     out = tmp_path / "out"
     out.mkdir()
     (out / "holders.json").write_text("being written")
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the holder
-        try:
-            with output_dir(out):
-                os.write(write_fd, b"x")
-                time.sleep(60)
-        finally:
-            os._exit(0)
-    try:
-        assert os.read(read_fd, 1) == b"x"
+    with held_elsewhere(out) as pid:
         code = bench(out)
-    finally:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        os.close(read_fd)
-        os.close(write_fd)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and f"pid {pid}" in err[0] and "is writing into" in err[0], err
     assert work == []

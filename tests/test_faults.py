@@ -28,6 +28,7 @@ from twins_deploy.cli.predict import main as predict_main
 from twins_deploy.cli.validate import main as validate_main
 from twins_deploy.errors import ArtifactError, quoted
 from twins_deploy.startup import CONSOLE_SCRIPTS
+from helpers_cli import assert_one_error, call, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -35,29 +36,8 @@ SMALL = ["--model", "pcpvt_s", "--img-size", "32", "--min-batch", "1", "--opt-ba
 STEM = "pcpvt_s_fp32_32x32"
 
 
-def snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    """Every file under ``root`` (hidden ones too): size and modification time."""
-    if not root.exists():
-        return {}
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def call(main, args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        rc = main(args)
-    except SystemExit as e:  # argparse
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
 def one_error(rc: int, err: str, code: int = 2, needle: str = "") -> str:
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("note:", "warning:"))]
-    assert rc == code, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err and needle in lines[0], err
-    return lines[0]
+    return assert_one_error(rc, err, code, needle, ignoring=("note:", "warning:"))
 
 
 @pytest.fixture

@@ -28,11 +28,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+import helpers_cli
 import twins_deploy.pipeline as pipeline
 import twins_deploy.predict as predict_module
 from twins_deploy.cli.export import main as export_main
 from twins_deploy.cli.predict import main as predict_main
 from twins_deploy.cli.validate import main as validate_main
+from helpers_cli import call
 from twins_deploy.errors import InputShapeError
 from twins_deploy.exporters.int8 import MIN_CALIB_IMAGES, calibration_set
 from twins_deploy.preprocess import (
@@ -112,25 +114,14 @@ def refusal(fn, *args) -> str:
     return line
 
 
-def call(main, args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        rc = main(args)
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
 def assert_one_error(rc: int, err: str, *needles: str) -> str:
     """Exit 2, one ``error:`` line naming ``needles``, no traceback, no raw PIL warning
     (the tools' own ``warning:`` lines about the machine may come before it)."""
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("warning: ")]
-    assert rc == 2, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err and "DecompressionBomb" not in err, err
+    line = helpers_cli.assert_one_error(rc, err, 2, ignoring=("warning: ",))
+    assert "DecompressionBomb" not in err, err
     for n in needles:
-        assert n in lines[0], err
-    return lines[0]
+        assert n in line, err
+    return line
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from onnx import numpy_helper
 from PIL import Image
 
 from digits import folder_labels, label_of, load_folder
-from test_bad_inputs import assert_one_error, call, snapshot
+from helpers_cli import assert_one_error, call, snapshot
 from twins_deploy.bench.harness import BenchConfig
 from twins_deploy.bench.machine import int8_cpu_warning
 from twins_deploy.cli.export import main as export_main

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+import helpers_cli
 from helpers_export import export_to
 from twins_deploy.cli.inspect import main as inspect_main
 from twins_deploy.cli.predict import main as predict_main
@@ -105,13 +106,9 @@ def run(main, args: list[str], capsys, limit_s: int = 60) -> tuple[int, str, flo
 
 
 def assert_one_error(rc: int, err: str, needle: str = "", code: int = 2) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert rc == code, err[:3000]
-    assert "Traceback" not in err, err[:3000]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err[:3000]
-    assert len(lines[0]) < MAX_LINE, lines[0][:3000]
-    assert needle in lines[0], lines[0]
-    return lines[0]
+    line = helpers_cli.assert_one_error(rc, err, code, needle)
+    assert len(line) < MAX_LINE, line[:3000]
+    return line
 
 
 def test_the_untampered_manifest_passes(art, tmp_path, capsys):

@@ -15,13 +15,13 @@ import json
 import os
 import shutil
 import signal
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 import twins_deploy.serving.triton_repo as triton_repo
+from helpers_cli import held_elsewhere
 from twins_deploy.artifacts import file_sha256, manifest_path, output_dir
 from twins_deploy.errors import ArtifactError
 from twins_deploy.exporters.spec import BatchRange, ExportSpec
@@ -182,20 +182,14 @@ def test_a_second_run_is_refused_naming_the_holder_and_removes_nothing_of_it(set
     the repository, a new file in it): a second write_entry is refused at once, naming the
     holder's pid; the holder's staging and files are all still there afterwards."""
     tmp_path, repo, _, (new, m_new) = setup
-    read_fd, write_fd = os.pipe()
     live = tmp_path / f".repo.{NAME}.{triton_repo._staging_tag(repo)}.abcdefgh.partial"
 
-    def holder():
-        with output_dir(repo):
-            live.mkdir()
-            (live / "config.pbtxt").write_text("being written")
-            (repo / "holders_file").write_text("mine")
-            os.write(write_fd, b"x")
-            time.sleep(60)
+    def mid_write(_repo: Path) -> None:
+        live.mkdir()
+        (live / "config.pbtxt").write_text("being written")
+        (repo / "holders_file").write_text("mine")
 
-    pid = _fork(holder)
-    try:
-        assert os.read(read_fd, 1) == b"x"
+    with held_elsewhere(repo, mid_write) as pid:
         before = _snapshot(tmp_path)
         with pytest.raises(ArtifactError, match=rf"another twins-deploy run \(pid {pid}\b.*is writing into"):
             write_entry(TritonRepoOptions(repo=repo), new, m_new, overwrite=True)
@@ -203,11 +197,6 @@ def test_a_second_run_is_refused_naming_the_holder_and_removes_nothing_of_it(set
             check_entry(TritonRepoOptions(repo=repo), "onnx", m_new.spec, NAME, overwrite=True)
         assert _snapshot(tmp_path) == before  # nothing of the holder's removed, nothing of ours left
         assert (live / "config.pbtxt").read_text() == "being written"
-    finally:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        os.close(read_fd)
-        os.close(write_fd)
     assert "note:" not in capsys.readouterr().err  # the loser recovered nothing: it never held the lock
 
 
@@ -215,23 +204,9 @@ def test_export_is_refused_before_any_work_while_another_run_holds_the_repositor
     from twins_deploy.cli.export import main as export_main
 
     tmp_path, repo, _, _ = setup
-    read_fd, write_fd = os.pipe()
-
-    def holder():
-        with output_dir(repo):
-            os.write(write_fd, b"x")
-            time.sleep(60)
-
-    pid = _fork(holder)
-    try:
-        assert os.read(read_fd, 1) == b"x"
-        out = tmp_path / "out"
+    out = tmp_path / "out"
+    with held_elsewhere(repo) as pid:
         code = export_main(["--model", "svt_s", "--out-dir", str(out), "--triton-repo", str(repo), "--force", "-q"])
-    finally:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        os.close(read_fd)
-        os.close(write_fd)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and f"pid {pid}" in err[0], err
     assert not out.exists()  # refused before the export started
