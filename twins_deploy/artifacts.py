@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import stat
 import sys
 import tempfile
@@ -244,24 +245,12 @@ def _lock_holder(d: Path) -> str:
         return ""
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists, owned by someone else
-    return True
-
-
 def _write_lock_note(d: Path) -> None:
     """Say who holds ``d`` (read by the loser of a race), and report a note a killed run left."""
     stale = _lock_holder(d)
     if stale:
         print(f"note: {d}: a run that no longer holds this folder left a lock note ({stale}); "
               "it was killed or crashed, and its leftovers are cleaned up below", file=sys.stderr)
-    import shlex
-
     note = {"pid": os.getpid(), "command": shlex.join(sys.argv)[:1000], "since": now_iso()}
     with contextlib.suppress(OSError):  # the lock itself is the flock; the note only informs
         write_json_atomic(d / LOCK_NAME, note)
@@ -283,13 +272,19 @@ def recover_leftovers(d: Path) -> list[str]:
         return done
     for name in names:
         p = d / name
-        if _PARTIAL.match(name) or name.startswith(".twins-write-test-"):
-            if path_kind(p) != "a file" and not (path_kind(p) == "a folder" and name.startswith(".twins-write-test-")):
-                continue
-            size = p.stat().st_size if p.is_file() else 0
-            with contextlib.suppress(OSError):
-                p.rmdir() if p.is_dir() else p.unlink()
-                done.append(f"removed {name} ({size / 2**20:.1f} MiB), left by a run that was killed")
+        probe = name.startswith(".twins-write-test-")  # check_output_dir's, of a run killed at that moment
+        if not (_PARTIAL.match(name) or probe):
+            continue
+        kind = path_kind(p)
+        if kind == "a file":
+            size, remove = p.stat().st_size, p.unlink
+        elif kind == "a folder" and probe:
+            size, remove = 0, p.rmdir
+        else:
+            continue
+        with contextlib.suppress(OSError):
+            remove()
+            done.append(f"removed {name} ({size / 2**20:.1f} MiB), left by a run that was killed")
     pairs: dict[str, tuple[Path, Path]] = {}
     for name in names:
         m = _PREVIOUS.match(name)
