@@ -16,11 +16,6 @@ class Steps:
         self.total, self.i, self.quiet = total, 0, quiet
         self.stream = stream or sys.stderr
 
-    def skip(self, n: int) -> None:
-        """``n`` announced steps will not run. Prefer counting only the steps that will run
-        (decide first, then make the Steps): a skip after a step printed breaks [i/N]."""
-        self.total -= n
-
     def note(self, text: str) -> None:
         if not self.quiet:
             print(f"      {text}", file=self.stream, flush=True)
