@@ -38,3 +38,14 @@ def link_file(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:  # another file system
         shutil.copy(src, dst)
+
+
+def skip_without_int8_dot() -> None:
+    """Skip a test whose INT8 export validates on this CPU when the CPU has no VNNI/AMX INT8
+    instructions: ONNX Runtime's and OpenVINO's INT8 kernels saturate there, and the export's
+    own validation (rightly) refuses the graphs (bench.machine.int8_cpu_warning, docs/int8.md)."""
+    from twins_deploy.bench.machine import int8_cpu_warning
+
+    if int8_cpu_warning() is not None:
+        pytest.skip("this CPU has no VNNI/AMX INT8 instructions: ONNX Runtime's and OpenVINO's INT8 kernels "
+                    "saturate here and the export's validation refuses the graphs (docs/int8.md)")

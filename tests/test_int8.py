@@ -21,6 +21,7 @@ from PIL import Image
 
 from digits import folder_labels, label_of, load_folder
 from helpers_cli import assert_one_error, call, snapshot
+from helpers_trt import skip_without_int8_dot
 from twins_deploy.bench.harness import BenchConfig
 from twins_deploy.bench.machine import int8_cpu_warning
 from twins_deploy.cli.export import main as export_main
@@ -44,9 +45,7 @@ def exported(tmp_path_factory, digits_dir, digits_model_path):
     """One INT8 export of the trained model: calibrated on digits_dir.calib, validated on .test.
     Without VNNI the CPU's INT8 kernels saturate (see int8_cpu_warning): the export's own
     validation then refuses the graphs, as it should, and these tests cannot judge them."""
-    if int8_cpu_warning() is not None:
-        pytest.skip("this CPU has no VNNI/AMX INT8 instructions: ONNX Runtime's and OpenVINO's INT8 kernels "
-                    "saturate here and the export's validation refuses the graphs (docs/int8.md)")
+    skip_without_int8_dot()
     out = tmp_path_factory.mktemp("int8") / "out"
     rc = export_main([*MODEL_ARGS, "--weights", str(digits_model_path), "--precision", "int8",
                       "--calib", str(digits_dir.calib), "--images", str(digits_dir.test), "--out-dir", str(out), "-q"])

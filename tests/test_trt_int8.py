@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from helpers_mutant import plant
-from helpers_trt import LINES, doubles, line, link_file  # noqa: F401 (fixtures)
+from helpers_trt import LINES, doubles, line, link_file, skip_without_int8_dot  # noqa: F401 (fixtures)
 from trt_doubles import harness
 from trt_doubles.fake_trt import IMPLICIT_INT8, NO_INT8_FLAG, onnx_session, read_plan
 from twins_deploy.cli.export import main as export_main
@@ -55,6 +55,7 @@ def calib_dir(tmp_path_factory):
 def int8_onnx(tmp_path_factory, calib_dir):
     """The FP32 graph and its two validated Q/DQ forms, made once (no TensorRT involved); an
     engine export reuses them from its output folder (hard links)."""
+    skip_without_int8_dot()
     d = tmp_path_factory.mktemp("int8_onnx")
     assert export_main([*MODEL, "--fmt", "onnx", "--precision", "int8", "--calib", str(calib_dir), "--out-dir", str(d),
                         "-q"]) == 0

@@ -17,7 +17,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twins_deploy.artifacts import ONNX_KIND, PLAN_KIND, existing_file, file_sha256, manifest_path, path_kind
+from twins_deploy.artifacts import (
+    ONNX_KIND,
+    PLAN_KIND,
+    existing_file,
+    file_sha256,
+    json_safe,
+    manifest_path,
+    path_kind,
+)
 from twins_deploy.errors import ArtifactError, InputShapeError, quoted
 from twins_deploy.exporters.spec import (
     DEFAULT_OPSET,
@@ -201,6 +209,9 @@ class Manifest:
         if not isinstance(d, dict):
             raise ArtifactError("is not a twins-deploy manifest (not a JSON object)")
         _check_tree(d)
+        # as written to disk: a manifest made here (tuples, int axis keys) is checked exactly as
+        # one read back from its file (lists, str keys); the tree is bounded, so this is cheap
+        d = json.loads(json.dumps(json_safe(d), default=str))
         schema = d.get("schema")
         if type(schema) is not int or schema not in (1, SCHEMA):
             raise ArtifactError(f"schema {quoted(schema, 40)} is not one this twins-deploy reads (1, {SCHEMA})")
@@ -280,9 +291,9 @@ def _check_tree(d: Any) -> None:
                 raise ArtifactError(f"field {_name(where or '(top level)')} has {len(node):,} entries; "
                                     f"at most {MAX_ITEMS:,} are read")
             if isinstance(node, dict):
-                for k, v in node.items():
-                    if len(k) > MAX_NAME:
-                        raise ArtifactError(f"field {_name(where or '(top level)')} has a key of {len(k):,} "
+                for k, v in node.items():  # str from JSON; a manifest made here may hold ints (axes)
+                    if len(str(k)) > MAX_NAME:
+                        raise ArtifactError(f"field {_name(where or '(top level)')} has a key of {len(str(k)):,} "
                                             f"characters ({quoted(k, 60)}); at most {MAX_NAME} are read")
                     stack.append((v, f"{where}.{k}" if where else k, depth + 1))
             else:
