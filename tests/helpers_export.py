@@ -55,3 +55,14 @@ def bench_engine_onnx(cache: Path, precisions: tuple[str, ...], batches: tuple[i
                     spec=spec, precision=precision, out_dir=cache / f"b{b}", on_existing="reuse", validate=False),
                     model=model).onnx.path
     return made[max(batches), "fp32" if "fp32" in precisions else precisions[0]]
+
+
+def exported_graph(onnx_path: Path) -> tuple[Any, Any]:
+    """What ``pipeline.export_onnx`` returns, from a graph exported before: tests that exercise
+    what happens around an export (interrupts, refused writes, step counters) stand it in with
+    ``monkeypatch.setattr(pipeline, "export_onnx", lambda *a, **k: graph)`` instead of exporting."""
+    import onnx
+
+    from twins_deploy.exporters.onnx_export import ExportInfo
+
+    return onnx.load(str(onnx_path)), ExportInfo(simplify_note="reused by the test")

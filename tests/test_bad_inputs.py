@@ -28,6 +28,7 @@ from twins_deploy.cli.inspect import main as inspect_main
 from twins_deploy.cli.predict import main as predict_main
 from twins_deploy.cli.validate import main as validate_main
 from twins_deploy.engines.runners.onnxrt import OrtRunner
+import helpers_export
 from helpers_cli import assert_one_error, call, snapshot
 
 SMALL = ["--model", "pcpvt_s", "--img-size", "32", "--min-batch", "1", "--opt-batch", "2", "--max-batch", "2", "-q"]
@@ -419,11 +420,7 @@ def test_predict_refuses_bad_input_with_one_line(case, files, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def exported_graph(files):
     """The small model's exported graph, so the interrupt tests need not export again."""
-    import onnx
-
-    from twins_deploy.exporters.onnx_export import ExportInfo
-
-    return onnx.load(str(files["onnx"])), ExportInfo(simplify_note="reused by the test")
+    return helpers_export.exported_graph(files["onnx"])
 
 
 def _interrupt(*args, **kwargs):

@@ -9,6 +9,8 @@ import pytest
 from onnx import numpy_helper
 from safetensors.torch import save_file
 
+import twins_deploy.pipeline as pipeline
+from helpers_export import exported_graph
 from twins_deploy import create_model
 from twins_deploy.cli.export import main as export_main
 from twins_deploy.cli.validate import main as validate_main
@@ -42,8 +44,10 @@ def test_export_writes_model_and_manifest(exported, capsys):
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".partial")]
 
 
-def test_existing_file_is_reused_when_the_same_and_needs_force_when_not(exported, capsys):
+def test_existing_file_is_reused_when_the_same_and_needs_force_when_not(exported, capsys, monkeypatch):
     path, ckpt = exported
+    graph = exported_graph(path)  # the --force run's export, stood in for
+    monkeypatch.setattr(pipeline, "export_onnx", lambda *a, **k: graph)
     before = path.stat().st_mtime_ns
     args = ["--model", "pcpvt_s", "--weights", str(ckpt), "--out-dir", str(path.parent), *SMALL]
     assert export_main(args) == 0  # the same export again: reused, nothing rewritten

@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 
 import twins_deploy.artifacts as artifacts
+import twins_deploy.pipeline as pipeline
+from helpers_export import exported_graph
 from twins_deploy.cli.bench import main as bench_main
 from twins_deploy.cli.export import main as export_main
 from twins_deploy.cli.inspect import main as inspect_main
@@ -91,8 +93,8 @@ def test_racing_runs_into_a_new_folder_never_remove_the_holders_work(tmp_path, c
     target = tmp_path.joinpath(*[f"new{i}" for i in range(depth)])
     ctx = multiprocessing.get_context("fork")
     results = ctx.Queue()
-    start = time.time() + 1.0
-    procs = [ctx.Process(target=_contender, args=(str(target), start, 1.0, results)) for _ in range(contenders)]
+    start = time.time() + 0.5
+    procs = [ctx.Process(target=_contender, args=(str(target), start, 0.5, results)) for _ in range(contenders)]
     for p in procs:
         p.start()
     for p in procs:
@@ -195,31 +197,31 @@ def test_leftovers_of_a_killed_run_are_removed_or_restored(tmp_path, capsys):
     assert len(notes) == 8 and sum("restored" in n for n in notes) == 4, notes
 
 
-def test_an_export_after_a_sigkill_cleans_up_what_it_left(tmp_path):
-    """A real export killed with SIGKILL at its export step; the next run removes its ``.partial``."""
+def test_an_export_after_a_sigkill_cleans_up_what_it_left(small_onnx, tmp_path, capsys, monkeypatch):
+    """A real export killed with SIGKILL at its export step, once its staged file exists; the
+    next run (its exporter stood in for) removes the ``.partial`` and says so."""
     out = tmp_path / "out"
     proc = subprocess.Popen([str(BIN / "twins-export"), *[a for a in SMALL if a != "-q"], "--out-dir", str(out),
                              "--no-validate"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        for line in proc.stderr:
-            if "export" in line and line.startswith("[") and list(out.glob(".*.partial")):
-                break
-            if line.startswith("[") and " export " in line:
-                deadline = time.time() + 30
-                while not list(out.glob(".*.partial")) and time.time() < deadline and proc.poll() is None:
-                    time.sleep(0.01)
-                break
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        proc.kill()
-    left = list(out.glob(".*.partial"))
-    if not left:
+    with proc.stderr:
+        try:
+            for line in proc.stderr:
+                if line.startswith("[") and " export " in line:
+                    break
+            deadline = time.time() + 30
+            while not list(out.glob(".*.partial")) and time.time() < deadline and proc.poll() is None:
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+        finally:
+            proc.kill()
+    if not list(out.glob(".*.partial")):
         pytest.skip("the export finished before it could be killed mid-write")
-    res = subprocess.run([str(BIN / "twins-export"), *SMALL, "--out-dir", str(out), "--no-validate"],
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    assert "left by a run that was killed" in res.stderr
+    graph = exported_graph(small_onnx)
+    monkeypatch.setattr(pipeline, "export_onnx", lambda *a, **k: graph)
+    rc, _, err = call(export_main, [*SMALL, "--out-dir", str(out), "--no-validate"], capsys)
+    assert rc == 0, err
+    assert "left by a run that was killed" in err
     assert not list(out.glob(".*.partial")) and not (out / artifacts.LOCK_NAME).exists()
 
 
@@ -273,7 +275,9 @@ def test_special_paths_are_refused_by_kind_without_hanging(place, kind, small_on
 
 # -- the machine refuses a write ------------------------------------------------------------------
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EIO, errno.EACCES])
-def test_a_refused_write_is_one_line_and_keeps_the_previous_pair(code, tmp_path, capsys, monkeypatch):
+def test_a_refused_write_is_one_line_and_keeps_the_previous_pair(code, small_onnx, tmp_path, capsys, monkeypatch):
+    graph = exported_graph(small_onnx)  # the exporter stood in for: the write is what is tried
+    monkeypatch.setattr(pipeline, "export_onnx", lambda *a, **k: graph)
     out = tmp_path / "out"
     out.mkdir()
     (out / f"{STEM}.onnx").write_bytes(b"the old model")
@@ -314,19 +318,22 @@ def test_output_that_cannot_be_written_is_one_line(small_onnx):
 
 # -- signals --------------------------------------------------------------------------------------
 def _stop_at_step(out: Path, sig: int, step: str = "export", preexec=None) -> tuple[int, str]:
-    proc = subprocess.Popen([str(BIN / "twins-export"), *[a for a in SMALL if a != "-q"], "--out-dir", str(out)],
+    """A real export (no validation: the signal arrives during the export), sent ``sig`` at ``step``."""
+    proc = subprocess.Popen([str(BIN / "twins-export"), *[a for a in SMALL if a != "-q"], "--out-dir", str(out),
+                             "--no-validate"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
-    try:
-        seen = []
-        for line in proc.stderr:
-            seen.append(line)
-            if line.startswith("[") and f" {step} " in line:
-                proc.send_signal(sig)
-                break
-        rest = proc.stderr.read()
-        return proc.wait(timeout=120), "".join(seen) + rest
-    finally:
-        proc.kill()
+    with proc.stderr:
+        try:
+            seen = []
+            for line in proc.stderr:
+                seen.append(line)
+                if line.startswith("[") and f" {step} " in line:
+                    proc.send_signal(sig)
+                    break
+            rest = proc.stderr.read()
+            return proc.wait(timeout=120), "".join(seen) + rest
+        finally:
+            proc.kill()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGUSR1])

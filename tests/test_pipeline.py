@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import twins_deploy.pipeline as pipeline
+from helpers_export import exported_graph
 from twins_deploy import ArtifactError, create_model
 from twins_deploy.engines.runners.base import Runner
 from twins_deploy.engines.validation import validate_against_pytorch
@@ -166,9 +167,12 @@ def _kinds(labels: list[str]) -> list[str]:
     return [label.split()[0] for label in labels]
 
 
-def test_step_counters_add_up_in_every_configuration(tmp_path):
+def test_step_counters_add_up_in_every_configuration(small_onnx, tmp_path, monkeypatch):
     """Fresh, reused (with and without --force), validated or not, with a Triton entry: every
-    run prints [1/N]..[N/N], N being the steps that ran (a reuse once printed [1/3] then [2/2])."""
+    run prints [1/N]..[N/N], N being the steps that ran (a reuse once printed [1/3] then [2/2]).
+    The exporter is stood in for by the graph exported once for this module."""
+    graph = exported_graph(small_onnx)
+    monkeypatch.setattr(pipeline, "export_onnx", lambda *a, **k: graph)
     out = tmp_path / "o"
     req = ArtifactRequest(spec=SMALL, out_dir=out)
     _, labels = _run_counted(req)  # fresh: build, export, validate
@@ -190,10 +194,13 @@ def test_step_counters_add_up_in_every_configuration(tmp_path):
     assert buf.getvalue().startswith("[1/1] reuse ")
 
 
-def test_step_counters_add_up_with_an_engine_and_when_it_is_reused(tmp_path, monkeypatch):
-    """--fmt trt (the TensorRT build stood in for): ONNX and engine made, then both reused."""
+def test_step_counters_add_up_with_an_engine_and_when_it_is_reused(small_onnx, tmp_path, monkeypatch):
+    """--fmt trt (the TensorRT build and the exporter stood in for): ONNX and engine made, then both reused."""
     from twins_deploy.artifacts import file_sha256
     from twins_deploy.engines.trt import env
+
+    graph = exported_graph(small_onnx)
+    monkeypatch.setattr(pipeline, "export_onnx", lambda *a, **k: graph)
 
     fake_trt = type("trt", (), {"__version__": "10.13.0"})
     monkeypatch.setattr(pipeline, "checked_build_env",
@@ -227,10 +234,13 @@ def test_step_counters_add_up_for_int8(tmp_path, digits_dir):
 
 
 # -- without --force: the same artifact is reused, a different one refused before any work ------
-def test_without_force_only_an_artifact_validated_as_asked_is_reused(tmp_path, monkeypatch):
+def test_without_force_only_an_artifact_validated_as_asked_is_reused(small_onnx, tmp_path, monkeypatch):
     out = tmp_path / "o"
     req = ArtifactRequest(spec=SMALL, out_dir=out)
-    make_artifacts(req)
+    graph = exported_graph(small_onnx)  # the first run's export, stood in for
+    with monkeypatch.context() as m:
+        m.setattr(pipeline, "export_onnx", lambda *a, **k: graph)
+        make_artifacts(req)
     path = out / "pcpvt_s_fp32_32x32.onnx"
     before = path.stat().st_mtime_ns
 
