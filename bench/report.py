@@ -223,7 +223,9 @@ def serve_markdown(result: dict[str, Any]) -> str:
     lines = [*_header(result, f"twins-serve load test: {result['title']}"),
              "- clients and server on the same machine",
              f"- load average (1 min) at start/end: {env['loadavg_1min']['start']} / {env['loadavg_1min']['end']} "
-             f"on {env['machine']['cores']} cores (the test's own server and clients included)", "",
+             f"on {env['machine']['cores']} cores (the test's own server and clients included)",
+             *([f"- **busy machine** before the test: {'; '.join(env['busy_at_start'])}"] if env.get("busy_at_start")
+               else []), "",
              "| mode | concurrency | requests | errors | img/s | p50 ms | p90 ms | p99 ms | executions | avg batch |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
@@ -332,7 +334,7 @@ def rerender(json_path: Path) -> list[Path]:
         raise ArtifactError(f"{quoted(str(path))} is not a twins-bench result: {type(e).__name__}: "
                             f"{quoted(str(e), 200)}") from None
     paths = [path.with_suffix(".md")] + ([path.with_suffix(".png")] if png is not None else [])
-    with output_dir(path.parent):
+    with output_dir(path.parent, option=None):
         for p in paths:
             kind = path_kind(p)
             if kind not in ("missing", "a file"):

@@ -64,7 +64,7 @@ def run_benchmark(cfg: BenchConfig) -> tuple[list[Path], dict[str, Any]]:
     check_results(cfg.out, cfg.name, cfg.force)
     subjects = subjects_of(cfg)
     load = load_start()
-    with output_dir(cfg.out):  # held to the end: a second run into --out is refused, naming this one
+    with output_dir(cfg.out, option="--out"):  # held to the end: a second run into --out is refused, naming this one
         earlier = check_results(cfg.out, cfg.name, cfg.force)  # again, held: a run may have ended meanwhile
         if earlier:
             print(f"note: replacing the results of an earlier run (--force): {', '.join(str(p) for p in earlier)}",

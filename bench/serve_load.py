@@ -16,6 +16,7 @@ small CPU machine the clients' own work is part of what is measured (said in the
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -26,10 +27,10 @@ from typing import Any
 import numpy as np
 
 from twins_deploy.artifacts import check_file_stem, now_iso, tool_versions
-from twins_deploy.bench.machine import machine_info
+from twins_deploy.bench.machine import busy_reasons, busy_warning, load_start, machine_info
 from twins_deploy.bench.report import check_results_dir, write_all
 from twins_deploy.bench.timing import percentile
-from twins_deploy.errors import OptionError, ValidationFailedError
+from twins_deploy.errors import OptionError, ValidationFailedError, quoted
 from twins_deploy.progress import Steps
 
 PROTOCOLS = ("grpc", "http")
@@ -54,7 +55,7 @@ class LoadConfig:
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
-            raise OptionError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+            raise OptionError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {quoted(self.protocol)}")
         if not self.concurrency or min(self.concurrency) < 1:
             raise OptionError(f"concurrency levels must be >= 1, got {list(self.concurrency)}")
         if self.requests < max(self.concurrency):
@@ -128,7 +129,7 @@ def chosen_model(cfg: LoadConfig) -> Any:
 
     served = {s.model.name: s for s in resolve_targets([cfg.target])}
     if cfg.model and cfg.model not in served:
-        raise OptionError(f"model {cfg.model!r} is not served from {cfg.target} (served: {', '.join(served)})")
+        raise OptionError(f"model {quoted(cfg.model)} is not served from {cfg.target} (served: {', '.join(served)})")
     if not cfg.model and len(served) != 1:
         raise OptionError(f"{cfg.target} serves {len(served)} models ({', '.join(served)}); "
                           "pick one with --serve-model")
@@ -205,6 +206,9 @@ def _server_version(client: Any) -> str | None:
     return meta.get("version") if isinstance(meta, dict) else getattr(meta, "version", None)
 
 
+SERVE_COMMAND = "twins-bench --serve ..."  # what to run again from the serving environment
+
+
 def _loadavg() -> float | None:
     try:
         return round(os.getloadavg()[0], 2)
@@ -231,10 +235,15 @@ def run_load_test(cfg: LoadConfig) -> tuple[list[Path], dict[str, Any]]:
     stop cleanly, fail the run (exit 1) after the results are written."""
     from twins_deploy.serving.server import check_environment
 
-    check_environment()
+    check_environment(SERVE_COMMAND)
     check_results_dir(cfg.out)
     chosen = chosen_model(cfg)
     load_before = _loadavg()
+    # Judged before the server starts: during the test, the server is the "other process"
+    # that the busy rule of an in-process benchmark counts against the machine.
+    busy = busy_reasons(load_start())
+    if busy:
+        print(busy_warning(busy), file=sys.stderr, flush=True)
     steps = Steps(len(cfg.modes) * (1 + len(cfg.concurrency)), quiet=cfg.quiet)
     rows: list[dict[str, Any]] = []
     servers = {}
@@ -253,7 +262,7 @@ def run_load_test(cfg: LoadConfig) -> tuple[list[Path], dict[str, Any]]:
                    f"{cfg.warmup} warm-up requests per server; throughput = answered requests / wall time; "
                    "executions and avg batch from Triton's nv_inference_count / nv_inference_exec_count"),
         "environment": {"machine": machine_info(), "tools": tools,
-                        "loadavg_1min": {"start": load_before, "end": _loadavg()}},
+                        "loadavg_1min": {"start": load_before, "end": _loadavg()}, "busy_at_start": busy},
         "command": cfg.command,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "servers": servers, "rows": rows, "gains": gains(rows),

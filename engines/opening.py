@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from twins_deploy.artifacts import file_sha256
+from twins_deploy.artifacts import hash_mismatch
 from twins_deploy.engines.routes import Route, get_route, route_for
 from twins_deploy.engines.runners.base import Runner, RunTarget
 from twins_deploy.errors import ArtifactError
@@ -30,8 +30,8 @@ def open_runner(path: str | os.PathLike[str], manifest: Manifest | None = None, 
     path = Path(path)
     manifest = manifest or read_manifest(path)
     row = route_for(manifest, route, device)
-    if manifest.is_plan and manifest.sha256 and file_sha256(path) != manifest.sha256:
-        raise ArtifactError(f"{path.name} is not the plan its manifest describes (sha256 differs): "
+    if manifest.is_plan and manifest.sha256 and (why := hash_mismatch(path, manifest.sha256)):
+        raise ArtifactError(f"{path.name} is not the plan its manifest describes ({why}): "
                             "corrupt or replaced; rebuild it with twins-export --fmt trt")
     return row.runner.from_route(row, RunTarget(path=path, manifest=manifest, threads=threads, spinning=spinning,
                                                 cuda_graphs=use_cuda_graph))
@@ -49,6 +49,6 @@ def warn_if_changed(path: Path, manifest: Manifest, consequence: str) -> None:
     """Say on stderr, before loading, that an ONNX file is not the one its manifest describes:
     if the backend then cannot read it, or it takes other shapes, this says why. (A plan with
     another sha256 is refused outright by :func:`open_runner`.)"""
-    if not manifest.is_plan and manifest.sha256 and file_sha256(path) != manifest.sha256:
-        print(f"warning: {path.name} differs from the file its manifest describes (sha256); {consequence}",
+    if not manifest.is_plan and manifest.sha256 and (why := hash_mismatch(path, manifest.sha256)):
+        print(f"warning: {path.name} differs from the file its manifest describes ({why}); {consequence}",
               file=sys.stderr, flush=True)

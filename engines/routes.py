@@ -25,7 +25,7 @@ from twins_deploy.engines.runners.onnxrt import OrtRunner
 from twins_deploy.engines.runners.openvino import OpenVinoRunner
 from twins_deploy.engines.runners.pytorch import TorchRunner
 from twins_deploy.engines.runners.trt import TrtRunner
-from twins_deploy.errors import OptionError
+from twins_deploy.errors import OptionError, quoted
 from twins_deploy.exporters.int8 import FORMS
 
 if TYPE_CHECKING:
@@ -153,7 +153,7 @@ def get_route(name: str) -> Route:
     for r in ROUTES.values():
         if name == r.name or name in r.aliases:
             return r
-    raise OptionError(f"unknown route {name!r}; choose from {', '.join(ROUTES)}")
+    raise OptionError(f"unknown route {quoted(name)}; choose from {', '.join(ROUTES)}")
 
 
 def artifact_kind(manifest: Manifest) -> str:

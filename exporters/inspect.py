@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 
 from twins_deploy.artifacts import existing_file
-from twins_deploy.errors import ArtifactError
+from twins_deploy.errors import ArtifactError, quoted
 from twins_deploy.exporters.trt_ops import PROFILES
 
 _FLOATS = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16 (onnx.TensorProto)
@@ -51,9 +51,9 @@ def _load(model: Any) -> Any:
         try:
             m = onnx.load(str(p))
         except Exception as e:  # protobuf DecodeError and friends
-            raise ArtifactError(f"{str(p)!r} is not a readable ONNX model: {e}") from None
+            raise ArtifactError(f"{quoted(str(p))} is not a readable ONNX model: {e}") from None
         if not m.graph.node or not m.opset_import:  # e.g. an empty file parses as an empty model
-            raise ArtifactError(f"{str(p)!r} is not a readable ONNX model: it holds no graph "
+            raise ArtifactError(f"{quoted(str(p))} is not a readable ONNX model: it holds no graph "
                                 f"({p.stat().st_size} bytes)")
         return m
     return model

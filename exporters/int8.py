@@ -178,7 +178,7 @@ def _ort_method(method: str) -> Any:
     from onnxruntime.quantization import CalibrationMethod
 
     if method not in CALIB_METHODS:
-        raise OptionError(f"calibration method must be one of {', '.join(CALIB_METHODS)}, got {method!r}")
+        raise OptionError(f"calibration method must be one of {', '.join(CALIB_METHODS)}, got {quoted(method)}")
     return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
             "percentile": CalibrationMethod.Percentile}[method]
 

@@ -119,7 +119,7 @@ class ExportSpec:
             raise InputShapeError(f"image size must be (H, W), got {quoted(self.img_size)}")
         h, w = check_hw(*self.img_size)
         if not isinstance(self.batch, BatchRange):
-            raise InputShapeError(f"batch must be a BatchRange, got {self.batch!r}")
+            raise InputShapeError(f"batch must be a BatchRange, got {quoted(self.batch)}")
         if self.batch.max * 3 * h * w > MAX_INPUT_ELEMENTS:
             raise InputShapeError(
                 f"an input of {self.batch.max}x3x{h}x{w} (batch max x image) has {self.batch.max * 3 * h * w:,} "

@@ -30,7 +30,7 @@ from twins_deploy.cli.predict import main as predict_main
 from twins_deploy.cli.validate import main as validate_main
 from twins_deploy.errors import ArtifactError, quoted
 from twins_deploy.startup import CONSOLE_SCRIPTS
-from helpers_cli import assert_one_error, call, snapshot
+from helpers_cli import assert_one_error, call, held_elsewhere, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -112,13 +112,14 @@ def test_racing_runs_into_a_new_folder_never_remove_the_holders_work(tmp_path, c
 
 def test_the_loser_names_the_holder_and_removes_nothing(tmp_path, capsys):
     out = tmp_path / "a" / "b"
-    with artifacts.output_dir(out):
-        (out / "holders-file").write_text("x")
+    with held_elsewhere(out, lambda d: (d / "holders-file").write_text("x")) as pid:
         rc, _, err = call(export_main, [*SMALL, "--out-dir", str(out)], capsys)
         line = one_error(rc, err, 2, "is writing into")
-        assert f"pid {os.getpid()}" in line and "since" in line
+        assert f"pid {pid}" in line and "since" in line and "choose another --out-dir" in line
         assert (out / "holders-file").exists() and (out / artifacts.LOCK_NAME).exists()
-    assert sorted(p.name for p in out.iterdir()) == ["holders-file"]  # the note goes with the lock
+    with artifacts.output_dir(out):  # the holder was killed: its note is stale, and replaced
+        pass
+    assert sorted(p.name for p in out.iterdir()) == ["holders-file"]
 
 
 def test_a_failed_run_removes_only_the_folders_it_made(tmp_path):
@@ -134,6 +135,68 @@ def test_a_failed_run_removes_only_the_folders_it_made(tmp_path):
         with artifacts.output_dir(tmp_path / "kept" / "mine"):
             raise RuntimeError("the run failed")
     assert (tmp_path / "kept" / "mine" / "f").exists()
+
+
+def _lockable_elsewhere(folder: Path) -> bool:
+    """Whether another process could take ``folder``'s lock now (it is refused while held)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the other run
+        code = 2
+        try:
+            with artifacts.output_dir(folder):
+                pass
+            code = 0
+        except ArtifactError:
+            code = 1
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
+def test_holding_is_reentrant_within_a_process_and_still_excludes_others(tmp_path):
+    out = tmp_path / "out"
+    with artifacts.output_dir(out), artifacts.output_dir(tmp_path / "." / "out"):
+        assert not _lockable_elsewhere(out)
+    assert _lockable_elsewhere(out)  # released when the outer hold ends, not the inner
+    with artifacts.output_dir(out):
+        with artifacts.output_dir(out):
+            pass
+        assert not _lockable_elsewhere(out) and (out / artifacts.LOCK_NAME).exists()
+
+
+@pytest.mark.parametrize("same_folder", [False, True], ids=["own-repo", "repo-is-out-dir"])
+def test_an_export_holds_its_triton_repository_for_the_whole_run(small_onnx, tmp_path, capsys, monkeypatch,
+                                                                   same_folder):
+    """No other run can take the entry between the up-front check and the write; --out-dir and
+    --triton-repo may be one folder (this process must not refuse itself)."""
+    out = tmp_path / "out"
+    repo = out if same_folder else tmp_path / "repo"
+    graph = exported_graph(small_onnx)
+    mid_export: list[bool] = []
+
+    def export(*a, **k):
+        mid_export.append(_lockable_elsewhere(repo))
+        return graph
+
+    monkeypatch.setattr(pipeline, "export_onnx", export)
+    rc, _, err = call(export_main, [*SMALL, "--out-dir", str(out), "--triton-repo", str(repo), "--no-validate"],
+                      capsys)
+    assert rc == 0, err
+    assert mid_export == [False]
+    assert (repo / STEM / "1" / "model.onnx").is_file() and (out / f"{STEM}.onnx").is_file()
+    assert _lockable_elsewhere(repo) and not (repo / artifacts.LOCK_NAME).exists()
+
+
+def test_a_triton_repository_held_by_another_run_is_refused_before_the_export(small_onnx, tmp_path, capsys,
+                                                                            monkeypatch):
+    repo = tmp_path / "repo"
+    monkeypatch.setattr(pipeline, "export_onnx", lambda *a, **k: pytest.fail("exported into a held repository"))
+    with held_elsewhere(repo) as pid:
+        rc, _, err = call(export_main, [*SMALL, "--out-dir", str(tmp_path / "out"), "--triton-repo", str(repo)],
+                          capsys)
+    line = one_error(rc, err, 2, "is writing into")
+    assert f"pid {pid}" in line and "--triton-repo" in line
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_stale_lock_note_is_reported_and_replaced(tmp_path, capsys):

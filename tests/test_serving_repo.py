@@ -7,6 +7,7 @@ environment has (``make test`` runs this file there too); elsewhere they skip.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -148,8 +149,10 @@ def test_what_triton_could_not_serve_is_refused(tmp_path, opts, manifest, messag
 
 @pytest.mark.parametrize("kw, message", [(dict(name="../x"), "may hold only"), (dict(name=".hidden"), "may hold only"),
                                          (dict(name="w" * 129), "at most 128"),
-                                         (dict(instances=0), ">= 1"), (dict(device="tpu"), "must be one of"),
-                                         (dict(queue_delay_us=-1), ">= 0")])
+                                         (dict(instances=0), "1..64"), (dict(instances=65), "1..64"),
+                                         (dict(device="tpu"), "must be one of"),
+                                         (dict(queue_delay_us=-1), "0..10000000"),
+                                         (dict(queue_delay_us=10**12), "0..10000000")])
 def test_bad_options(tmp_path, kw, message):
     with pytest.raises(OptionError, match=message):
         TritonRepoOptions(repo=tmp_path, **kw)
@@ -245,6 +248,59 @@ def test_reading_entries_back(tmp_path):
         find_entries(repo)
 
 
+def _unreadable(kind: str, cfg: Path) -> str:
+    """Spoil an entry's config.pbtxt in one way; returns what the refusal must say."""
+    text = cfg.read_text()
+
+    def swap(old: str, new: str) -> None:
+        assert old in text, (old, text)
+        cfg.write_text(text.replace(old, new))
+
+    if kind == "not-utf8":
+        cfg.write_bytes(text.encode() + b"# \xff\xfe\n")
+        return "not UTF-8"
+    if kind == "huge":
+        with open(cfg, "a") as f:
+            f.write(("#" * 1023 + "\n") * 1025)
+        return "over 1 MiB"
+    if kind in ("fifo", "folder"):
+        cfg.unlink()
+        os.mkfifo(cfg) if kind == "fifo" else cfg.mkdir()
+        return "named pipe" if kind == "fifo" else "a folder there"
+    if kind == "instances":
+        swap("count: 1", "count: 1000000")
+        return "instances must be 1..64"
+    if kind == "delay":
+        swap("max_queue_delay_microseconds: 100", "max_queue_delay_microseconds: 99999999999")
+        return "queue delay must be 0..10000000"
+    if kind == "preferred":
+        swap("preferred_batch_size: [ 8, 32 ]", "preferred_batch_size: [ 8, 2000000000 ]")
+        return "preferred batch sizes must be 1..max_batch_size (32)"
+    if kind == "long-name":
+        swap('name: "a_model"', f'name: "{"n" * 100_000}"')
+        return "at most 128"
+    if kind == "garbage":
+        cfg.write_text(text + "x" * 100_000)
+        return "not a valid Triton ModelConfig"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["not-utf8", "huge", "fifo", "folder", "instances", "delay", "preferred", "long-name",
+                                  "garbage"])
+def test_an_entry_config_that_is_unreadable_or_out_of_bounds_is_refused_in_one_bounded_line(tmp_path, kind):
+    """A config.pbtxt is read back by twins-serve and twins-bench --serve: what no export
+    writes (special files, bytes that are not text, sizes and counts no machine holds) is
+    refused, naming what is wrong, in a line that does not echo a huge value whole."""
+    _schema()
+    repo = tmp_path / "repo"
+    art, m = _fake_artifact(tmp_path / "a", manifest_of())
+    write_entry(TritonRepoOptions(repo=repo, name="a_model"), art, m)
+    needle = _unreadable(kind, repo / "a_model" / "config.pbtxt")
+    with pytest.raises(ArtifactError) as e:
+        find_entries(repo)
+    assert needle in str(e.value) and len(str(e.value)) < 1000 and "\n" not in str(e.value), str(e.value)[:2000]
+
+
 # -- twins-export --triton-repo, end to end -------------------------------------------------------
 def test_export_writes_a_repository_entry_matching_the_manifest(svt_s_triton_repo):
     art, repo = svt_s_triton_repo
@@ -311,6 +367,8 @@ def test_numpy_2_environment_is_refused_with_the_fix(tmp_path, monkeypatch, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 3 and len(err) == 1 and err[0].startswith("error: ")
     assert "numpy 2.3.0" in err[0] and "twins-deploy[serve]" in err[0]
+    tool = "twins-serve" if argv[0] == "serve" else "twins-bench --serve"
+    assert err[0].startswith(f"error: {tool.split()[0]} needs") and f".venv-serve/bin/{tool}" in err[0], err[0]
 
 
 def test_load_test_options_are_checked(tmp_path):

@@ -30,6 +30,7 @@ import tritonclient.grpc as grpcclient  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
+from twins_deploy.artifacts import file_sha256  # noqa: E402
 from twins_deploy.cli.serve import main as serve_main  # noqa: E402
 from twins_deploy.engines.validation import Thresholds, ValidationReport, compare_outputs, judge, random_batch  # noqa: E402
 from twins_deploy.errors import BackendUnavailableError  # noqa: E402
@@ -375,7 +376,7 @@ def test_an_entry_whose_file_is_not_its_manifests_is_refused_or_with_the_flag_wa
         f.seek(-1, 1)
         f.write(bytes([b[0] ^ 1]))
     expected = read_manifest(art).sha256
-    actual = srv.file_sha256(art)
+    actual = file_sha256(art)
     assert serve_main([str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and str(art) in err[0], err

@@ -47,7 +47,7 @@ def check_file_stem(name: str, what: str) -> str:
     separators or ``..`` (which would write outside the directory the run checked), not
     hidden, and short enough for a file name with its suffixes."""
     if not _FILE_STEM.match(name) or ".." in name:
-        raise OptionError(f"{what} {name!r} may hold only letters, digits, '_', '.' and '-' (no '..'), "
+        raise OptionError(f"{what} {quoted(name)} may hold only letters, digits, '_', '.' and '-' (no '..'), "
                           "and may not start with '.' or '-'")
     if len(name) > MAX_STEM_LEN:
         raise OptionError(f"{what} is {len(name)} characters long; at most {MAX_STEM_LEN}")
@@ -100,7 +100,8 @@ def existing_file(path: str | os.PathLike[str], what: str) -> Path:
         if p.name.endswith(".json") and p.name != ".json":
             artifact = p.with_name(p.name[:-len(".json")])
             if artifact.is_file() and artifact.suffix in (".onnx", ".plan", ".engine"):
-                raise ArtifactError(f"{str(p)!r} is the manifest of {artifact.name}; pass {str(artifact)!r} itself")
+                raise ArtifactError(f"{quoted(str(p))} is the manifest of {artifact.name}; "
+                                    f"pass {quoted(str(artifact))} itself")
         return p
     if kind == "missing":
         raise ArtifactError(f"{what} {quoted(str(p))} does not exist")
@@ -113,6 +114,18 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def hash_mismatch(path: str | os.PathLike[str], expected: str | None) -> str | None:
+    """Why the file at ``path`` is not the one a manifest describes, for an error line (its
+    sha256 differs, or the manifest records none); None when it is. The one check behind
+    reusing an artifact, opening a plan, serving a file and copying one into a Triton entry."""
+    actual = file_sha256(path)
+    if not expected:
+        return f"sha256 {actual[:12]}... and its manifest records none to check it against"
+    if actual != expected:
+        return f"sha256 differs: {actual[:12]}... where its manifest records {expected[:12]}..."
+    return None
 
 
 def _missing_parents(d: Path) -> list[Path]:
@@ -180,10 +193,10 @@ def check_report_path(path: str | os.PathLike[str], artifact: str | os.PathLike[
     if artifact is not None and p.exists():
         for own in (Path(artifact), manifest_path(artifact)):
             if own.exists() and p.samefile(own):
-                raise ArtifactError(f"report path {str(p)!r} is the artifact's own "
+                raise ArtifactError(f"report path {quoted(str(p))} is the artifact's own "
                                     f"{'manifest' if own.suffix == '.json' else 'file'}; give another file name")
     if p.exists() and not _is_report(p):
-        raise ArtifactError(f"report path {str(p)!r} exists and is not a validation report; "
+        raise ArtifactError(f"report path {quoted(str(p))} exists and is not a validation report; "
                             "give another file name, or remove it first")
     parent = p.parent
     parent_kind = path_kind(parent)
@@ -198,7 +211,7 @@ def check_report_path(path: str | os.PathLike[str], artifact: str | os.PathLike[
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise ArtifactError(f"cannot write the report {str(p)!r}: {e.strerror or e}") from None
+        raise ArtifactError(f"cannot write the report {quoted(str(p))}: {e.strerror or e}") from None
     return p
 
 
@@ -311,16 +324,41 @@ def recover_leftovers(d: Path) -> list[str]:
     return done
 
 
+_held: dict[tuple[int, str], int] = {}  # folders held: (pid, real path) -> depth; a forked child holds none
+
+
 @contextlib.contextmanager
-def output_dir(directory: str | os.PathLike[str]) -> Iterator[Path]:
+def output_dir(directory: str | os.PathLike[str], option: str | None = "--out-dir") -> Iterator[Path]:
     """Create ``directory`` for a run and hold it: a second run into the same directory
     fails at once, naming the holder, instead of interleaving its files with this one's.
     Creating and locking is race-free: the run that holds the lock removes, if it fails,
     only the empty folders its own ``mkdir`` made; a refused run removes nothing. What a
-    killed run left is cleaned up once the lock is held (:func:`recover_leftovers`)."""
+    killed run left is cleaned up once the lock is held (:func:`recover_leftovers`).
+
+    Re-entrant within a process: an export holds its --out-dir and its Triton repository for
+    the whole run, and they may be one folder (a second ``flock`` on a new descriptor would
+    refuse this very process). ``option`` names what to change in the refusal."""
+    d = check_output_dir(directory)
+    key = (os.getpid(), os.path.realpath(d))
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield d
+        finally:
+            _held[key] -= 1
+        return
+    with _locked_dir(d, option):
+        _held[key] = 1
+        try:
+            yield d
+        finally:
+            del _held[key]
+
+
+@contextlib.contextmanager
+def _locked_dir(d: Path, option: str | None) -> Iterator[Path]:
     import fcntl
 
-    d = check_output_dir(directory)
     try:
         made = _make_dirs(d)
         fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
@@ -337,7 +375,8 @@ def output_dir(directory: str | os.PathLike[str]) -> Iterator[Path]:
                 time.sleep(0.025)
                 holder = _lock_holder(d)
             raise ArtifactError(f"another twins-deploy run{f' ({holder})' if holder else ''} is writing into "
-                                f"{quoted(str(d))}; wait for it to finish or choose another --out-dir") from None
+                                f"{quoted(str(d))}; wait for it to finish"
+                                f"{f' or choose another {option}' if option else ''}") from None
         try:
             same = os.path.samestat(os.fstat(fd), os.stat(d))
         except OSError:

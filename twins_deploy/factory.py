@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from twins_deploy.errors import OptionError
+from twins_deploy.errors import OptionError, quoted
 from twins_deploy.registry import get_config
 from twins_deploy.twins import Twins
 from twins_deploy.weights import load_pretrained, load_weights, random_info, randomize_, read_checkpoint
@@ -36,7 +36,7 @@ def create_model(
     cfg = get_config(name)
     for what, value in (("num_classes", num_classes), ("seed", seed)):  # as the CLI refuses them
         if type(value) is not int or value < 0:
-            raise OptionError(f"{what} must be a whole number >= 0 (num_classes 0: no classifier), got {value!r}")
+            raise OptionError(f"{what} must be a whole number >= 0 (num_classes 0: no classifier), got {quoted(value)}")
     from_hub = weights is not None and str(weights).startswith("timm/")
     state_dict = read_checkpoint(weights) if weights is not None and not from_hub else None  # a bad file fails first
     model = Twins(cfg, num_classes=num_classes, features=features)

@@ -21,7 +21,7 @@ from twins_deploy.artifacts import (
     ONNX_KIND,
     PLAN_KIND,
     existing_file,
-    file_sha256,
+    hash_mismatch,
     json_safe,
     manifest_path,
     path_kind,
@@ -139,11 +139,11 @@ class Manifest:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ArtifactError(f"manifest kind must be one of {KINDS}, got {self.kind!r}")
+            raise ArtifactError(f"manifest kind must be one of {KINDS}, got {quoted(self.kind)}")
         if self.validation is not None and not isinstance(self.validation, dict):
-            raise ArtifactError(f"manifest validation must be an object or null, got {self.validation!r}")
+            raise ArtifactError(f"manifest validation must be an object or null, got {quoted(self.validation)}")
         if not self.outputs or not all(isinstance(o, str) for o in self.outputs):
-            raise ArtifactError(f"manifest outputs must be a list of tensor names, got {self.outputs!r}")
+            raise ArtifactError(f"manifest outputs must be a list of tensor names, got {quoted(self.outputs)}")
         if (self.plan.requested == "int8") != (self.quant is not None):
             raise ArtifactError("manifest precision int8 and its quant section go together "
                                 f"(precision {self.plan.requested}, quant {'present' if self.quant else 'absent'})")
@@ -632,8 +632,8 @@ def reuse_verdict(path: Path, planned: Manifest, require_validated: bool) -> tup
     diff = _identity_diff(existing.identity(), planned.identity())
     if diff:
         return None, "made with other inputs (" + "; ".join(diff[:4]) + ")"
-    if not existing.sha256 or file_sha256(path) != existing.sha256:
-        return None, "its file differs from its manifest (sha256)"
+    if why := hash_mismatch(path, existing.sha256):
+        return None, f"its file differs from its manifest ({why})"
     if existing.passed is False or (require_validated and not existing.passed):
         return None, "it did not pass validation" if existing.passed is False else "it was never validated"
     return existing, ""

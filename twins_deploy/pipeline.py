@@ -32,6 +32,7 @@ from twins_deploy.artifacts import (
     ONNX_KIND,
     PLAN_KIND,
     file_sha256,
+    hash_mismatch,
     install_artifact,
     manifest_path,
     now_iso,
@@ -62,6 +63,7 @@ from twins_deploy.errors import (
     InputShapeError,
     OptionError,
     ValidationFailedError,
+    quoted,
 )
 from twins_deploy.exporters.inspect import inspect_onnx
 from twins_deploy.exporters.int8 import (
@@ -95,7 +97,7 @@ from twins_deploy.precision import PrecisionPlan, resolve_precision
 from twins_deploy.preprocess import check_image_folder
 from twins_deploy.progress import Steps
 from twins_deploy.registry import Preprocess, get_config
-from twins_deploy.serving.triton_repo import TritonRepoOptions, check_entry, entry_dir, write_entry
+from twins_deploy.serving.triton_repo import TritonRepoOptions, check_entry, entry_dir, hold_repo, write_entry
 from twins_deploy.twins import Twins
 from twins_deploy.weights import WeightsInfo
 
@@ -150,9 +152,9 @@ class ArtifactRequest:
 
     def __post_init__(self) -> None:
         if self.fmt not in FORMATS:
-            raise OptionError(f"format must be one of {', '.join(FORMATS)}, got {self.fmt!r}")
+            raise OptionError(f"format must be one of {', '.join(FORMATS)}, got {quoted(self.fmt)}")
         if self.on_existing not in ON_EXISTING:
-            raise OptionError(f"on_existing must be one of {', '.join(ON_EXISTING)}, got {self.on_existing!r}")
+            raise OptionError(f"on_existing must be one of {', '.join(ON_EXISTING)}, got {quoted(self.on_existing)}")
         if self.fmt != PLAN_KIND and self.trt.weak_fp16:
             raise OptionError("--weak-fp16 chooses how TensorRT builds FP16; it needs --fmt trt")
         if (self.trt.min_hw or self.trt.max_hw) and not (self.fmt == PLAN_KIND and self.spec.dynamic_hw):
@@ -186,7 +188,7 @@ class Artifacts:
         for a in (self.onnx, *self.companions):
             if a.manifest.quant is not None and a.manifest.quant.form == form:
                 return a
-        raise ValueError(f"no INT8 graph of form {form!r} was made")
+        raise ValueError(f"no INT8 graph of form {quoted(form)} was made")
 
     @property
     def final(self) -> Artifact:
@@ -577,7 +579,10 @@ def make_artifacts(req: ArtifactRequest, model: torch.nn.Module | None = None,
         print(f"warning: calibrating on {len(calib.files)} images; >= {RECOMMENDED_CALIB_IMAGES} representative "
               "images are recommended (NVIDIA's guidance for ViTs is 500)", file=sys.stderr, flush=True)
     made = [a for a in (onnx_path, *quantized.values(), engine_path) if a is not None]
-    with output_dir(req.out_dir), run.cleanup:  # held until the run ends: no other run's files appear
+    # --out-dir and the Triton repository are held until the run ends: no other run's files
+    # appear in either, and no other run takes the entry this one checked above
+    repo = hold_repo(req.triton.repo) if req.triton is not None else contextlib.nullcontext()
+    with output_dir(req.out_dir), repo, run.cleanup:
         refuse_non_files([p for a in made for p in (a, manifest_path(a))])
         # The model first (the artifacts' identities name its weights), then every stage decides
         # whether it reuses or makes its artifact (refusing one in the way before any export), and
@@ -604,7 +609,10 @@ def weights_for_manifest(manifest: Manifest, weights: str | None, pretrained: bo
         if weights or pretrained:
             raise CheckpointError(f"the artifact was made with seeded random weights (seed {w.seed}); "
                                   "drop --weights/--pretrained, they would validate other weights")
-        return WeightsRequest(seed=w.seed or 0, num_classes=num_classes)
+        if w.seed is None:  # another seed would rebuild other weights, and validation would judge those
+            raise ArtifactError("the manifest records seeded random weights without their seed: they cannot be "
+                                "rebuilt to validate against; re-export the artifact")
+        return WeightsRequest(seed=w.seed, num_classes=num_classes)
     if w.source == "pretrained":
         if not pretrained:
             raise CheckpointError(f"the artifact was made with pretrained weights ({w.path}); pass --pretrained")
@@ -612,10 +620,10 @@ def weights_for_manifest(manifest: Manifest, weights: str | None, pretrained: bo
     path = weights or (w.path if w.source == "file" else None)
     if not path or not os.path.isfile(path):
         raise CheckpointError(
-            f"the artifact was made with the checkpoint {w.path!r}, which is not here; pass it with --weights PATH")
-    if w.sha256 and file_sha256(path) != w.sha256:
-        raise CheckpointError(
-            f"{path!r} is not the checkpoint the artifact was made with (sha256 differs from the manifest)")
+            f"the artifact was made with the checkpoint {quoted(w.path)}, which is not here; "
+            "pass it with --weights PATH")
+    if w.sha256 and (why := hash_mismatch(path, w.sha256)):
+        raise CheckpointError(f"{quoted(path)} is not the checkpoint the artifact was made with ({why})")
     return WeightsRequest(path=path, num_classes=num_classes, reset_head=True)
 
 

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from twins_deploy.artifacts import PLAN_KIND
-from twins_deploy.errors import BackendUnavailableError, InputShapeError
+from twins_deploy.errors import BackendUnavailableError, InputShapeError, quoted
 
 PRECISIONS = ("fp32", "fp16", "int8")
 ROUTES = ("fp32", "strong", "weak", "qdq")
@@ -51,9 +51,9 @@ class PrecisionPlan:
 
     def __post_init__(self) -> None:
         if self.requested not in PRECISIONS:
-            raise InputShapeError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.requested!r}")
+            raise InputShapeError(f"precision must be one of {', '.join(PRECISIONS)}, got {quoted(self.requested)}")
         if self.route not in _ROUTES_OF[self.requested]:
-            raise InputShapeError(f"route {self.route!r} cannot realise precision {self.requested!r}")
+            raise InputShapeError(f"route {quoted(self.route)} cannot realise precision {quoted(self.requested)}")
         if self.io_fp16 and self.route != "strong":
             raise InputShapeError(
                 "--io-fp16 needs the FP16 graph (--precision fp16 without --weak-fp16): only a graph "
@@ -117,7 +117,7 @@ def resolve_precision(requested: str, io_fp16: bool = False, trt_major: int | No
     """The plan for ``requested`` on TensorRT ``trt_major`` (None: no engine, or TensorRT
     unknown, which is treated like the current line)."""
     if requested not in PRECISIONS:
-        raise InputShapeError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+        raise InputShapeError(f"precision must be one of {', '.join(PRECISIONS)}, got {quoted(requested)}")
     if requested != "fp16":
         if weak_fp16:
             raise InputShapeError("--weak-fp16 only applies to --precision fp16")

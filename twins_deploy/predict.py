@@ -7,6 +7,7 @@ PyTorch model was; ImageNet-1k class names are shipped for 1000-class heads.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -16,7 +17,7 @@ import numpy as np
 
 from twins_deploy.artifacts import path_kind
 from twins_deploy.errors import InputShapeError, quoted
-from twins_deploy.manifest import read_manifest
+from twins_deploy.manifest import Manifest, read_manifest
 from twins_deploy.engines.opening import open_runner, warn_if_changed
 from twins_deploy.preprocess import IMAGE_SUFFIXES, image_files, preprocess_image
 
@@ -57,10 +58,13 @@ def image_paths(items: list[str | os.PathLike[str]]) -> list[Path]:
 
 
 def predict(artifact: str | os.PathLike[str], images: list[str | os.PathLike[str]], top_k: int = 5,
-            device: str = "cpu", route: str | None = None) -> list[Prediction]:
+            device: str = "cpu", route: str | None = None,
+            on_manifest: Callable[[Manifest], None] | None = None) -> list[Prediction]:
     """Top-``top_k`` classes of every image, from an ONNX model or TensorRT engine, run on
     ``route`` (a row of the route table), or the table's first route for the artifact on
-    ``device`` ("cpu" or "cuda")."""
+    ``device`` ("cpu" or "cuda"). ``on_manifest`` sees the manifest once the request and the images
+    have been checked, before inference (the CLI warns there about random weights: about the
+    manifest used, before the predictions, and not on a request that is refused)."""
     manifest = read_manifest(artifact)
     if manifest.model.features:
         raise InputShapeError(f"{Path(artifact).name} is a backbone (it outputs feature maps): "
@@ -73,6 +77,8 @@ def predict(artifact: str | os.PathLike[str], images: list[str | os.PathLike[str
     labels = imagenet_labels() if manifest.model.num_classes == 1000 else None
     batch = manifest.spec.batch
     logits: list[np.ndarray] = []
+    if on_manifest is not None:
+        on_manifest(manifest)
     warn_if_changed(Path(artifact), manifest, "predicting with what is on disk")
     with open_runner(artifact, manifest, route=route, device=device) as runner:
         for k in range(0, len(batches), batch.max):

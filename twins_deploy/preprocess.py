@@ -31,7 +31,8 @@ def normalise(images01: np.ndarray, pre: Preprocess) -> np.ndarray:
 def _resample(name: str) -> int:
 
     if name not in INTERPOLATIONS:
-        raise InputShapeError(f"unknown interpolation {name!r} in the preprocessing (known: {', '.join(INTERPOLATIONS)})")
+        raise InputShapeError(f"unknown interpolation {quoted(name)} in the preprocessing "
+                              f"(known: {', '.join(INTERPOLATIONS)})")
     return int(getattr(Image.Resampling, name.upper()))
 
 

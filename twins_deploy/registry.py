@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from twins_deploy.errors import UnknownModelError
+from twins_deploy.errors import UnknownModelError, quoted
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,16 +39,18 @@ class Preprocess:
         size = self.input_size
         if not (isinstance(size, tuple) and len(size) == 3 and all(type(x) is int for x in size)
                 and size[0] == 3 and min(size[1:]) >= MIN_IMAGE_SIDE):
-            raise ValueError(f"preprocess input_size must be (3, H, W) with H, W >= {MIN_IMAGE_SIDE}, got {size!r}")
+            raise ValueError(f"preprocess input_size must be (3, H, W) with H, W >= {MIN_IMAGE_SIDE}, "
+                             f"got {quoted(size)}")
         if not floats(self.mean) or not floats(self.std) or min(self.std) <= 0:
             raise ValueError(f"preprocess mean and std must be 3 finite numbers each, std > 0; "
-                             f"got mean {self.mean!r}, std {self.std!r}")
+                             f"got mean {quoted(self.mean)}, std {quoted(self.std)}")
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"preprocess interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
+            raise ValueError(f"preprocess interpolation {quoted(self.interpolation)} is not one of "
+                             f"{', '.join(INTERPOLATIONS)}")
         if not (isinstance(self.crop_pct, (int, float)) and 0 < self.crop_pct <= 1):
-            raise ValueError(f"preprocess crop_pct must be in (0, 1], got {self.crop_pct!r}")
+            raise ValueError(f"preprocess crop_pct must be in (0, 1], got {quoted(self.crop_pct)}")
         if self.crop_mode != "center":
-            raise ValueError(f"preprocess crop_mode {self.crop_mode!r} is not supported (only timm's 'center')")
+            raise ValueError(f"preprocess crop_mode {quoted(self.crop_mode)} is not supported (only timm's 'center')")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -168,7 +170,7 @@ def resolve_name(name: str) -> str:
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise UnknownModelError(
-        f"unknown model {name!r}{hint} (known: {', '.join(_CONFIGS)}; timm names such as "
+        f"unknown model {quoted(name)}{hint} (known: {', '.join(_CONFIGS)}; timm names such as "
         f"twins_svt_small are accepted too)"
     )
 

@@ -52,7 +52,7 @@ class WeightsInfo:
 
     def __post_init__(self) -> None:
         if self.source not in WEIGHT_SOURCES:
-            raise ValueError(f"weights source must be one of {', '.join(WEIGHT_SOURCES)}, got {self.source!r}")
+            raise ValueError(f"weights source must be one of {', '.join(WEIGHT_SOURCES)}, got {quoted(self.source)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

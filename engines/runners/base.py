@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from twins_deploy.errors import InputShapeError
+from twins_deploy.errors import InputShapeError, quoted
 from twins_deploy.registry import MIN_IMAGE_SIDE
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ def check_input_shape(shape: tuple[int, ...], declared: list[int | None], name: 
     if not fits:
         want = "x".join("N" if d is None else str(d) for d in declared)
         raise InputShapeError(f"input of shape {'x'.join(map(str, shape))} does not fit the model's "
-                              f"{name!r} ({want}; N: any size)")
+                              f"{quoted(name)} ({want}; N: any size)")
     if len(shape) == 4 and min(shape[2:]) < MIN_IMAGE_SIDE:
         raise InputShapeError(f"input of shape {'x'.join(map(str, shape))} is too small: H and W must be "
                               f">= {MIN_IMAGE_SIDE}")

@@ -9,7 +9,7 @@ import numpy as np
 
 from twins_deploy.artifacts import existing_file
 from twins_deploy.engines.runners.base import RouteRow, Runner, RunTarget, as_numpy, check_input_shape
-from twins_deploy.errors import ArtifactError, BackendUnavailableError
+from twins_deploy.errors import ArtifactError, BackendUnavailableError, quoted
 
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -21,7 +21,7 @@ class OrtRunner(Runner):
                  threads: int | None = None, spinning: bool = True) -> None:
         super().__init__()
         if provider not in _PROVIDERS:
-            raise ValueError(f"provider must be one of {list(_PROVIDERS)}, got {provider!r}")
+            raise ValueError(f"provider must be one of {list(_PROVIDERS)}, got {quoted(provider)}")
         self.path, self.provider, self.threads = Path(path), provider, threads
         # Idle intra-op threads spin by default; off, they sleep, so that runners sharing
         # the cores (an interleaved comparison) do not steal each other's time.
@@ -54,7 +54,7 @@ class OrtRunner(Runner):
         try:
             self.session = ort.InferenceSession(str(self.path), so, providers=[want])
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/InvalidProtobuf types
-            raise ArtifactError(f"ONNX Runtime cannot load {str(self.path)!r}: {e}") from None
+            raise ArtifactError(f"ONNX Runtime cannot load {quoted(str(self.path))}: {e}") from None
         self.input_name = self.session.get_inputs()[0].name
         self.input_type = self.session.get_inputs()[0].type
         self.input_dims = [d if isinstance(d, int) else None for d in self.session.get_inputs()[0].shape]

@@ -32,7 +32,7 @@ import numpy as np
 
 from twins_deploy.artifacts import existing_file
 from twins_deploy.engines.runners.base import RouteRow, Runner, RunTarget, as_numpy, check_input_shape
-from twins_deploy.errors import ArtifactError, BackendUnavailableError
+from twins_deploy.errors import ArtifactError, BackendUnavailableError, quoted
 
 # Our precision names -> OpenVINO's inference precision hint values.
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
@@ -81,9 +81,9 @@ def read_onnx(ov: Any, path: Path) -> Any:
     try:
         model = frontend.convert(frontend.load(str(path)))
     except Exception as e:  # OpenVINO raises its own GeneralFailure/OpConversionFailure types
-        raise ArtifactError(f"OpenVINO's ONNX reader cannot read {str(path)!r}: {_reason(e)}") from None
+        raise ArtifactError(f"OpenVINO's ONNX reader cannot read {quoted(str(path))}: {_reason(e)}") from None
     if len(model.inputs) != 1 or not model.outputs:  # stray bytes can parse as an empty ModelProto
-        raise ArtifactError(f"{str(path)!r} is not an image model: its ONNX graph has {len(model.inputs)} "
+        raise ArtifactError(f"{quoted(str(path))} is not an image model: its ONNX graph has {len(model.inputs)} "
                             f"inputs and {len(model.outputs)} outputs")
     return model
 
@@ -95,7 +95,7 @@ class OpenVinoRunner(Runner):
                  streams: int = 1, pin_threads: bool = False) -> None:
         super().__init__()
         if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {quoted(precision)}")
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.path, self.precision = Path(path), precision

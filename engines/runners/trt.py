@@ -23,7 +23,7 @@ from twins_deploy.engines.runners.base import RouteRow, Runner, RunTarget, as_nu
 from twins_deploy.engines.trt.compat import check_engine_compat
 from twins_deploy.engines.trt.preflight import preflight
 from twins_deploy.engines.trt.profile import Profile
-from twins_deploy.errors import ArtifactError, InputShapeError
+from twins_deploy.errors import ArtifactError, InputShapeError, quoted
 
 if TYPE_CHECKING:
     from twins_deploy.manifest import Manifest
@@ -38,7 +38,7 @@ def io_dtype(trt: Any, engine: Any, name: str, plan: str) -> np.dtype:
     dtype = engine.get_tensor_dtype(name)
     kind = getattr(dtype, "name", str(dtype))
     if kind not in IO_DTYPES:
-        raise ArtifactError(f"{plan}: tensor {name!r} is {kind}; the TensorRT runner feeds FP32 or FP16 I/O only "
+        raise ArtifactError(f"{plan}: tensor {quoted(name)} is {kind}; the TensorRT runner feeds FP32 or FP16 I/O only "
                             "(rebuild the plan with twins-export --fmt trt)")
     return np.dtype(IO_DTYPES[kind])
 
@@ -111,8 +111,8 @@ class TrtRunner(Runner):
         found = [tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(self.input_name, 0)]
         said = [self.shapes.min, self.shapes.opt, self.shapes.max]
         if self.shapes.input != self.input_name or found != [tuple(s) for s in said]:
-            raise ArtifactError(f"{self.path.name}: the plan's profile for {self.input_name!r} is "
-                                f"{found or 'missing'} but its manifest says {self.shapes.input!r} {said}; "
+            raise ArtifactError(f"{self.path.name}: the plan's profile for {quoted(self.input_name)} is "
+                                f"{found or 'missing'} but its manifest says {quoted(self.shapes.input)} {said}; "
                                 "rebuild the engine with twins-export --fmt trt")
 
     def _deactivate(self) -> None:
@@ -137,7 +137,7 @@ class TrtRunner(Runner):
 
     def _set_address(self, name: str, ptr: int, shape: tuple[int, ...]) -> None:
         if not self.context.set_tensor_address(name, ptr):
-            raise ArtifactError(f"TensorRT refused the address of tensor {name!r} (it must be 256-byte aligned)")
+            raise ArtifactError(f"TensorRT refused the address of tensor {quoted(name)} (it must be 256-byte aligned)")
         if self._bound.get(name) != (ptr, shape):
             self._drop_graph()
         self._bound[name] = (ptr, shape)
@@ -163,7 +163,7 @@ class TrtRunner(Runner):
         and return every I/O tensor's shape."""
         self.shapes.check(shape)
         if not self.context.set_input_shape(self.input_name, shape):
-            raise InputShapeError(f"TensorRT refused input shape {shape} for {self.input_name!r}")
+            raise InputShapeError(f"TensorRT refused input shape {shape} for {quoted(self.input_name)}")
         shapes = {self.input_name: shape}
         shapes.update({n: tuple(self.context.get_tensor_shape(n)) for n in self.output_names})
         bad = [n for n, s in shapes.items() if any(d < 0 for d in s)]

@@ -69,7 +69,7 @@ class TrtBuildOptions:
         if not (math.isfinite(self.workspace_gib) and self.workspace_gib > 0):
             raise OptionError(f"--workspace must be > 0 GiB, got {self.workspace_gib}")
         if self.hw_compat not in HW_COMPAT_LEVELS:
-            raise OptionError(f"--hw-compat must be one of {', '.join(HW_COMPAT_LEVELS)}, got {self.hw_compat!r}")
+            raise OptionError(f"--hw-compat must be one of {', '.join(HW_COMPAT_LEVELS)}, got {quoted(self.hw_compat)}")
         if self.timing_cache not in (None, DEFAULT_TIMING_CACHE):
             check_cache_file(Path(self.timing_cache))
 

@@ -39,7 +39,7 @@ from twins_deploy.bench.report import check_results, check_results_dir, paper_ta
 from twins_deploy.bench.run import partial_rows, row_errors, run_benchmark, validation_failures
 from twins_deploy.cli.common import Parser, hw_arg, int_list, number, run_cli
 from twins_deploy.engines.routes import ROUTES, routes_help
-from twins_deploy.errors import BackendUnavailableError, OptionError, ValidationFailedError
+from twins_deploy.errors import BackendUnavailableError, OptionError, ValidationFailedError, quoted
 from twins_deploy.exporters.int8 import calibration_set
 from twins_deploy.registry import resolve_name
 
@@ -94,7 +94,7 @@ def compare_list(text: str) -> list[str]:
     values = [t.strip() for t in text.split(",") if t.strip()]
     unknown = [v for v in values if v not in COMPARISONS]
     if not values or unknown:
-        raise argparse.ArgumentTypeError(f"{text!r}: --compare takes {', '.join(COMPARISONS)} (comma-separated)")
+        raise argparse.ArgumentTypeError(f"{quoted(text)}: --compare takes {', '.join(COMPARISONS)} (comma-separated)")
     return values
 
 
@@ -177,17 +177,17 @@ def load_config_from_args(args: argparse.Namespace, argv: list[str] | None) -> L
 
 
 def _serve_main(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> int:
-    from twins_deploy.bench.serve_load import run_load_test
+    from twins_deploy.bench.serve_load import SERVE_COMMAND, run_load_test
     from twins_deploy.serving.server import check_environment
 
     try:
         cfg = load_config_from_args(args, argv)
     except OptionError as e:
         parser.error(str(e))
-    check_environment()  # an environment that cannot serve is the first thing to say (exit 3)
+    check_environment(SERVE_COMMAND)  # an environment that cannot serve is the first thing to say (exit 3)
     check_results_dir(cfg.out)  # where the results go, before any server starts
     check_results(cfg.out, cfg.name, args.force, cache=False)
-    with output_dir(cfg.out):  # held while the test runs: a second run into --out is refused
+    with output_dir(cfg.out, option="--out"):  # held while the test runs: a second run into --out is refused
         check_results(cfg.out, cfg.name, args.force, cache=False)
         paths, result = run_load_test(cfg)
     for p in paths:

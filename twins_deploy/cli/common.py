@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 from twins_deploy.engines.routes import get_route
 from twins_deploy.engines.trt.options import DEFAULT_TIMING_CACHE, HW_COMPAT_LEVELS, TrtBuildOptions
-from twins_deploy.errors import ENVIRONMENT_ERRNOS, TwinsDeployError, os_error_line
+from twins_deploy.errors import ENVIRONMENT_ERRNOS, TwinsDeployError, os_error_line, quoted
 from twins_deploy.exporters.spec import MAX_BATCH, BatchRange, parse_hw
 
 
@@ -40,9 +40,10 @@ def number(kind: type, lo: float | None = None, hi: float | None = None, *, lo_o
         try:
             v = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{quoted(text)} is not {what}") from None
         if not math.isfinite(v):
-            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+            raise argparse.ArgumentTypeError(f"{quoted(text)} is not a finite number")
         if lo is not None and (v <= lo if lo_open else v < lo):
             raise argparse.ArgumentTypeError(f"{v} must be {'>' if lo_open else '>='} {lo}")
         if hi is not None and v > hi:
@@ -77,7 +78,7 @@ def batch_size(text: str) -> int:
 def int_list(text: str) -> list[int]:
     values = [batch_size(t) for t in text.split(",") if t.strip()]
     if not values:
-        raise argparse.ArgumentTypeError(f"{text!r} holds no batch size")
+        raise argparse.ArgumentTypeError(f"{quoted(text)} holds no batch size")
     return values
 
 

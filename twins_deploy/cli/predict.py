@@ -11,7 +11,7 @@ import sys
 
 from twins_deploy.cli.common import Parser, number, route_arg, run_cli
 from twins_deploy.engines.routes import artifact_routes, routes_help
-from twins_deploy.manifest import Manifest, read_manifest
+from twins_deploy.manifest import Manifest
 from twins_deploy.predict import predict
 
 EPILOG = """\
@@ -61,9 +61,11 @@ def random_weights_warning(manifest: Manifest) -> str | None:
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
 
-    preds = predict(args.artifact, args.images, args.top_k, args.provider, route=args.backend)
-    if warning := random_weights_warning(read_manifest(args.artifact)):
-        print(warning, file=sys.stderr, flush=True)
+    def warn(manifest: Manifest) -> None:
+        if warning := random_weights_warning(manifest):
+            print(warning, file=sys.stderr, flush=True)
+
+    preds = predict(args.artifact, args.images, args.top_k, args.provider, route=args.backend, on_manifest=warn)
     if args.json:
         print(json.dumps([{"image": r.image, "top": [{"class": c, "probability": round(pr, 6), "label": lab}
                                                       for c, pr, lab in r.top]} for r in preds], indent=2))

@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from twins_deploy.artifacts import file_sha256
+from twins_deploy.artifacts import hash_mismatch
 from twins_deploy.engines.opening import open_runner
 from twins_deploy.errors import ArtifactError, BackendUnavailableError, InputShapeError, OptionError, quoted
 from twins_deploy.manifest import Manifest, read_manifest
@@ -59,6 +59,7 @@ from twins_deploy.serving.triton_repo import (
     RepoEntry,
     TritonModel,
     TritonRepoOptions,
+    check_scheduling,
     find_entries,
     model_for,
     read_entry,
@@ -97,11 +98,10 @@ class ServeOptions:
         ports = (self.http_port, self.grpc_port, self.metrics_port)
         if len(set(ports)) != 3 or not all(0 < p < 65536 for p in ports):
             raise OptionError(f"HTTP, gRPC and metrics ports must be three different ports in 1..65535, got {ports}")
-        for what, v in (("instances", self.instances), ("max batch", self.max_batch), ("threads", self.threads)):
+        for what, v in (("max batch", self.max_batch), ("threads", self.threads)):
             if v is not None and v < 1:
                 raise OptionError(f"{what} must be >= 1, got {v}")
-        if self.queue_delay_us is not None and self.queue_delay_us < 0:
-            raise OptionError(f"queue delay must be >= 0 microseconds, got {self.queue_delay_us}")
+        check_scheduling(self.instances, self.queue_delay_us)
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,8 @@ def resolve_targets(targets: list[Path]) -> list[ServedModel]:
         elif t.is_dir():
             entries += find_entries(t)
         else:
-            raise ArtifactError(f"{str(t)!r} is neither an artifact, a Triton model repository, nor an entry of one")
+            raise ArtifactError(f"{quoted(str(t))} is neither an artifact, a Triton model repository, "
+                                "nor an entry of one")
     names = [e.model.name for e in entries]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -224,16 +225,13 @@ def check_artifact_hashes(served: list[ServedModel], allow_mismatch: bool = Fals
     stderr, for ONNX files only: a TensorRT plan that is not its manifest's is refused when it
     is opened (:func:`twins_deploy.engines.opening.open_runner`; TensorRT may crash on it)."""
     for s in served:
-        expected = s.manifest.sha256 or ""
         try:
-            actual = file_sha256(s.artifact)
+            what = hash_mismatch(s.artifact, s.manifest.sha256)
         except OSError as e:
             raise ArtifactError(f"cannot read {quoted(str(s.artifact))} to check it against its manifest: "
                                 f"{e.strerror or e}") from None
-        if actual == expected:
+        if what is None:
             continue
-        what = (f"sha256 {actual[:12]}... where its manifest records {expected[:12]}..." if expected
-                else f"sha256 {actual[:12]}... and its manifest records none to check it against")
         line = (f"{quoted(str(s.artifact))} is not the file its manifest describes: {what} "
                 "(changed or replaced after export)")
         if allow_mismatch and not s.manifest.is_plan:
@@ -284,7 +282,7 @@ def make_infer_fn(runner: Any, model: TritonModel) -> Callable[[list[Any]], list
 
     def check(x: np.ndarray) -> None:
         if x.ndim != 4 or x.shape[1] != 3 or min(x.shape[2:]) < MIN_IMAGE_SIDE:
-            raise InputShapeError(f"{model.name}: input {in_name!r} must be NCHW with 3 channels and H, W >= "
+            raise InputShapeError(f"{model.name}: input {quoted(in_name)} must be NCHW with 3 channels and H, W >= "
                                   f"{MIN_IMAGE_SIDE}, got shape {list(x.shape)}")
 
     def run(x: np.ndarray) -> list[np.ndarray]:

@@ -26,7 +26,6 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from twins_deploy.artifacts import (
     PLAN_KIND,
     check_file_stem,
     check_output_dir,
-    file_sha256,
+    hash_mismatch,
     manifest_path,
     output_dir,
     path_kind,
@@ -54,6 +53,23 @@ DATA_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 DEVICES = ("auto", "cpu", "gpu")
 KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 DEFAULT_QUEUE_DELAY_US = 100
+# Bounds on what a repository entry or a command line may ask of one machine: each instance
+# holds its own copy of the model (and its threads); a batcher that waits longer than
+# seconds for a batch serves nobody. Also applied to a config.pbtxt read back.
+MAX_INSTANCES = 64
+MAX_QUEUE_DELAY_US = 10_000_000
+MAX_CONFIG_BYTES = 1 << 20  # a config twins-export writes is under 2 KiB
+
+
+def check_scheduling(instances: int | None, queue_delay_us: int | None, where: str = "Triton") -> None:
+    """One line naming the value when an instance count or a batching delay is out of bounds."""
+    if instances is not None and not 1 <= instances <= MAX_INSTANCES:
+        raise OptionError(f"{where} instances must be 1..{MAX_INSTANCES} (each holds its own copy of the "
+                          f"model), got {instances}")
+    if queue_delay_us is not None and not 0 <= queue_delay_us <= MAX_QUEUE_DELAY_US:
+        raise OptionError(f"{where} queue delay must be 0..{MAX_QUEUE_DELAY_US} microseconds, got {queue_delay_us}")
+
+
 # Twins' four patch embeddings: kernel = stride = 4, 2, 2, 2 (the strides 4/8/16/32 of the maps)
 PATCH_STRIDES = (4, 2, 2, 2)
 
@@ -73,11 +89,8 @@ class TritonRepoOptions:
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
-            raise OptionError(f"Triton device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.instances < 1:
-            raise OptionError(f"Triton instances must be >= 1, got {self.instances}")
-        if self.queue_delay_us < 0:
-            raise OptionError(f"Triton queue delay must be >= 0 microseconds, got {self.queue_delay_us}")
+            raise OptionError(f"Triton device must be one of {', '.join(DEVICES)}, got {quoted(self.device)}")
+        check_scheduling(self.instances, self.queue_delay_us)
         if self.name is not None:
             check_model_name(self.name)
 
@@ -163,7 +176,7 @@ class TritonModel:
         try:
             cfg = text_format.Parse(text, mc.ModelConfig())
         except text_format.ParseError as e:
-            raise ArtifactError(f"{source} is not a valid Triton ModelConfig: {e}") from None
+            raise ArtifactError(f"{source} is not a valid Triton ModelConfig: {quoted(str(e), 200)}") from None
         name_of = mc.DataType.Name
 
         def tensors(ts: Any) -> tuple[TensorConfig, ...]:
@@ -171,7 +184,7 @@ class TritonModel:
 
         platform = cfg.platform or {v[1]: v[0] for v in PLATFORMS.values()}.get(cfg.backend, cfg.backend)
         if platform not in {v[0] for v in PLATFORMS.values()}:
-            raise ArtifactError(f"{source}: platform {platform!r} is not one twins-deploy serves "
+            raise ArtifactError(f"{source}: platform {quoted(platform, 80)} is not one twins-deploy serves "
                                 f"({', '.join(v[0] for v in PLATFORMS.values())})")
         groups = list(cfg.instance_group)
         kind = mc.ModelInstanceGroup.Kind.Name(groups[0].kind) if groups else "KIND_CPU"
@@ -179,12 +192,25 @@ class TritonModel:
             kind = "KIND_GPU" if platform == PLATFORMS[PLAN_KIND][0] else "KIND_CPU"
         batching = cfg.HasField("dynamic_batching")
         accel = [a for a in cfg.optimization.execution_accelerators.gpu_execution_accelerator if a.name == "tensorrt"]
+        instances = sum(max(1, g.count) for g in groups) if groups else 1
+        try:
+            if cfg.name:
+                check_model_name(cfg.name)
+            check_scheduling(instances, int(cfg.dynamic_batching.max_queue_delay_microseconds) if batching else None)
+        except OptionError as e:
+            raise ArtifactError(f"{source}: {e}") from None
+        preferred = tuple(int(b) for b in cfg.dynamic_batching.preferred_batch_size) if batching else ()
+        if len(preferred) > 64 or any(not 1 <= b <= max(1, cfg.max_batch_size) for b in preferred):
+            raise ArtifactError(f"{source}: preferred batch sizes must be 1..max_batch_size "
+                                f"({cfg.max_batch_size}), got {quoted(list(preferred), 120)}")
+        if len(cfg.parameters) > 64 or any(len(k) + len(v.string_value) > 4096 for k, v in cfg.parameters.items()):
+            raise ArtifactError(f"{source}: more or longer parameters than a twins-deploy entry has")
         return cls(
             name=cfg.name, platform=platform, max_batch_size=int(cfg.max_batch_size),
             inputs=tensors(cfg.input), outputs=tensors(cfg.output), instance_kind=kind,
-            instances=sum(max(1, g.count) for g in groups) if groups else 1,
+            instances=instances,
             queue_delay_us=int(cfg.dynamic_batching.max_queue_delay_microseconds) if batching else None,
-            preferred_batch=tuple(int(b) for b in cfg.dynamic_batching.preferred_batch_size) if batching else (),
+            preferred_batch=preferred,
             ort_trt_precision=accel[0].parameters.get("precision_mode", "FP32") if accel else None,
             parameters={k: v.string_value for k, v in cfg.parameters.items()},
         )
@@ -233,7 +259,7 @@ def model_for(manifest: Manifest, options: TritonRepoOptions, name: str | None =
     check_request(options, manifest.kind, spec)
     dtype = DATA_TYPES.get(manifest.input.dtype)
     if dtype is None:
-        raise ArtifactError(f"input dtype {manifest.input.dtype!r} has no Triton data type here")
+        raise ArtifactError(f"input dtype {quoted(manifest.input.dtype)} has no Triton data type here")
     h, w = (-1, -1) if spec.dynamic_hw else spec.img_size
     if spec.features:
         embed = (manifest.model.config or {}).get("embed_dims")
@@ -311,29 +337,12 @@ def _link_target(path: Path) -> str:
 
 
 # -- the repository's lock, the staging folders and what a killed run left ----------------------------
-_held: dict[str, int] = {}  # repositories this process holds (resolved path -> depth)
-
-
-@contextlib.contextmanager
-def hold_repo(repo: Path) -> Iterator[Path]:
+def hold_repo(repo: Path) -> contextlib.AbstractContextManager[Path]:
     """Hold the repository (the project's output-folder lock, :func:`output_dir`, on its root)
     while this process writes into it: another run that tries meanwhile is refused, naming
-    this one, and removes nothing. Re-entrant within a process (an export may hold the
+    this one, and removes nothing. Re-entrant within a process (an export holds the
     repository for its whole run, and :func:`write_entry` takes it again)."""
-    key = os.path.realpath(repo)
-    if key in _held:
-        _held[key] += 1
-        try:
-            yield repo
-        finally:
-            _held[key] -= 1
-        return
-    with output_dir(repo) as d:
-        _held[key] = 1
-        try:
-            yield d
-        finally:
-            del _held[key]
+    return output_dir(repo, option="--triton-repo")
 
 
 def _staging_parent(repo: Path) -> Path:
@@ -470,8 +479,9 @@ def _install(repo: Path, final: Path, model: TritonModel, artifact: Path, manife
         version.mkdir()
         dst = version / model.model_filename
         shutil.copyfile(artifact, dst)
-        if manifest.sha256 and file_sha256(dst) != manifest.sha256:
-            raise ArtifactError(f"{artifact} differs from its manifest (sha256) or changed while it was copied")
+        if manifest.sha256 and (why := hash_mismatch(dst, manifest.sha256)):
+            raise ArtifactError(f"{quoted(str(artifact))} differs from its manifest ({why}) or changed while it "
+                                "was copied")
         shutil.copyfile(manifest_path(artifact), manifest_path(dst))
         comment = (f"written by twins-deploy from {artifact.name} (sha256 {manifest.sha256})\n"
                    f"model {manifest.model.name}, {manifest.precision}, weights {manifest.weights.source}; "
@@ -520,24 +530,41 @@ class RepoEntry:
 def read_entry(folder: Path) -> RepoEntry:
     """``REPO/<name>/``: its config (Triton's schema) and its newest version's model file."""
     cfg_path = folder / CONFIG_FILE
-    if not cfg_path.is_file():
-        raise ArtifactError(f"{folder} has no {CONFIG_FILE}: not a Triton model repository entry")
-    model = TritonModel.from_pbtxt(cfg_path.read_text(), str(cfg_path))
+    where = quoted(str(cfg_path))
+    kind = path_kind(cfg_path)
+    if kind != "a file":  # a FIFO would block the read, a folder or a device is no config
+        raise ArtifactError(f"{folder} has no {CONFIG_FILE} ({kind} there): not a Triton model repository entry")
+    try:
+        with open(cfg_path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise ArtifactError(f"cannot read {where}: {e.strerror or e}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ArtifactError(f"{where} is over {MAX_CONFIG_BYTES >> 20} MiB: not a config twins-export writes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ArtifactError(f"{where} is not UTF-8 text (byte {e.start}): not a Triton config") from None
+    model = TritonModel.from_pbtxt(text, where)
     if model.name and model.name != folder.name:
-        raise ArtifactError(f"{cfg_path} names the model {model.name!r}; Triton requires it to equal "
-                            f"its folder name {folder.name!r}")
-    versions = sorted((int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), reverse=True)
+        raise ArtifactError(f"{where} names the model {quoted(model.name, 80)}; Triton requires it to equal "
+                            f"its folder name {quoted(folder.name, 80)}")
+    try:
+        versions = sorted((int(p.name) for p in folder.iterdir() if p.name.isascii() and p.name.isdigit()
+                           and p.is_dir()), reverse=True)
+    except OSError as e:
+        raise ArtifactError(f"cannot list {quoted(str(folder))}: {e.strerror or e}") from None
     for v in versions:
         path = folder / str(v) / model.model_filename
-        if path.is_file():
+        if path_kind(path) == "a file":
             return RepoEntry(model, path)
-    raise ArtifactError(f"{folder} has no version folder holding {model.model_filename}")
+    raise ArtifactError(f"{quoted(str(folder))} has no version folder holding {model.model_filename}")
 
 
 def find_entries(repo: Path) -> list[RepoEntry]:
     """Every entry of a repository, in name order (folders without a config are refused)."""
     if not repo.is_dir():
-        raise ArtifactError(f"Triton model repository {str(repo)!r} does not exist")
+        raise ArtifactError(f"Triton model repository {quoted(str(repo))} is {path_kind(repo)}, not a folder")
     folders = sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise ArtifactError(f"{repo} holds no model; write one with twins-export --triton-repo {repo}")
