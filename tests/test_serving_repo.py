@@ -262,7 +262,7 @@ def _unreadable(kind: str, cfg: Path) -> str:
     if kind == "huge":
         with open(cfg, "a") as f:
             f.write(("#" * 1023 + "\n") * 1025)
-        return "over 1 MiB"
+        return "at most 1,048,576 bytes are read"
     if kind in ("fifo", "folder"):
         cfg.unlink()
         os.mkfifo(cfg) if kind == "fifo" else cfg.mkdir()

@@ -116,6 +116,33 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def read_bounded(path: str | os.PathLike[str], limit: int, size_note: str) -> bytes:
+    """The bytes of ``path``, read only when it is a regular file of at most ``limit`` bytes:
+    a FIFO is never opened (it would block), a 100 GB file never read. Refusals are
+    :class:`ArtifactError` reasons without the path, which the caller names ("manifest 'x':
+    is a folder, not a file"); ``size_note`` says how large such a file really is."""
+    kind = path_kind(path)
+    if kind != "a file":
+        raise ArtifactError(f"is {kind}, not a file")
+    try:  # O_NONBLOCK: should a FIFO have replaced the file since, opening it does not wait
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise ArtifactError(f"cannot be read: {e.strerror or type(e).__name__}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ArtifactError("is not a regular file")
+        if st.st_size > limit:
+            raise ArtifactError(f"is {st.st_size:,} bytes; {size_note} and at most {limit:,} bytes are read")
+        try:
+            raw = f.read(limit + 1)
+        except OSError as e:
+            raise ArtifactError(f"cannot be read: {e.strerror or type(e).__name__}") from None
+    if len(raw) > limit:
+        raise ArtifactError(f"grew beyond {limit:,} bytes while being read")
+    return raw
+
+
 def hash_mismatch(path: str | os.PathLike[str], expected: str | None) -> str | None:
     """Why the file at ``path`` is not the one a manifest describes, for an error line (its
     sha256 differs, or the manifest records none); None when it is. The one check behind

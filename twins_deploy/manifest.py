@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from twins_deploy.artifacts import (
     json_safe,
     manifest_path,
     path_kind,
+    read_bounded,
 )
 from twins_deploy.errors import ArtifactError, InputShapeError, quoted
 from twins_deploy.exporters.spec import (
@@ -656,26 +656,7 @@ def _read_json(mp: Path) -> Any:
     """The JSON document in ``mp``, read only when it is a file of a manifest's size: a FIFO
     is never opened (it would block), a 100 GB file never read, a deep nesting never parsed
     into a RecursionError traceback."""
-    kind = path_kind(mp)
-    if kind != "a file":
-        raise ArtifactError(f"is {kind}, not a file")
-    try:  # O_NONBLOCK: should a FIFO have replaced the file since, opening it does not wait
-        fd = os.open(mp, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as e:
-        raise ArtifactError(f"cannot be read: {e.strerror or type(e).__name__}") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise ArtifactError("is not a regular file")
-        if st.st_size > MAX_MANIFEST_BYTES:
-            raise ArtifactError(f"is {st.st_size:,} bytes; a manifest is a few KiB and at most "
-                                f"{MAX_MANIFEST_BYTES:,} bytes are read")
-        try:
-            raw = f.read(MAX_MANIFEST_BYTES + 1)
-        except OSError as e:
-            raise ArtifactError(f"cannot be read: {e.strerror or type(e).__name__}") from None
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise ArtifactError(f"grew beyond {MAX_MANIFEST_BYTES:,} bytes while being read")
+    raw = read_bounded(mp, MAX_MANIFEST_BYTES, "a manifest is a few KiB")
     try:
         return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:

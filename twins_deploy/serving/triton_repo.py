@@ -39,6 +39,7 @@ from twins_deploy.artifacts import (
     manifest_path,
     output_dir,
     path_kind,
+    read_bounded,
 )
 from twins_deploy.errors import ArtifactError, BackendUnavailableError, OptionError, quoted
 from twins_deploy.exporters.spec import ExportSpec
@@ -535,12 +536,9 @@ def read_entry(folder: Path) -> RepoEntry:
     if kind != "a file":  # a FIFO would block the read, a folder or a device is no config
         raise ArtifactError(f"{folder} has no {CONFIG_FILE} ({kind} there): not a Triton model repository entry")
     try:
-        with open(cfg_path, "rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
-    except OSError as e:
-        raise ArtifactError(f"cannot read {where}: {e.strerror or e}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ArtifactError(f"{where} is over {MAX_CONFIG_BYTES >> 20} MiB: not a config twins-export writes")
+        raw = read_bounded(cfg_path, MAX_CONFIG_BYTES, "a config twins-export writes is under 2 KiB")
+    except ArtifactError as e:
+        raise ArtifactError(f"{where} {e}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
