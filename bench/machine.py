@@ -66,12 +66,16 @@ def machine_info() -> dict[str, Any]:
 
 
 # A machine counts as busy (the run warns, and its results say so) when, before the run, the
-# 1-minute load average exceeds BUSY_LOAD_PER_CPU per CPU, or when, during the run, other
-# processes took more than BUSY_OTHERS_SHARE of the machine's CPU time.
+# 1-minute load average exceeds BUSY_LOAD_PER_CPU per CPU while other processes are still
+# using more than BUSY_OTHERS_SHARE of its CPUs (the average lags: the export a user ran just
+# before a benchmark raises it for a minute after it has ended), or when, during the run,
+# other processes took more than BUSY_OTHERS_SHARE of the machine's CPU time.
 BUSY_LOAD_PER_CPU = 0.5
 BUSY_OTHERS_SHARE = 0.1
-BUSY_RULE = (f"busy when the 1-min load average before the run exceeds {BUSY_LOAD_PER_CPU} per CPU, or other "
-             f"processes took more than {BUSY_OTHERS_SHARE:.0%} of the machine's CPU time during it")
+START_SAMPLE_S = 0.3  # how long other processes' CPU use is sampled as a run starts
+BUSY_RULE = (f"busy when the 1-min load average before the run exceeds {BUSY_LOAD_PER_CPU} per CPU while other "
+             f"processes still use more than {BUSY_OTHERS_SHARE:.0%} of the CPUs, or other processes took more "
+             f"than {BUSY_OTHERS_SHARE:.0%} of the machine's CPU time during it")
 
 
 def loadavg() -> list[float] | None:
@@ -103,10 +107,22 @@ def own_cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def others_now(window_s: float = START_SAMPLE_S) -> float | None:
+    """The CPUs other processes use right now (1.0: one CPU busy), sampled over ``window_s``;
+    None where the machine's CPU time cannot be read."""
+    t0, own0, sys0 = time.monotonic(), own_cpu_seconds(), system_cpu_seconds()
+    time.sleep(window_s)
+    sys1 = system_cpu_seconds()
+    if sys0 is None or sys1 is None:
+        return None
+    wall = time.monotonic() - t0
+    return round(max(0.0, (sys1[0] - sys0[0] - (own_cpu_seconds() - own0)) / wall), 2)
+
+
 def load_start() -> dict[str, Any]:
     """The machine's load as a run starts (what :func:`load_end` compares against)."""
-    return {"cpu_count": os.cpu_count(), "loadavg_start": loadavg(), "loadavg_end": None,
-            "_t": time.monotonic(), "_system": system_cpu_seconds(), "_own": own_cpu_seconds()}
+    return {"cpu_count": os.cpu_count(), "loadavg_start": loadavg(), "other_cpus_at_start": others_now(),
+            "loadavg_end": None, "_t": time.monotonic(), "_system": system_cpu_seconds(), "_own": own_cpu_seconds()}
 
 
 def load_end(start: dict[str, Any]) -> dict[str, Any]:
@@ -120,7 +136,8 @@ def load_end(start: dict[str, Any]) -> dict[str, Any]:
     others = None
     if system is not None and before is not None and wall > 0:
         others = max(0.0, (system[0] - before[0] - own) / wall)
-    record = {"cpu_count": start["cpu_count"], "loadavg_start": start["loadavg_start"], "loadavg_end": loadavg(),
+    record = {"cpu_count": start["cpu_count"], "loadavg_start": start["loadavg_start"],
+              "other_cpus_at_start": start.get("other_cpus_at_start"), "loadavg_end": loadavg(),
               "wall_s": round(wall, 2), "own_cpus": round(own / wall, 2) if wall > 0 else None,
               "other_cpus": round(others, 2) if others is not None else None,
               "other_cpus_of": system[1] if system is not None else None, "rule": BUSY_RULE}
@@ -139,10 +156,11 @@ def busy_reasons(load: dict[str, Any]) -> list[str]:
     could be measured); ``load`` as :func:`load_start` or :func:`load_end` give it."""
     reasons = []
     cpus = load.get("cpu_count") or 1
-    avg = load.get("loadavg_start")
-    if avg and avg[0] > BUSY_LOAD_PER_CPU * cpus:
+    avg, now = load.get("loadavg_start"), load.get("other_cpus_at_start")
+    if avg and avg[0] > BUSY_LOAD_PER_CPU * cpus and (now is None or now > BUSY_OTHERS_SHARE * cpus):
+        still = f", and other processes were using {now:.2f} CPUs as it started" if now is not None else ""
         reasons.append(f"the 1-min load average was {avg[0]:.2f} on {cpus} CPUs before the run "
-                       f"(more than {BUSY_LOAD_PER_CPU} per CPU)")
+                       f"(more than {BUSY_LOAD_PER_CPU} per CPU){still}")
     others, of = load.get("other_cpus"), load.get("other_cpus_of") or cpus
     if others is not None and others > BUSY_OTHERS_SHARE * of:
         reasons.append(f"other processes used {others:.2f} of {of} CPUs on average during the run "

@@ -69,6 +69,7 @@ def work(monkeypatch):
     monkeypatch.setattr(harness, "make_runner", make)
     monkeypatch.setattr(machine, "loadavg", lambda: [0.0, 0.0, 0.0])
     monkeypatch.setattr(machine, "system_cpu_seconds", lambda: None)
+    monkeypatch.setattr(machine, "others_now", lambda: None)
     return log
 
 
@@ -231,6 +232,10 @@ def test_busy_rule_thresholds():
     (why,) = machine.busy_reasons({"cpu_count": 4, "other_cpus": 0.41, "other_cpus_of": 4})
     assert "other processes used 0.41 of 4 CPUs" in why
     assert machine.busy_reasons({"cpu_count": None, "loadavg_start": None, "other_cpus": None}) == []
+    # a high load average left by work that has ended (the export run just before) is no reason
+    assert machine.busy_reasons({"cpu_count": 2, "loadavg_start": [1.5, 0, 0], "other_cpus_at_start": 0.2}) == []
+    (why,) = machine.busy_reasons({"cpu_count": 2, "loadavg_start": [1.5, 0, 0], "other_cpus_at_start": 0.21})
+    assert "1.50 on 2 CPUs before the run" in why and "other processes were using 0.21 CPUs as it started" in why
     assert machine.load_line(None) is None
 
 
@@ -268,6 +273,31 @@ def test_a_machine_busy_before_the_run_is_warned_about_before_measuring(tmp_path
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["environment"]["load"]["busy"] is True
     assert "**busy**: the 1-min load average" in (tmp_path / "r.md").read_text()
+
+
+def test_a_load_average_left_by_work_that_has_ended_is_no_warning(tmp_path, work, monkeypatch, capsys):
+    """The export a user ran just before keeps the 1-min load average up for a minute after it
+    ended: with nothing else using the CPUs as the run starts, the machine is quiet."""
+    cpus = os.cpu_count()
+    monkeypatch.setattr(machine, "loadavg", lambda: [cpus * 0.9, 1.0, 1.0])
+    monkeypatch.setattr(machine, "others_now", lambda: 0.0)
+    assert bench(tmp_path) == 0
+    assert "warning" not in capsys.readouterr().err
+    load = json.loads((tmp_path / "r.json").read_text())["environment"]["load"]
+    assert load["busy"] is False and load["other_cpus_at_start"] == 0.0
+
+
+def test_others_now_is_the_machines_cpu_time_less_this_processes(monkeypatch):
+    clock, own, system = iter([0.0, 0.5]), iter([5.0, 5.2]), iter([(100.0, 2), (100.8, 2)])
+    monkeypatch.setattr(machine.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(machine.time, "sleep", lambda s: None)
+    monkeypatch.setattr(machine, "own_cpu_seconds", lambda: next(own))
+    monkeypatch.setattr(machine, "system_cpu_seconds", lambda: next(system))
+    assert machine.others_now() == pytest.approx((0.8 - 0.2) / 0.5)
+    monkeypatch.setattr(machine.time, "monotonic", lambda: 1.0)
+    monkeypatch.setattr(machine, "own_cpu_seconds", lambda: 5.0)
+    monkeypatch.setattr(machine, "system_cpu_seconds", lambda: None)  # no /proc/stat
+    assert machine.others_now(0.0) is None
 
 
 def test_other_processes_busy_during_the_run_are_warned_about(tmp_path, work, monkeypatch, capsys):
