@@ -92,7 +92,7 @@ def describe_earlier(json_path: Path) -> str:
         rows = len(data["rows"])
         partial = ", interrupted" if data.get("complete") is False else ""
         return f" (created {quoted(str(data.get('created')), 40)}, {rows} row{'s' * (rows != 1)}{partial})"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return ""
 
 
@@ -330,7 +330,7 @@ def rerender(json_path: Path) -> list[Path]:
     try:
         result = json.loads(path.read_bytes())
         md, png = to_markdown(result), chart_png(result)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as e:
         raise ArtifactError(f"{quoted(str(path))} is not a twins-bench result: {type(e).__name__}: "
                             f"{quoted(str(e), 200)}") from None
     paths = [path.with_suffix(".md")] + ([path.with_suffix(".png")] if png is not None else [])

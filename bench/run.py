@@ -119,7 +119,7 @@ def partial_rows(cfg: BenchConfig) -> int | None:
         if not path.is_file() or path.stat().st_size > MAX_RESULT_BYTES:
             return None
         result = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(result, dict) or result.get("complete") is not False or not isinstance(result.get("rows"), list):
         return None

@@ -165,6 +165,29 @@ def test_an_interrupted_runs_results_are_earlier_results_too(tmp_path, work, cap
     assert (out / "r.json").read_text() == json.dumps({"complete": False, "created": "then", "rows": [{}]})
 
 
+HOSTILE_RESULTS = {"deep nesting": "[" * 100_000 + "]" * 100_000, "a list": "[1, 2]", "rows not a list": '{"rows": 3}',
+                   "not JSON": "{'rows':", "not UTF-8": b"\xff\xfe{}"}
+
+
+@pytest.mark.parametrize("content", list(HOSTILE_RESULTS.values()), ids=list(HOSTILE_RESULTS))
+def test_a_results_file_that_is_not_ours_is_one_line(tmp_path, work, capsys, content):
+    """What twins-bench reads back (--rerender, an earlier run's JSON in --out) may be any
+    bytes: one line, exit 2, no traceback, the file untouched."""
+    out = tmp_path / "out"
+    out.mkdir()
+    path = out / "r.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    before = path.read_bytes()
+    assert bench_main(["--rerender", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "is not a twins-bench result" in err[0], err
+    assert len(err[0]) < 1000
+    assert bench(out) == 2  # an earlier result in the way, described as far as it can be
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "results of an earlier run" in err[0] and "Traceback" not in err[0], err
+    assert path.read_bytes() == before and work == []
+
+
 def test_a_results_symlink_is_replaced_as_itself_never_followed(tmp_path, work):
     out, kept = tmp_path / "out", tmp_path / "kept.json"
     out.mkdir()
