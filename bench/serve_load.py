@@ -15,7 +15,6 @@ small CPU machine the clients' own work is part of what is measured (said in the
 """
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import threading
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from twins_deploy.artifacts import check_file_stem, now_iso, tool_versions
-from twins_deploy.bench.machine import busy_reasons, busy_warning, load_start, machine_info
+from twins_deploy.bench.machine import busy_reasons, busy_warning, load_start, loadavg, machine_info
 from twins_deploy.bench.report import check_results_dir, write_all
 from twins_deploy.bench.timing import percentile
 from twins_deploy.errors import OptionError, ValidationFailedError, quoted
@@ -209,11 +208,9 @@ def _server_version(client: Any) -> str | None:
 SERVE_COMMAND = "twins-bench --serve ..."  # what to run again from the serving environment
 
 
-def _loadavg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
+def _one_minute(avg: list[float] | None) -> float | None:
+    """The 1-minute figure of :func:`twins_deploy.bench.machine.loadavg`'s three."""
+    return avg[0] if avg else None
 
 
 def gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -238,10 +235,10 @@ def run_load_test(cfg: LoadConfig) -> tuple[list[Path], dict[str, Any]]:
     check_environment(SERVE_COMMAND)
     check_results_dir(cfg.out)
     chosen = chosen_model(cfg)
-    load_before = _loadavg()
     # Judged before the server starts: during the test, the server is the "other process"
     # that the busy rule of an in-process benchmark counts against the machine.
-    busy = busy_reasons(load_start())
+    start = load_start()
+    busy = busy_reasons(start)
     if busy:
         print(busy_warning(busy), file=sys.stderr, flush=True)
     steps = Steps(len(cfg.modes) * (1 + len(cfg.concurrency)), quiet=cfg.quiet)
@@ -262,7 +259,8 @@ def run_load_test(cfg: LoadConfig) -> tuple[list[Path], dict[str, Any]]:
                    f"{cfg.warmup} warm-up requests per server; throughput = answered requests / wall time; "
                    "executions and avg batch from Triton's nv_inference_count / nv_inference_exec_count"),
         "environment": {"machine": machine_info(), "tools": tools,
-                        "loadavg_1min": {"start": load_before, "end": _loadavg()}, "busy_at_start": busy},
+                        "loadavg_1min": {"start": _one_minute(start["loadavg_start"]), "end": _one_minute(loadavg())},
+                        "busy_at_start": busy},
         "command": cfg.command,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "servers": servers, "rows": rows, "gains": gains(rows),

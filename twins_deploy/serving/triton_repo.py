@@ -62,13 +62,13 @@ MAX_QUEUE_DELAY_US = 10_000_000
 MAX_CONFIG_BYTES = 1 << 20  # a config twins-export writes is under 2 KiB
 
 
-def check_scheduling(instances: int | None, queue_delay_us: int | None, where: str = "Triton") -> None:
+def check_scheduling(instances: int | None, queue_delay_us: int | None) -> None:
     """One line naming the value when an instance count or a batching delay is out of bounds."""
     if instances is not None and not 1 <= instances <= MAX_INSTANCES:
-        raise OptionError(f"{where} instances must be 1..{MAX_INSTANCES} (each holds its own copy of the "
+        raise OptionError(f"Triton instances must be 1..{MAX_INSTANCES} (each holds its own copy of the "
                           f"model), got {instances}")
     if queue_delay_us is not None and not 0 <= queue_delay_us <= MAX_QUEUE_DELAY_US:
-        raise OptionError(f"{where} queue delay must be 0..{MAX_QUEUE_DELAY_US} microseconds, got {queue_delay_us}")
+        raise OptionError(f"Triton queue delay must be 0..{MAX_QUEUE_DELAY_US} microseconds, got {queue_delay_us}")
 
 
 # Twins' four patch embeddings: kernel = stride = 4, 2, 2, 2 (the strides 4/8/16/32 of the maps)
@@ -194,10 +194,11 @@ class TritonModel:
         batching = cfg.HasField("dynamic_batching")
         accel = [a for a in cfg.optimization.execution_accelerators.gpu_execution_accelerator if a.name == "tensorrt"]
         instances = sum(max(1, g.count) for g in groups) if groups else 1
+        delay = int(cfg.dynamic_batching.max_queue_delay_microseconds) if batching else None
         try:
             if cfg.name:
                 check_model_name(cfg.name)
-            check_scheduling(instances, int(cfg.dynamic_batching.max_queue_delay_microseconds) if batching else None)
+            check_scheduling(instances, delay)
         except OptionError as e:
             raise ArtifactError(f"{source}: {e}") from None
         preferred = tuple(int(b) for b in cfg.dynamic_batching.preferred_batch_size) if batching else ()
@@ -210,7 +211,7 @@ class TritonModel:
             name=cfg.name, platform=platform, max_batch_size=int(cfg.max_batch_size),
             inputs=tensors(cfg.input), outputs=tensors(cfg.output), instance_kind=kind,
             instances=instances,
-            queue_delay_us=int(cfg.dynamic_batching.max_queue_delay_microseconds) if batching else None,
+            queue_delay_us=delay,
             preferred_batch=preferred,
             ort_trt_precision=accel[0].parameters.get("precision_mode", "FP32") if accel else None,
             parameters={k: v.string_value for k, v in cfg.parameters.items()},
